@@ -1,0 +1,38 @@
+package schema
+
+// Node annotations: the contract between the controller and the agent.
+// The controller writes the desired ones; the agent writes the rest.
+const (
+	AnnotationPrefix = "herd.dev/"
+
+	// Written by the controller.
+	AnnotationDesiredConfig = AnnotationPrefix + "desired-config" // config hash to apply
+	AnnotationDesiredOS     = AnnotationPrefix + "desired-os"     // OSTree commit to boot
+	AnnotationCordoned      = AnnotationPrefix + "cordoned"       // "true" when Herd cordoned the node
+
+	// Written by the agent.
+	AnnotationCurrentConfig = AnnotationPrefix + "current-config" // config hash applied
+	AnnotationOSBooted      = AnnotationPrefix + "os-booted"      // OSTree commit booted
+	AnnotationOSStaged      = AnnotationPrefix + "os-staged"      // OSTree commit deployed for the next boot
+	AnnotationState         = AnnotationPrefix + "state"          // one of the NodeState values
+	AnnotationMessage       = AnnotationPrefix + "message"        // what the agent is doing, or why it failed
+)
+
+// LabelZone is the well-known Kubernetes zone label that batches spread over.
+const LabelZone = "topology.kubernetes.io/zone"
+
+// NodeState is the agent's state, in the herd.dev/state annotation.
+type NodeState string
+
+// Agent states.
+const (
+	StateIdle      NodeState = "Idle"      // at its desired config, nothing to do
+	StateWorking   NodeState = "Working"   // applying config or staging an OS commit
+	StateRebooting NodeState = "Rebooting" // rebooting into a staged commit
+	StateDegraded  NodeState = "Degraded"  // failed; the message says why
+)
+
+// Busy reports whether the state makes a node unavailable for work.
+func (s NodeState) Busy() bool {
+	return s == StateWorking || s == StateRebooting || s == StateDegraded
+}

@@ -1,0 +1,95 @@
+package schema
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Disruption is what a node must do to take on a change, from least to most
+// disruptive. Comparisons follow that order.
+type Disruption int
+
+// Disruption classes.
+const (
+	DisruptionNone              Disruption = iota // applied live: sysctls, most files
+	DisruptionRestartKubelet                      // kubelet config changed
+	DisruptionRestartContainerd                   // containerd config changed
+	DisruptionReboot                              // OS commit or kernel arguments changed
+)
+
+var disruptionNames = [...]string{"none", "restart-kubelet", "restart-containerd", "reboot"}
+
+func (d Disruption) String() string {
+	if d < 0 || int(d) >= len(disruptionNames) {
+		return fmt.Sprintf("Disruption(%d)", int(d))
+	}
+	return disruptionNames[d]
+}
+
+// MarshalText writes the class name.
+func (d Disruption) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText reads a class name.
+func (d *Disruption) UnmarshalText(b []byte) error {
+	for i, n := range disruptionNames {
+		if string(b) == n {
+			*d = Disruption(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown disruption %q", b)
+}
+
+// PathRule is one entry of the file allowlist: a directory a pool may write
+// under, and what a change there needs.
+type PathRule struct {
+	Prefix  string
+	Apply   Disruption
+	Purpose string
+}
+
+// FileAllowlist is where pools may write files. Nothing else on a node can be
+// written from Git; the agent checks again before it writes. Keep it in step
+// with #FilePath in nodepool.cue and docs/schema.md.
+var FileAllowlist = []PathRule{
+	{"/etc/herd/files/", DisruptionNone, "free-form files for workloads (hostPath mounts)"},
+	{"/etc/containerd/certs.d/", DisruptionNone, "registry host configuration, read by containerd at pull time"},
+	{"/etc/security/limits.d/", DisruptionNone, "PAM limits, read at the next login"},
+	{"/etc/modules-load.d/", DisruptionReboot, "kernel modules loaded at boot"},
+	{"/etc/modprobe.d/", DisruptionReboot, "kernel module options, read when a module loads"},
+	{"/etc/udev/rules.d/", DisruptionReboot, "udev rules"},
+	{"/etc/pki/ca-trust/source/anchors/", DisruptionReboot, "trust anchors, merged into the system store at boot"},
+}
+
+// AllowedPath returns the allowlist rule for path, if path is allowed: an
+// absolute, clean path strictly below one of the allowlisted directories,
+// whose segments are plain names (no "..", no hidden files).
+func AllowedPath(path string) (PathRule, bool) {
+	for _, r := range FileAllowlist {
+		rest, ok := strings.CutPrefix(path, r.Prefix)
+		if !ok || rest == "" {
+			continue
+		}
+		for _, seg := range strings.Split(rest, "/") {
+			if !validPathSegment(seg) {
+				return PathRule{}, false
+			}
+		}
+		return r, true
+	}
+	return PathRule{}, false
+}
+
+func validPathSegment(s string) bool {
+	if s == "" || len(s) > 255 || s[0] == '.' || s[0] == '-' {
+		return false
+	}
+	for _, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}

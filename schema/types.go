@@ -1,0 +1,185 @@
+package schema
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Fleet is an evaluated fleet repo: its pools and OSTree remotes.
+type Fleet struct {
+	Remotes map[string]Remote   `json:"remotes,omitempty"`
+	Pools   map[string]NodePool `json:"pools"`
+}
+
+// Remote is an OSTree remote nodes pull from.
+type Remote struct {
+	URL       string `json:"url"`
+	GPGVerify bool   `json:"gpgVerify"`
+}
+
+// NodePool mirrors #NodePool in nodepool.cue. A test keeps the two in step.
+type NodePool struct {
+	Selector   Selector          `json:"selector"`
+	OS         OSTarget          `json:"os"`
+	KernelArgs []string          `json:"kernelArgs,omitempty"`
+	Kubelet    *Kubelet          `json:"kubelet,omitempty"`
+	Containerd *Containerd       `json:"containerd,omitempty"`
+	Sysctl     map[string]string `json:"sysctl,omitempty"`
+	Files      []File            `json:"files,omitempty"`
+	Paused     bool              `json:"paused"`
+	Rollout    Rollout           `json:"rollout"`
+}
+
+// Selector picks nodes by label.
+type Selector struct {
+	MatchLabels map[string]string `json:"matchLabels"`
+}
+
+// Matches reports whether labels carry every label of the selector.
+func (s Selector) Matches(labels map[string]string) bool {
+	for k, v := range s.MatchLabels {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// String renders the selector as kubectl does: "k1=v1,k2=v2", sorted.
+func (s Selector) String() string {
+	parts := make([]string, 0, len(s.MatchLabels))
+	for k, v := range s.MatchLabels {
+		parts = append(parts, k+"="+v)
+	}
+	sortStrings(parts)
+	return strings.Join(parts, ",")
+}
+
+// OSTarget is the OSTree commit a pool boots.
+type OSTarget struct {
+	Remote string `json:"remote,omitempty"`
+	Ref    string `json:"ref"`
+	Commit string `json:"commit"`
+}
+
+// Rollout is how a change reaches a pool's nodes.
+type Rollout struct {
+	MaxUnavailable IntOrPercent `json:"maxUnavailable"`
+	Canary         int          `json:"canary,omitempty"`
+	Soak           string       `json:"soak,omitempty"`
+	FailurePolicy  string       `json:"failurePolicy"`
+	MaxFailures    int          `json:"maxFailures"`
+}
+
+// Failure policies.
+const (
+	FailurePolicyHalt     = "halt"
+	FailurePolicyRollback = "rollback"
+)
+
+// Kubelet is the typed subset of KubeletConfiguration (kubelet.config.k8s.io/v1beta1)
+// that a pool may set.
+type Kubelet struct {
+	MaxPods                         *int              `json:"maxPods,omitempty"`
+	PodPidsLimit                    *int64            `json:"podPidsLimit,omitempty"`
+	SystemReserved                  map[string]string `json:"systemReserved,omitempty"`
+	KubeReserved                    map[string]string `json:"kubeReserved,omitempty"`
+	EvictionHard                    map[string]string `json:"evictionHard,omitempty"`
+	EvictionSoft                    map[string]string `json:"evictionSoft,omitempty"`
+	EvictionSoftGracePeriod         map[string]string `json:"evictionSoftGracePeriod,omitempty"`
+	FeatureGates                    map[string]bool   `json:"featureGates,omitempty"`
+	CPUManagerPolicy                string            `json:"cpuManagerPolicy,omitempty"`
+	MemoryManagerPolicy             string            `json:"memoryManagerPolicy,omitempty"`
+	TopologyManagerPolicy           string            `json:"topologyManagerPolicy,omitempty"`
+	ImageGCHighThresholdPercent     *int              `json:"imageGCHighThresholdPercent,omitempty"`
+	ImageGCLowThresholdPercent      *int              `json:"imageGCLowThresholdPercent,omitempty"`
+	ImageMaximumGCAge               string            `json:"imageMaximumGCAge,omitempty"`
+	ContainerLogMaxSize             string            `json:"containerLogMaxSize,omitempty"`
+	ContainerLogMaxFiles            *int              `json:"containerLogMaxFiles,omitempty"`
+	SerializeImagePulls             *bool             `json:"serializeImagePulls,omitempty"`
+	MaxParallelImagePulls           *int              `json:"maxParallelImagePulls,omitempty"`
+	ShutdownGracePeriod             string            `json:"shutdownGracePeriod,omitempty"`
+	ShutdownGracePeriodCriticalPods string            `json:"shutdownGracePeriodCriticalPods,omitempty"`
+	AllowedUnsafeSysctls            []string          `json:"allowedUnsafeSysctls,omitempty"`
+}
+
+// Containerd is the part of containerd's configuration a pool may set.
+type Containerd struct {
+	Snapshotter             string              `json:"snapshotter,omitempty"`
+	SandboxImage            string              `json:"sandboxImage,omitempty"`
+	MaxConcurrentDownloads  *int                `json:"maxConcurrentDownloads,omitempty"`
+	SystemdCgroup           *bool               `json:"systemdCgroup,omitempty"`
+	DiscardUnpackedLayers   *bool               `json:"discardUnpackedLayers,omitempty"`
+	MaxContainerLogLineSize *int                `json:"maxContainerLogLineSize,omitempty"`
+	Registries              map[string]Registry `json:"registries,omitempty"`
+}
+
+// Registry configures pulls from one registry host.
+type Registry struct {
+	Mirrors    []string `json:"mirrors"`
+	SkipVerify bool     `json:"skipVerify"`
+}
+
+// File is a file a pool writes on its nodes.
+type File struct {
+	Path    string `json:"path"`
+	Content string `json:"content"`
+	Mode    int    `json:"mode"`
+}
+
+// IntOrPercent is a count ("3") or a percentage of a total ("25%").
+type IntOrPercent struct {
+	Int     int
+	Percent int
+	IsPct   bool
+}
+
+// Resolve turns the value into a count out of total: percentages round down
+// and never go below 1, so a rollout always makes progress.
+func (v IntOrPercent) Resolve(total int) int {
+	n := v.Int
+	if v.IsPct {
+		n = total * v.Percent / 100
+	}
+	return max(n, 1)
+}
+
+func (v IntOrPercent) String() string {
+	if v.IsPct {
+		return strconv.Itoa(v.Percent) + "%"
+	}
+	return strconv.Itoa(v.Int)
+}
+
+// MarshalJSON writes a number or a "N%" string.
+func (v IntOrPercent) MarshalJSON() ([]byte, error) {
+	if v.IsPct {
+		return json.Marshal(v.String())
+	}
+	return json.Marshal(v.Int)
+}
+
+// UnmarshalJSON reads a number or a "N%" string.
+func (v *IntOrPercent) UnmarshalJSON(b []byte) error {
+	var n int
+	if err := json.Unmarshal(b, &n); err == nil {
+		*v = IntOrPercent{Int: n}
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want an integer or a percentage, got %s", b)
+	}
+	p, ok := strings.CutSuffix(s, "%")
+	if !ok {
+		return fmt.Errorf("want an integer or a percentage, got %q", s)
+	}
+	pct, err := strconv.Atoi(p)
+	if err != nil {
+		return fmt.Errorf("want an integer or a percentage, got %q", s)
+	}
+	*v = IntOrPercent{Percent: pct, IsPct: true}
+	return nil
+}
