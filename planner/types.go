@@ -1,0 +1,125 @@
+// Package planner decides, for desired pools and observed nodes, which nodes
+// change, in which batches, and how disruptive each change is. It is pure: no
+// I/O, no clock, no Kubernetes client; the same input gives the same Plan.
+package planner
+
+import (
+	"time"
+
+	"herd.dev/herd/schema"
+)
+
+// Pool is a desired pool: its spec and its render.
+type Pool struct {
+	Name     string
+	Spec     schema.NodePool
+	Rendered *schema.Rendered
+	Hash     string // Rendered.Hash(), computed once by the caller
+}
+
+// Node is what the planner knows of a node: labels, health, and the
+// herd.dev annotations the controller and agent keep on it.
+type Node struct {
+	Name          string
+	Labels        map[string]string
+	Ready         bool
+	Unschedulable bool
+
+	DesiredConfig string
+	DesiredOS     string
+	Cordoned      bool // Herd cordoned it (herd.dev/cordoned)
+
+	CurrentConfig string
+	OSBooted      string
+	OSStaged      string
+	State         schema.NodeState
+	Message       string
+}
+
+// Zone is the node's topology.kubernetes.io/zone label, or "".
+func (n *Node) Zone() string { return n.Labels[schema.LabelZone] }
+
+// Input is everything a plan depends on.
+type Input struct {
+	Pools []Pool
+	Nodes []Node
+
+	// Earlier maps config hashes of earlier revisions' renders to the
+	// renders, so a node still on one gets an exact diff.
+	Earlier map[string]*schema.Rendered
+	// History says how Earlier was gathered, for messages about nodes whose
+	// config is not in it (for example "the fleet's last 50 revisions").
+	History string
+	// Rollbacks holds config hashes that take their pool back to a render it
+	// had before; nodes going there are marked Rollback.
+	Rollbacks map[string]bool
+
+	// Now is the time the plan is for. Nothing reads a clock.
+	Now time.Time
+}
+
+// Plan is what should happen: per pool, the batches and every node's change.
+type Plan struct {
+	Pools     []PoolPlan `json:"pools"`
+	Unmanaged []string   `json:"unmanaged"`
+	Conflicts []Conflict `json:"conflicts,omitempty"`
+}
+
+// Conflict is a node that matches more than one pool. It is left out of
+// every pool until the selectors are fixed.
+type Conflict struct {
+	Node  string   `json:"node"`
+	Pools []string `json:"pools"`
+}
+
+// PoolPlan is the plan for one pool.
+type PoolPlan struct {
+	Name           string `json:"name"`
+	ConfigHash     string `json:"configHash"`
+	OSCommit       string `json:"osCommit"`
+	Nodes          int    `json:"nodes"`
+	MaxUnavailable int    `json:"maxUnavailable"`
+	Paused         bool   `json:"paused,omitempty"`
+
+	// Unavailable lists the pool's nodes that are unavailable now, and why.
+	Unavailable []Unavailable `json:"unavailable"`
+	// Batches are node names, batch by batch. Batch 1 is what starts now.
+	Batches [][]string `json:"batches"`
+	// Changes has one entry per out-of-date node, in batch order; nodes that
+	// cannot be batched yet come last, with Batch 0 and a reason.
+	Changes []Change `json:"changes"`
+	// UpToDate lists nodes already at the target.
+	UpToDate []string `json:"upToDate"`
+	// Blocked says why no batch can start, when none can.
+	Blocked string `json:"blocked,omitempty"`
+}
+
+// Unavailable is a node that does not count as available, and why.
+type Unavailable struct {
+	Node   string `json:"node"`
+	Reason string `json:"reason"`
+}
+
+// Change is what happens to one out-of-date node.
+type Change struct {
+	Node       string               `json:"node"`
+	Zone       string               `json:"zone,omitempty"`
+	Batch      int                  `json:"batch"`
+	Disruption schema.Disruption    `json:"disruption"`
+	InFlight   bool                 `json:"inFlight,omitempty"` // already dispatched
+	Rollback   bool                 `json:"rollback,omitempty"` // back to an earlier render
+	From       string               `json:"from,omitempty"`     // config hash the node has now
+	Fields     []schema.FieldChange `json:"fields,omitempty"`
+	// Reason explains a disruption that is not exact, or why the node waits.
+	Reason string `json:"reason,omitempty"`
+}
+
+// HasChanges reports whether any node would change.
+func (p *Plan) HasChanges() bool {
+	for _, pp := range p.Pools {
+		if len(pp.Changes) > 0 {
+			return true
+		}
+	}
+	return false
+}
