@@ -1,0 +1,99 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"herd.dev/herd/schema"
+)
+
+func newValidateCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "validate [DIR]",
+		Short: "Check a fleet repo: CUE evaluation plus Herd's own rules",
+		Long: `Validate evaluates the fleet rooted at DIR (default ".") against herd's
+schema and checks what the schema cannot express: overlapping selectors,
+files outside the allowlist, unknown OSTree remotes, and more.
+
+Every problem is printed on stderr as path:line:col: message, paths relative
+to DIR. Exit status: 0 valid, 1 invalid, 2 usage error.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output != "text" && output != "json" {
+				return usageError("--output %q: want text or json", output)
+			}
+			dir, err := fleetDir(args)
+			if err != nil {
+				return err
+			}
+			res, err := schema.LoadDir(dir)
+			return reportValidation(cmd.OutOrStdout(), cmd.ErrOrStderr(), output, res, err)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+// fleetDir returns the fleet directory argument, checking that it exists.
+func fleetDir(args []string) (string, error) {
+	dir := "."
+	if len(args) > 0 {
+		dir = args[0]
+	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		return "", usageError("fleet directory: %w", err)
+	}
+	if !info.IsDir() {
+		return "", usageError("fleet directory: %s is not a directory", dir)
+	}
+	return dir, nil
+}
+
+type validation struct {
+	Valid    bool               `json:"valid"`
+	Pools    []string           `json:"pools"`
+	Errors   schema.Diagnostics `json:"errors"`
+	Warnings schema.Diagnostics `json:"warnings"`
+}
+
+func reportValidation(stdout, stderr io.Writer, output string, res *schema.Result, err error) error {
+	v := validation{Valid: err == nil, Pools: []string{}, Errors: schema.Diagnostics{}, Warnings: schema.Diagnostics{}}
+	var diags schema.Diagnostics
+	switch {
+	case errors.As(err, &diags):
+		v.Errors = diags
+	case err != nil:
+		v.Errors = schema.Diagnostics{{Message: err.Error()}}
+	default:
+		v.Pools = res.PoolNames()
+		v.Warnings = res.Warnings
+	}
+	if output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(v); err != nil {
+			return failure(err)
+		}
+	} else {
+		for _, d := range v.Errors {
+			fmt.Fprintln(stderr, d)
+		}
+		for _, d := range v.Warnings {
+			fmt.Fprintln(stderr, "warning:", d)
+		}
+		if v.Valid {
+			fmt.Fprintf(stdout, "fleet is valid: %d pools (%s)\n", len(v.Pools), joinOrNone(v.Pools))
+		}
+	}
+	if !v.Valid {
+		return &exitError{code: exitFailure}
+	}
+	return nil
+}
