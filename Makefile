@@ -1,0 +1,76 @@
+# Herd's way in: `make test` sets up what a fresh machine lacks and runs
+# every test; `make demo` runs the whole story on one machine.
+
+GO          ?= go
+CACHE       := $(CURDIR)/.cache
+TOOLS       := $(CACHE)/bin
+CUE_VERSION := v0.17.1
+BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
+
+export PATH := $(TOOLS):$(PATH)
+
+# Debian packages the tests drive for real.
+APT_PACKAGES := git ostree gnupg openssh-server
+
+.PHONY: all build test unit lint fmt bench fuzz tools deps k8s-bins testenv clean
+
+all: build
+
+build:
+	$(GO) build -o bin/herd ./cmd/herd
+
+## test: everything, on real parts (Git servers, OSTree, a Kubernetes control plane).
+test: deps tools k8s-bins lint
+	$(GO) test -count=1 -timeout 45m ./...
+
+## unit: the fast tests that need no real servers.
+unit:
+	$(GO) test -count=1 ./schema/... ./planner/... ./cmd/...
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' ; git ls-files -o --exclude-standard '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go'; git ls-files -o --exclude-standard '*.go')
+
+## bench: the benchmarks of docs/benchmarks.md; compare runs with benchstat.
+bench: tools
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./planner/ ./schema/ | tee $(CACHE)/bench.txt
+	benchstat $(CACHE)/bench.txt
+
+## fuzz: fuzz the fleet loader and validator (FUZZTIME=5m for longer).
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test ./schema -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 0
+
+tools: $(TOOLS)/cue $(TOOLS)/benchstat
+
+$(TOOLS)/cue:
+	GOBIN=$(TOOLS) $(GO) install cuelang.org/go/cmd/cue@$(CUE_VERSION)
+
+$(TOOLS)/benchstat:
+	GOBIN=$(TOOLS) $(GO) install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
+
+## deps: install the Debian packages the tests use, when missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		if [ "$$(id -u)" -ne 0 ]; then echo "run as root, or install:$$missing"; exit 1; fi; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+## k8s-bins: build (once) etcd, kube-apiserver, kube-controller-manager, kubectl.
+k8s-bins:
+	sh test/k8s/build.sh >/dev/null
+
+## testenv: start a real control plane and print its kubeconfig (Ctrl-C stops it).
+testenv: k8s-bins
+	$(GO) run ./test/cmd/testenv
+
+clean:
+	rm -rf bin
