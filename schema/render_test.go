@@ -155,3 +155,27 @@ func TestAllowedPath(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRendered(t *testing.T) {
+	rd := loadFiles(t, exampleFiles(t)).Rendered["batch"]
+	data, err := MarshalRendered(rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseRendered(data, rd.Hash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(rd, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	if _, err := ParseRendered(data, strings.Repeat("0", 64)); err == nil {
+		t.Error("a render that does not match its hash is accepted")
+	}
+	evil := *rd
+	evil.Files = append(evil.Files[:len(evil.Files):len(evil.Files)], RenderedFile{Path: "/etc/passwd", Content: "root::0:0::/:/bin/sh\n"})
+	data, _ = MarshalRendered(&evil)
+	if _, err := ParseRendered(data, evil.Hash()); err == nil || !strings.Contains(err.Error(), "allowlist") {
+		t.Errorf("a render writing /etc/passwd is accepted: %v", err)
+	}
+}
