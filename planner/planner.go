@@ -164,7 +164,16 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 		order := spreadByZone(candidates)
 		first := max(room-len(free), 0)
 		if c := p.Spec.Rollout.Canary; c > 0 {
-			first = min(first, c)
+			// Until the canary batch is done, no more than canary nodes are
+			// in flight, whatever room is left.
+			done := 0
+			if st, ok := in.Rollouts[p.Name]; ok && st.Hash == p.Hash {
+				done = st.Done
+			}
+			if done < c {
+				first = min(first, max(c-done-inFlight(free, p), 0))
+				pp.Canary = true
+			}
 		}
 		first = min(first, len(order))
 		if b := append(free, order[:first]...); len(b) > 0 {
@@ -199,6 +208,17 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 		pp.Changes = append(pp.Changes, c)
 	}
 	return pp
+}
+
+// inFlight counts the nodes already dispatched to the pool's target.
+func inFlight(nodes []*Node, p *Pool) int {
+	n := 0
+	for _, node := range nodes {
+		if node.DesiredConfig == p.Hash && node.DesiredOS == p.Spec.OS.Commit {
+			n++
+		}
+	}
+	return n
 }
 
 // unavailableReason says why a node is unavailable, or "" when it is not.

@@ -276,3 +276,28 @@ func TestRollbackMarked(t *testing.T) {
 		t.Errorf("change to an earlier render is a rollback: %+v", pp.Changes[0])
 	}
 }
+
+// TestCanaryGates: while the canary batch is not done, the controller starts
+// nothing beyond it, however much room is left; once done, batches are full.
+func TestCanaryGates(t *testing.T) {
+	p := testPool(t, "p", osNew, 110, maxUnavailable(schema.IntOrPercent{Int: 3}), canary(1))
+	ns := []Node{node("p-0", "p", "a", "", osOld), node("p-1", "p", "b", "", osOld), node("p-2", "p", "c", "", osOld), node("p-3", "p", "a", "", osOld)}
+	ns[0].DesiredConfig, ns[0].DesiredOS, ns[0].State = p.Hash, osNew, schema.StateWorking
+
+	pp := Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: map[string]Rollout{"p": {Hash: p.Hash}}}).Pools[0]
+	if diff := cmp.Diff([][]string{{"p-0"}, {"p-3", "p-1", "p-2"}}, pp.Batches); diff != "" || !pp.Canary {
+		t.Errorf("canary in flight: batches (-want +got):\n%s canary %v", diff, pp.Canary)
+	}
+
+	ns[0] = node("p-0", "p", "a", p.Hash, osNew)
+	pp = Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: map[string]Rollout{"p": {Hash: p.Hash, Done: 1}}}).Pools[0]
+	if diff := cmp.Diff([][]string{{"p-3", "p-1", "p-2"}}, pp.Batches); diff != "" || pp.Canary {
+		t.Errorf("canary done: batches (-want +got):\n%s canary %v", diff, pp.Canary)
+	}
+
+	// A rollout toward another hash does not count.
+	pp = Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: map[string]Rollout{"p": {Hash: "other", Done: 5}}}).Pools[0]
+	if len(pp.Batches[0]) != 1 || !pp.Canary {
+		t.Errorf("a new target starts with a canary again: %v", pp.Batches)
+	}
+}

@@ -54,8 +54,19 @@ type Input struct {
 	// had before; nodes going there are marked Rollback.
 	Rollbacks map[string]bool
 
+	// Rollouts is what the controller keeps of each pool's rollout in
+	// progress, by pool name; empty for a plan made outside the cluster.
+	Rollouts map[string]Rollout
+
 	// Now is the time the plan is for. Nothing reads a clock.
 	Now time.Time
+}
+
+// Rollout is the state of a pool's rollout that outlives one plan: the
+// controller keeps it in the NodePool status, so decisions survive restarts.
+type Rollout struct {
+	Hash string // the config hash the rollout goes to
+	Done int    // nodes it has brought to the target so far
 }
 
 // Plan is what should happen: per pool, the batches and every node's change.
@@ -92,6 +103,9 @@ type PoolPlan struct {
 	UpToDate []string `json:"upToDate"`
 	// Blocked says why no batch can start, when none can.
 	Blocked string `json:"blocked,omitempty"`
+	// Canary is set while batch 1 is the canary batch: nothing else starts
+	// until it is done.
+	Canary bool `json:"canary,omitempty"`
 }
 
 // Unavailable is a node that does not count as available, and why.

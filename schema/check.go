@@ -139,6 +139,7 @@ func (c *checker) pool(f *Fleet, name string, p NodePool) {
 		c.errorf(at("rollout", "maxUnavailable"), "maxUnavailable %s must be between 1%% and 100%%", mu)
 	}
 	c.duration(at("rollout", "soak"), r.Soak)
+	c.duration(at("rollout", "drain", "timeout"), r.Drain.Timeout)
 }
 
 func (c *checker) duration(path []string, s string) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Fleet is an evaluated fleet repo: its pools and OSTree remotes.
@@ -71,6 +72,22 @@ type Rollout struct {
 	Soak           string       `json:"soak,omitempty"`
 	FailurePolicy  string       `json:"failurePolicy"`
 	MaxFailures    int          `json:"maxFailures"`
+	Drain          Drain        `json:"drain"`
+}
+
+// Drain is how a node is emptied before a reboot.
+type Drain struct {
+	Timeout string `json:"timeout"`
+	Force   bool   `json:"force"`
+}
+
+// DrainTimeout returns the drain timeout as a duration.
+func (r Rollout) DrainTimeout() time.Duration {
+	d, err := time.ParseDuration(r.Drain.Timeout)
+	if err != nil || d <= 0 {
+		return 10 * time.Minute
+	}
+	return d
 }
 
 // Failure policies.
