@@ -26,6 +26,8 @@ import (
 //   - The rest fill batches in zone-spread order, each batch no larger than
 //     maxUnavailable minus the nodes that stay unavailable; batch 1 holds
 //     `canary` nodes when set. When that leaves no room, the pool is Blocked.
+//   - A batch starts only when the one before it is done: while any node is
+//     in flight to the target, batch 1 holds only the nodes Herd works on.
 func Compute(in Input) *Plan {
 	plan := &Plan{Pools: make([]PoolPlan, 0, len(in.Pools)), Unmanaged: []string{}}
 	members, unmanaged, conflicts := assign(in.Pools, in.Nodes)
@@ -164,16 +166,19 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 		order := spreadByZone(candidates)
 		first := max(room-len(free), 0)
 		if c := p.Spec.Rollout.Canary; c > 0 {
-			// Until the canary batch is done, no more than canary nodes are
-			// in flight, whatever room is left.
+			// Until the canary batch is done, batch 1 is the canary batch.
 			done := 0
 			if st, ok := in.Rollouts[p.Name]; ok && st.Hash == p.Hash {
 				done = st.Done
 			}
 			if done < c {
-				first = min(first, max(c-done-inFlight(free, p), 0))
 				pp.Canary = true
+				first = min(first, c-done)
 			}
+		}
+		if inFlight(free, p) > 0 {
+			// A batch starts only when the one before it is done.
+			first = 0
 		}
 		first = min(first, len(order))
 		if b := append(free, order[:first]...); len(b) > 0 {

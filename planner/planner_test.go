@@ -249,8 +249,8 @@ func TestInFlightNodesStayInBatchOne(t *testing.T) {
 	ns := []Node{node("p-0", "p", "a", "", osOld), node("p-1", "p", "b", "", osOld), node("p-2", "p", "c", "", osOld)}
 	ns[2].DesiredConfig, ns[2].DesiredOS, ns[2].State = p.Hash, osNew, schema.StateWorking
 	pp := Compute(Input{Pools: []Pool{p}, Nodes: ns}).Pools[0]
-	if diff := cmp.Diff([][]string{{"p-2", "p-0"}, {"p-1"}}, pp.Batches); diff != "" {
-		t.Errorf("batches (-want +got):\n%s", diff)
+	if diff := cmp.Diff([][]string{{"p-2"}, {"p-0", "p-1"}}, pp.Batches); diff != "" {
+		t.Errorf("batch 1 waits for the node in flight (-want +got):\n%s", diff)
 	}
 	if !pp.Changes[0].InFlight || pp.Changes[1].InFlight {
 		t.Errorf("only p-2 is in flight: %+v", pp.Changes)

@@ -9,6 +9,8 @@ const (
 	AnnotationDesiredConfig = AnnotationPrefix + "desired-config" // config hash to apply
 	AnnotationDesiredOS     = AnnotationPrefix + "desired-os"     // OSTree commit to boot
 	AnnotationCordoned      = AnnotationPrefix + "cordoned"       // "true" when Herd cordoned the node
+	AnnotationDrainStarted  = AnnotationPrefix + "drain-started"  // RFC 3339 time Herd began draining
+	AnnotationDispatched    = AnnotationPrefix + "dispatched"     // RFC 3339 time Herd set the desired annotations
 
 	// Written by the agent.
 	AnnotationCurrentConfig = AnnotationPrefix + "current-config" // config hash applied

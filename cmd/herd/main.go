@@ -74,6 +74,8 @@ batches, and rolls OSTree images and node configuration out safely.`,
 		newValidateCmd(),
 		newPlanCmd(),
 		newSchemaCmd(),
+		newControllerCmd(),
+		newInstallCmd(),
 		newVersionCmd(),
 	)
 	return root

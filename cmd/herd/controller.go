@@ -1,0 +1,120 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fluxcd/pkg/runtime/leaderelection"
+	"github.com/fluxcd/pkg/runtime/logger"
+	"github.com/spf13/cobra"
+
+	"herd.dev/herd/sync/controller"
+	"herd.dev/herd/sync/gitutil"
+	"herd.dev/herd/sync/source"
+)
+
+func newControllerCmd() *cobra.Command {
+	var (
+		cfg                    controller.Config
+		kubeconfig             string
+		logOpts                logger.Options
+		leader                 leaderelection.Options
+		pgpKeyrings            []string
+		allowedSigners         string
+		signingKey, sshSignKey string
+		sshKey, knownHosts     string
+	)
+	cmd := &cobra.Command{
+		Use:   "controller",
+		Short: "Roll the fleet repo out to the cluster's nodes",
+		Long: `The controller follows a branch of the fleet repo (poll and webhook),
+verifies and validates each new head, and rolls it out batch by batch:
+cordon, PDB-aware drain, the agent applies, uncordon. It mirrors each pool
+as a NodePool and writes status to the status branch of the same remote.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.Repo == "" {
+				return usageError("--repo is required")
+			}
+			if cfg.Cluster == "" {
+				return usageError("--cluster is required: it names this cluster's directory on the status branch")
+			}
+			rc, err := restConfig(kubeconfig)
+			if err != nil {
+				return failure(err)
+			}
+			cfg.Rest = rc
+			cfg.LeaderElection = leader
+			cfg.Log = logger.NewLogger(logOpts)
+			cfg.Auth = gitutil.Auth{
+				Username:          os.Getenv("HERD_GIT_USERNAME"),
+				Password:          os.Getenv("HERD_GIT_PASSWORD"),
+				BearerToken:       os.Getenv("HERD_GIT_TOKEN"),
+				SSHPrivateKeyFile: sshKey,
+				KnownHostsFile:    knownHosts,
+			}
+			if len(pgpKeyrings) > 0 || allowedSigners != "" {
+				cfg.Verify = &source.Verification{PGPKeyRings: pgpKeyrings, AllowedSigners: allowedSigners}
+			}
+			if cfg.Signer, err = signer(signingKey, sshSignKey); err != nil {
+				return failure(err)
+			}
+			if cfg.WebhookToken == "" {
+				cfg.WebhookToken = os.Getenv("HERD_WEBHOOK_TOKEN")
+			}
+			if cfg.WebhookGitHubSecret == "" {
+				cfg.WebhookGitHubSecret = os.Getenv("HERD_WEBHOOK_SECRET")
+			}
+			if cfg.WebhookAddr != "" && cfg.WebhookToken == "" && cfg.WebhookGitHubSecret == "" {
+				return usageError("--webhook-addr needs HERD_WEBHOOK_TOKEN or HERD_WEBHOOK_SECRET")
+			}
+			if err := controller.Run(cmd.Context(), cfg); err != nil {
+				return failure(err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+	f.StringVar(&cfg.Repo, "repo", "", "fleet repo URL: file://, http(s)://, ssh:// or git:// (required)")
+	f.StringVar(&cfg.Branch, "branch", "main", "branch to follow")
+	f.StringVar(&cfg.Path, "path", "", "fleet root inside the repo")
+	f.StringVar(&cfg.StatusBranch, "status-branch", "herd/status", `status branch in the same remote ("-" for none)`)
+	f.StringVar(&cfg.Cluster, "cluster", "", "this cluster's name on the status branch (required)")
+	f.DurationVar(&cfg.Interval, "interval", time.Minute, "how often to check the remote (jittered)")
+	f.DurationVar(&cfg.StatusInterval, "status-interval", 5*time.Second, "at most one status commit per interval, plus one per phase change")
+	f.BoolVar(&cfg.AllowNonFastForward, "allow-non-fast-forward", false, "accept heads that do not descend from the applied revision (force-pushes)")
+	f.StringVar(&cfg.CacheDir, "cache-dir", filepath.Join(os.TempDir(), "herd"), "where the Git cache lives")
+	f.StringVar(&cfg.WebhookAddr, "webhook-addr", "", "address of the webhook receiver (HERD_WEBHOOK_TOKEN or HERD_WEBHOOK_SECRET set its credentials)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8080", `address of /metrics ("0" for none)`)
+	f.StringVar(&cfg.HealthAddr, "health-addr", "", "address of /healthz and /readyz")
+	f.StringSliceVar(&pgpKeyrings, "verify-pgp-keyring", nil, "armored OpenPGP public keys trusted to sign fleet commits (repeatable)")
+	f.StringVar(&allowedSigners, "verify-allowed-signers", "", "ssh-keygen allowed_signers file trusted to sign fleet commits")
+	f.StringVar(&signingKey, "sign-pgp-key", "", "armored OpenPGP private key to sign status commits")
+	f.StringVar(&sshSignKey, "sign-ssh-key", "", "SSH private key to sign status commits")
+	f.StringVar(&sshKey, "ssh-key", "", "SSH private key for ssh:// remotes")
+	f.StringVar(&knownHosts, "known-hosts", "", "known_hosts file for ssh:// remotes")
+	logOpts.BindFlags(f)
+	leader.BindFlags(f)
+	return cmd
+}
+
+// signer reads a status-commit signing key, if one is given.
+func signer(pgpKey, sshKey string) (gitutil.Signer, error) {
+	switch {
+	case pgpKey != "":
+		b, err := os.ReadFile(pgpKey)
+		if err != nil {
+			return nil, err
+		}
+		return gitutil.NewPGPSigner(b, os.Getenv("HERD_SIGN_PASSPHRASE"))
+	case sshKey != "":
+		b, err := os.ReadFile(sshKey)
+		if err != nil {
+			return nil, err
+		}
+		return gitutil.NewSSHSigner(b, os.Getenv("HERD_SIGN_PASSPHRASE"))
+	}
+	return nil, nil
+}

@@ -1,0 +1,88 @@
+package controller
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+
+	"herd.dev/herd/planner"
+	"herd.dev/herd/sync/nodepool"
+)
+
+// Herd's own metrics, beside the Flux-compatible gotk_reconcile_* ones.
+var (
+	nodesGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "herd_nodes",
+		Help: "Nodes per pool and state (upToDate, updating, pending, waiting, unavailable, degraded).",
+	}, []string{"pool", "state"})
+	batchesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herd_rollout_batches_total",
+		Help: "Rollout batches started, per pool.",
+	}, []string{"pool"})
+	revisionAge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "herd_source_revision_age_seconds",
+		Help: "Age of the fleet revision in force: now minus its commit time.",
+	})
+	sourceContactAge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "herd_source_contact_age_seconds",
+		Help: "Time since the fleet repo's remote last answered.",
+	})
+	commitToNode = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "herd_commit_to_node_seconds",
+		Help:    "From a fleet commit to a node running it, per pool.",
+		Buckets: prometheus.ExponentialBucketsRange(1, 7*24*3600, 16),
+	}, []string{"pool"})
+)
+
+func init() {
+	ctrlmetrics.Registry.MustRegister(nodesGauge, batchesTotal, revisionAge, sourceContactAge, commitToNode)
+}
+
+// inFlight remembers, per node, the target this process saw it moving to, so
+// that the commit-to-node latency is observed once, when it arrives.
+var inFlight sync.Map // node name → config hash
+
+// recordMetrics updates a pool's metrics after a reconcile.
+func (r *Reconciler) recordMetrics(st *run, pp *planner.PoolPlan, np *nodepool.NodePool, out *outcome) {
+	s := np.Status
+	for state, n := range map[string]int{
+		"upToDate":    s.UpToDate,
+		"updating":    s.Updating,
+		"pending":     pp.Nodes - s.UpToDate - s.Updating - s.Waiting,
+		"waiting":     s.Waiting,
+		"unavailable": s.Unavailable,
+		"degraded":    s.Degraded,
+	} {
+		nodesGauge.WithLabelValues(pp.Name, state).Set(float64(n))
+	}
+	if len(out.started) > 0 {
+		batchesTotal.WithLabelValues(pp.Name).Inc()
+	}
+	for _, c := range pp.Changes {
+		if c.InFlight {
+			inFlight.Store(c.Node, pp.ConfigHash)
+		}
+	}
+	for _, name := range pp.UpToDate {
+		if h, ok := inFlight.Load(name); ok && h == pp.ConfigHash {
+			commitToNode.WithLabelValues(pp.Name).Observe(st.now.Sub(st.rev.Time).Seconds())
+			inFlight.Delete(name)
+		}
+	}
+	if r.Metrics != nil {
+		ref := corev1.ObjectReference{Kind: nodepool.Kind, Name: np.Name, APIVersion: nodepool.GroupVersion.String()}
+		for _, t := range []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition} {
+			if c := conditions.Get(np, t); c != nil {
+				r.Metrics.RecordCondition(ref, *c)
+			} else {
+				r.Metrics.DeleteCondition(ref, t)
+			}
+		}
+		r.Metrics.RecordDuration(ref, st.now)
+	}
+}

@@ -1,0 +1,294 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"herd.dev/herd/planner"
+	"herd.dev/herd/schema"
+	"herd.dev/herd/sync/cluster"
+	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/source"
+	"herd.dev/herd/sync/writeback"
+)
+
+// StatusSink receives the fleet's state after every reconcile: the Git
+// status branch (*writeback.Writer).
+type StatusSink interface {
+	SetSource(writeback.SourceStatus)
+	SetPool(writeback.PoolStatus) error
+	RemovePool(name string)
+}
+
+// report writes what the reconcile found and did: NodePool status with
+// kstatus conditions, events, metrics, and the Git status branch.
+func (r *Reconciler) report(ctx context.Context, st *run) error {
+	r.Source.MarkApplied(st.rev.Commit)
+	for i := range st.plan.Pools {
+		pp := &st.plan.Pools[i]
+		np := st.rollouts[pp.Name]
+		if np == nil {
+			continue
+		}
+		out := st.outcomes[pp.Name]
+		before := st.original[pp.Name]
+		r.poolStatus(st, pp, np, out)
+		r.events(np, before, pp, out)
+		r.recordMetrics(st, pp, np, out)
+		if err := r.patchStatus(ctx, np, before); err != nil {
+			return err
+		}
+		if r.Status != nil {
+			if err := r.Status.SetPool(r.gitPoolStatus(st, pp, np, out)); err != nil {
+				return err
+			}
+		}
+	}
+	if r.Status != nil {
+		r.Status.SetSource(gitSourceStatus(r.Source.Status(), st))
+	}
+	revisionAge.Set(st.now.Sub(st.rev.Time).Seconds())
+	if s := r.Source.Status(); !s.LastSuccessTime.IsZero() {
+		sourceContactAge.Set(st.now.Sub(s.LastSuccessTime).Seconds())
+	}
+	return r.collect(ctx, st)
+}
+
+// poolStatus fills the NodePool's status from the plan and the outcome.
+func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *nodepool.NodePool, out *outcome) {
+	s := &np.Status
+	s.ObservedGeneration = np.Generation
+	s.ObservedRevision = st.rev.Commit
+	s.ConfigHash = pp.ConfigHash
+	s.OSCommit = pp.OSCommit
+	s.Nodes = pp.Nodes
+	s.UpToDate = len(pp.UpToDate)
+	s.Unavailable = len(pp.Unavailable)
+	s.Updating, s.Waiting, s.Degraded = 0, 0, 0
+	for _, c := range pp.Changes {
+		switch {
+		case c.Batch == 1:
+			s.Updating++
+		case c.Batch == 0:
+			s.Waiting++
+		}
+		if n := st.byName[c.Node]; n != nil && schema.NodeState(n.Annotations[schema.AnnotationState]) == schema.StateDegraded {
+			s.Degraded++
+		}
+	}
+	if len(out.started) > 0 {
+		s.Rollout.Batches++
+	}
+	s.Progress = fmt.Sprintf("%d/%d", s.UpToDate, s.Nodes)
+	current, total := batchPosition(pp, s.Rollout.Batches, len(out.started) > 0)
+	s.Batch = ""
+	if total > 0 {
+		s.Batch = fmt.Sprintf("%d/%d", current, total)
+	}
+
+	var blocked []string
+	for name, res := range out.drainBlocked {
+		blocked = append(blocked, fmt.Sprintf("%s: %s", name, blockedPods(res)))
+	}
+	switch {
+	case len(pp.Changes) == 0:
+		s.Phase = nodepool.PhaseUpToDate
+		s.Message = fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
+		conditions.MarkTrue(np, meta.ReadyCondition, meta.SucceededReason, "%s", s.Message)
+		conditions.Delete(np, meta.ReconcilingCondition)
+		conditions.Delete(np, meta.StalledCondition)
+	case pp.Paused:
+		s.Phase = nodepool.PhasePaused
+		s.Message = fmt.Sprintf("paused with %d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
+		conditions.MarkFalse(np, meta.ReadyCondition, "Paused", "%s", s.Message)
+		conditions.Delete(np, meta.ReconcilingCondition)
+		conditions.Delete(np, meta.StalledCondition)
+	case len(blocked) > 0:
+		s.Phase = nodepool.PhaseProgressing
+		s.Message = "DrainBlocked: " + strings.Join(sortedStrings(blocked), "; ")
+		conditions.MarkStalled(np, "DrainBlocked", "%s", s.Message)
+		conditions.MarkFalse(np, meta.ReadyCondition, "DrainBlocked", "%s", s.Message)
+	case pp.Blocked != "":
+		s.Phase = nodepool.PhaseBlocked
+		s.Message = pp.Blocked
+		conditions.MarkStalled(np, "Blocked", "%s", s.Message)
+		conditions.MarkFalse(np, meta.ReadyCondition, "Blocked", "%s", s.Message)
+	default:
+		s.Phase = nodepool.PhaseProgressing
+		s.Message = fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
+		if s.Batch != "" {
+			s.Message += " (batch " + s.Batch + ")"
+		}
+		if s.Degraded > 0 {
+			s.Message += fmt.Sprintf(", %d degraded", s.Degraded)
+		}
+		conditions.MarkReconciling(np, meta.ProgressingReason, "%s", s.Message)
+		conditions.MarkFalse(np, meta.ReadyCondition, meta.ProgressingReason, "%s", s.Message)
+		conditions.Delete(np, meta.StalledCondition)
+	}
+}
+
+// batchPosition says which batch runs and how many there are in all: the
+// batches started so far, plus those the plan still holds.
+func batchPosition(pp *planner.PoolPlan, started int, startedNow bool) (current, total int) {
+	remaining := len(pp.Batches)
+	if remaining > 0 && (startedNow || started > 0) {
+		remaining-- // batch 1 of the plan is the one running
+	}
+	return started, started + remaining
+}
+
+func (r *Reconciler) patchStatus(ctx context.Context, np, before *nodepool.NodePool) error {
+	a, _ := json.Marshal(before.Status)
+	b, _ := json.Marshal(np.Status)
+	if bytes.Equal(a, b) {
+		return nil
+	}
+	if err := r.client.Status().Patch(ctx, np, client.MergeFrom(before)); err != nil {
+		return fmt.Errorf("update NodePool %s status: %w", np.Name, err)
+	}
+	return nil
+}
+
+// events records a pool's notable moments on its NodePool.
+func (r *Reconciler) events(np, before *nodepool.NodePool, pp *planner.PoolPlan, out *outcome) {
+	if r.Events == nil {
+		return
+	}
+	if len(out.started) > 0 {
+		r.Events.Eventf(np, nil, corev1.EventTypeNormal, "BatchStarted", "Rollout",
+			"batch %s to %s: %s", np.Status.Batch, short(pp.OSCommit), strings.Join(out.started, ", "))
+	}
+	for name, res := range out.drainBlocked {
+		if strings.Contains(before.Status.Message, name+":") {
+			continue // reported already
+		}
+		r.Events.Eventf(np, nil, corev1.EventTypeWarning, "DrainBlocked", "Drain",
+			"drain of %s blocked past its timeout by %s", name, blockedPods(res))
+	}
+	if before.Status.Degraded < np.Status.Degraded {
+		r.Events.Eventf(np, nil, corev1.EventTypeWarning, "NodeDegraded", "Rollout",
+			"%d nodes degraded: %s", np.Status.Degraded, np.Status.Message)
+	}
+	if before.Status.Phase != np.Status.Phase && np.Status.Phase == nodepool.PhaseUpToDate && before.Status.Phase != "" {
+		r.Events.Eventf(np, nil, corev1.EventTypeNormal, "RolloutComplete", "Rollout",
+			"all %d nodes at config %s, OS %s", pp.Nodes, short(pp.ConfigHash), short(pp.OSCommit))
+	}
+}
+
+// gitPoolStatus is the pool as the status branch records it.
+func (r *Reconciler) gitPoolStatus(st *run, pp *planner.PoolPlan, np *nodepool.NodePool, out *outcome) writeback.PoolStatus {
+	s := np.Status
+	ps := writeback.PoolStatus{
+		Name:         pp.Name,
+		SpecRevision: st.rev.Commit,
+		ConfigHash:   pp.ConfigHash,
+		OSTarget:     pp.OSCommit,
+		Phase:        s.Phase,
+		Message:      s.Message,
+		Counts: writeback.Counts{
+			Total:    pp.Nodes,
+			Updated:  s.UpToDate,
+			Updating: s.Updating,
+			Pending:  pp.Nodes - s.UpToDate - s.Updating,
+			Failed:   s.Degraded,
+		},
+	}
+	if current, total := batchPosition(pp, s.Rollout.Batches, len(out.started) > 0); total > 0 {
+		ps.Batch = &writeback.Batch{Current: current, Total: total}
+	}
+	for _, name := range pp.UpToDate {
+		ps.Nodes = append(ps.Nodes, writeback.NodeStatus{Name: name, State: "UpToDate", Revision: st.rev.Commit})
+	}
+	for _, c := range pp.Changes {
+		ps.Nodes = append(ps.Nodes, nodeStatus(st, c, out))
+	}
+	return ps
+}
+
+// nodeStatus names where one out-of-date node stands.
+func nodeStatus(st *run, c planner.Change, out *outcome) writeback.NodeStatus {
+	n := st.byName[c.Node]
+	a := n.Annotations
+	ns := writeback.NodeStatus{Name: c.Node, Message: c.Reason}
+	agent := schema.NodeState(a[schema.AnnotationState])
+	switch {
+	case c.Batch == 0:
+		ns.State = "Waiting"
+	case c.Batch > 1:
+		ns.State = "Pending"
+	case out.drainBlocked[c.Node].Started != (time.Time{}):
+		ns.State, ns.Message = "DrainBlocked", "blocked by "+blockedPods(out.drainBlocked[c.Node])
+	case out.draining[c.Node].Started != (time.Time{}):
+		ns.State, ns.Message = "Draining", out.draining[c.Node].String()
+	case agent.Busy():
+		ns.State, ns.Message = string(agent), a[schema.AnnotationMessage]
+	case a[schema.AnnotationDesiredConfig] != "" && c.InFlight:
+		ns.State = "Dispatched"
+	default:
+		ns.State = "Starting"
+	}
+	if t, err := time.Parse(time.RFC3339, a[schema.AnnotationDispatched]); err == nil && c.InFlight {
+		ns.Since = t
+	}
+	return ns
+}
+
+func gitSourceStatus(s source.Status, st *run) writeback.SourceStatus {
+	out := writeback.SourceStatus{URL: s.URL, Branch: s.Branch, Reason: string(s.Reason), Message: s.Message}
+	if s.LastFetched != "" {
+		out.LastFetched = &writeback.Revision{Commit: s.LastFetched}
+	}
+	out.LastApplied = &writeback.Revision{Commit: st.rev.Commit, Subject: st.rev.Subject, Time: st.rev.Time}
+	if rj := s.LastRejected; rj != nil {
+		out.LastRejected = &writeback.RejectedCommit{Commit: rj.Commit, Reason: string(rj.Reason), Message: rj.Message, Time: rj.Time}
+		if rj.Message != "" {
+			out.Errors = strings.Split(rj.Message, "\n")
+		}
+	}
+	if s.Reason == source.SourceUnavailable && !s.LastSuccessTime.IsZero() {
+		t := s.LastSuccessTime
+		out.UnavailableSince = &t
+	}
+	return out
+}
+
+// collect deletes rendered ConfigMaps that no node, pool target or recent
+// target refers to.
+func (r *Reconciler) collect(ctx context.Context, st *run) error {
+	keep := map[string]bool{}
+	for _, p := range st.pools {
+		keep[p.Hash] = true
+	}
+	for i := range st.nodes {
+		a := st.nodes[i].Annotations
+		keep[a[schema.AnnotationDesiredConfig]] = true
+		keep[a[schema.AnnotationCurrentConfig]] = true
+	}
+	deleted, err := cluster.CollectRendered(ctx, r.client, keep, 10*time.Minute, st.now)
+	r.mu.Lock()
+	for _, h := range deleted {
+		delete(r.stored, h)
+	}
+	r.mu.Unlock()
+	return err
+}
+
+func sortedStrings(s []string) []string {
+	out := append([]string(nil), s...)
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j] < out[j-1]; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}

@@ -1,0 +1,131 @@
+// Package nodepool is the NodePool custom resource: the cluster's read-only
+// mirror of a pool in Git, with its rollout's progress in the status.
+package nodepool
+
+import (
+	"encoding/json"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8sschema "k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/scheme"
+
+	"herd.dev/herd/schema"
+)
+
+// GroupVersion of the NodePool API.
+var GroupVersion = k8sschema.GroupVersion{Group: "herd.dev", Version: "v1alpha1"}
+
+var (
+	schemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+	// AddToScheme registers NodePool and NodePoolList.
+	AddToScheme = schemeBuilder.AddToScheme
+)
+
+func init() {
+	schemeBuilder.Register(&NodePool{}, &NodePoolList{})
+}
+
+// Kind is the resource's kind.
+const Kind = "NodePool"
+
+// Phases of a pool.
+const (
+	PhaseUpToDate    = "UpToDate"    // every node at the target
+	PhaseProgressing = "Progressing" // batches running
+	PhaseBlocked     = "Blocked"     // no room under maxUnavailable
+	PhasePaused      = "Paused"      // spec.paused
+	PhaseHalted      = "Halted"      // failures past the budget
+	PhaseRollingBack = "RollingBack" // failures past the budget, going back
+)
+
+// NodePool mirrors one pool of the fleet repo. Git is the source of truth:
+// the controller overwrites any edit to the spec.
+type NodePool struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   Spec   `json:"spec"`
+	Status Status `json:"status,omitempty"`
+}
+
+// Spec is the pool as the fleet declares it, and where it comes from.
+type Spec struct {
+	schema.NodePool `json:",inline"`
+	// Revision is the Git commit the spec was copied from.
+	Revision string `json:"revision"`
+}
+
+// Status is the pool's rollout as the controller sees it.
+type Status struct {
+	ObservedGeneration int64  `json:"observedGeneration,omitempty"`
+	ObservedRevision   string `json:"observedRevision,omitempty"`
+	ConfigHash         string `json:"configHash,omitempty"`
+	OSCommit           string `json:"osCommit,omitempty"`
+	Phase              string `json:"phase,omitempty"`
+	Message            string `json:"message,omitempty"`
+
+	Nodes       int `json:"nodes"`
+	UpToDate    int `json:"upToDate"`
+	Updating    int `json:"updating"`
+	Unavailable int `json:"unavailable"`
+	Degraded    int `json:"degraded"`
+	Waiting     int `json:"waiting"`
+
+	// Progress reads "6/10" (nodes at target / nodes), Batch "3/5".
+	Progress string `json:"progress,omitempty"`
+	Batch    string `json:"batch,omitempty"`
+
+	// Rollout is what outlives one reconcile: the target and the nodes
+	// brought to it so far.
+	Rollout RolloutStatus `json:"rollout,omitempty"`
+
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// RolloutStatus is the state of the rollout in progress.
+type RolloutStatus struct {
+	Hash      string       `json:"hash,omitempty"`
+	Revision  string       `json:"revision,omitempty"`
+	StartedAt *metav1.Time `json:"startedAt,omitempty"`
+	Done      int          `json:"done"`
+	Batches   int          `json:"batches"` // batches started so far
+}
+
+// GetConditions returns the status conditions (for fluxcd/pkg/runtime/conditions).
+func (p *NodePool) GetConditions() []metav1.Condition { return p.Status.Conditions }
+
+// SetConditions sets the status conditions.
+func (p *NodePool) SetConditions(c []metav1.Condition) { p.Status.Conditions = c }
+
+// NodePoolList is a list of NodePools.
+type NodePoolList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []NodePool `json:"items"`
+}
+
+// DeepCopyObject copies the object. Spec holds maps and pointers of the
+// schema's types; a JSON round trip copies them all without generated code.
+func (p *NodePool) DeepCopyObject() runtime.Object { return deepCopy(p) }
+
+// DeepCopy copies the object.
+func (p *NodePool) DeepCopy() *NodePool { return deepCopy(p) }
+
+// DeepCopyObject copies the list.
+func (l *NodePoolList) DeepCopyObject() runtime.Object { return deepCopy(l) }
+
+func deepCopy[T any](in *T) *T {
+	if in == nil {
+		return nil
+	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		panic(err) // only plain data: cannot fail
+	}
+	out := new(T)
+	if err := json.Unmarshal(b, out); err != nil {
+		panic(err)
+	}
+	return out
+}
