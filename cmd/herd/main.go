@@ -75,6 +75,8 @@ batches, and rolls OSTree images and node configuration out safely.`,
 		newPlanCmd(),
 		newSchemaCmd(),
 		newControllerCmd(),
+		newHistoryCmd(),
+		newRollbackCmd(),
 		newInstallCmd(),
 		newVersionCmd(),
 	)

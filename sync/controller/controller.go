@@ -278,14 +278,22 @@ func (st *run) setNodes(nodes []corev1.Node) {
 
 // plannerInput builds the planner's input from the run's nodes and rollouts.
 func (r *Reconciler) plannerInput(st *run) planner.Input {
-	in := planner.Input{Pools: st.pools, Now: st.now, Rollouts: map[string]planner.Rollout{}}
+	in := planner.Input{Pools: st.pools, Now: st.now, Rollouts: map[string]planner.Rollout{}, Rollbacks: map[string]bool{}}
 	in.Nodes = make([]planner.Node, len(st.nodes))
 	for i := range st.nodes {
 		in.Nodes[i] = cluster.PlannerNode(&st.nodes[i])
 	}
 	for _, p := range st.pools {
 		np := st.rollouts[p.Name]
-		if np == nil || np.Status.Rollout.Hash != p.Hash {
+		if np == nil {
+			continue
+		}
+		for _, prev := range np.Status.Previous {
+			if prev.Hash == p.Hash {
+				in.Rollbacks[p.Hash] = true // back to an earlier target
+			}
+		}
+		if np.Status.Rollout.Hash != p.Hash {
 			continue
 		}
 		in.Rollouts[p.Name] = planner.Rollout{Hash: p.Hash, Done: doneSince(st.nodes, p, np.Status.Rollout.StartedAt)}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -54,6 +55,11 @@ func (r *Reconciler) mirrorPools(ctx context.Context, st *run) error {
 		}
 		st.original[p.Name] = np.DeepCopy()
 		if np.Status.Rollout.Hash != p.Hash {
+			if old := np.Status.Rollout; old.Hash != "" {
+				prev := slices.DeleteFunc(slices.Clone(np.Status.Previous), func(t nodepool.PreviousTarget) bool { return t.Hash == old.Hash })
+				prev = append([]nodepool.PreviousTarget{{Hash: old.Hash, Revision: old.Revision, OSCommit: np.Status.OSCommit}}, prev...)
+				np.Status.Previous = prev[:min(len(prev), nodepool.MaxPrevious)]
+			}
 			now := metav1.NewTime(st.now)
 			np.Status.Rollout = nodepool.RolloutStatus{Hash: p.Hash, Revision: st.rev.Commit, StartedAt: &now}
 		}

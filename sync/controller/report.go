@@ -274,6 +274,11 @@ func (r *Reconciler) collect(ctx context.Context, st *run) error {
 		keep[a[schema.AnnotationDesiredConfig]] = true
 		keep[a[schema.AnnotationCurrentConfig]] = true
 	}
+	for _, np := range st.rollouts {
+		for _, prev := range np.Status.Previous { // ready for a rollback
+			keep[prev.Hash] = true
+		}
+	}
 	deleted, err := cluster.CollectRendered(ctx, r.client, keep, 10*time.Minute, st.now)
 	r.mu.Lock()
 	for _, h := range deleted {

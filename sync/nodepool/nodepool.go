@@ -79,6 +79,9 @@ type Status struct {
 	// Rollout is what outlives one reconcile: the target and the nodes
 	// brought to it so far.
 	Rollout RolloutStatus `json:"rollout,omitempty"`
+	// Previous lists the pool's earlier targets, newest first (at most
+	// MaxPrevious): going back to one of them is a rollback.
+	Previous []PreviousTarget `json:"previous,omitempty"`
 
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
@@ -91,6 +94,16 @@ type RolloutStatus struct {
 	Done      int          `json:"done"`
 	Batches   int          `json:"batches"` // batches started so far
 }
+
+// PreviousTarget is a target the pool had before.
+type PreviousTarget struct {
+	Hash     string `json:"hash"`
+	Revision string `json:"revision"`
+	OSCommit string `json:"osCommit,omitempty"`
+}
+
+// MaxPrevious bounds Status.Previous.
+const MaxPrevious = 10
 
 // GetConditions returns the status conditions (for fluxcd/pkg/runtime/conditions).
 func (p *NodePool) GetConditions() []metav1.Condition { return p.Status.Conditions }
