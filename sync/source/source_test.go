@@ -1,0 +1,474 @@
+package source
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"herd.dev/herd/sync/gitutil"
+	"herd.dev/herd/test/gitserver"
+)
+
+func TestFollowAndMaterialize(t *testing.T) {
+	f := newFixture(t)
+	f.writer.Write("README.md", "not part of the fleet\n")
+	first := f.push("pool general", "pool: general: nodes: 10\n")
+
+	var validated []string
+	s := f.start(Options{Validate: func(ctx context.Context, dir string) error {
+		validated = append(validated, dir)
+		return fleetValidate(ctx, dir)
+	}})
+	rev := waitUpdate(t, s, first)
+	if got := readFile(t, filepath.Join(rev.Dir, "pools", "general.cue")); got != "pool: general: nodes: 10\n" {
+		t.Fatalf("checkout content %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(rev.Dir, "README.md")); !os.IsNotExist(err) {
+		t.Fatalf("file outside the fleet path was materialized: %v", err)
+	}
+	if rev.Subject != "pool general" || !strings.Contains(rev.Author, "writer@example.com") || rev.Time.IsZero() {
+		t.Fatalf("revision metadata %+v", rev)
+	}
+	if len(validated) != 1 || validated[0] != rev.Dir {
+		t.Fatalf("validate called with %v, want [%s]", validated, rev.Dir)
+	}
+	s.MarkApplied(first)
+
+	// Nothing moved: a check does not fetch or validate again.
+	checks := s.Status().Checks
+	s.Trigger()
+	waitStatus(t, s, "another check", func(st Status) bool { return st.Checks > checks })
+	if len(validated) != 1 {
+		t.Fatalf("unchanged head validated again")
+	}
+
+	f.writer.Write("fleet/pools/gpu.cue", "pool: gpu: nodes: 2\n")
+	second := f.push("pool gpu", "pool: general: nodes: 12\n")
+	s.Trigger()
+	rev2 := waitUpdate(t, s, second)
+	if got := readFile(t, filepath.Join(rev2.Dir, "pools", "gpu.cue")); got != "pool: gpu: nodes: 2\n" {
+		t.Fatalf("second checkout %q", got)
+	}
+	st := s.Status()
+	if st.Reason != Succeeded || st.Current != second || st.LastFetched != second || st.LastApplied != first {
+		t.Fatalf("status %+v", st)
+	}
+	// Only the current and the applied checkouts are kept.
+	entries, _ := os.ReadDir(filepath.Dir(rev2.Dir))
+	if len(entries) != 2 {
+		t.Fatalf("checkouts %v, want the applied and the current", entries)
+	}
+	s.MarkApplied(second)
+	if _, err := os.Stat(rev.Dir); !os.IsNotExist(err) {
+		t.Fatalf("old checkout %s kept after a newer one was applied", rev.Dir)
+	}
+}
+
+func TestWebhook(t *testing.T) {
+	f := newFixture(t)
+	first := f.push("first", "pool: general: nodes: 1\n")
+	s := f.start(Options{})
+	waitUpdate(t, s, first)
+
+	const secret, token = "hook-secret", "hook-token"
+	srv := httptest.NewServer(s.Webhook(WebhookOptions{GitHubSecret: secret, Token: token}))
+	defer srv.Close()
+	post := func(body string, hdr map[string]string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/hook", strings.NewReader(body))
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	sign := func(body string) string {
+		m := hmac.New(sha256.New, []byte(secret))
+		m.Write([]byte(body))
+		return "sha256=" + hex.EncodeToString(m.Sum(nil))
+	}
+	checksNow := func() int64 { return s.Status().Checks }
+
+	// A push that the webhook announces is fetched within a second.
+	second := f.push("second", "pool: general: nodes: 2\n")
+	before := checksNow()
+	ping := `{"zen":"hi"}`
+	if code := post(ping, map[string]string{"X-GitHub-Event": "ping", "X-Hub-Signature-256": sign(ping)}); code != http.StatusOK {
+		t.Fatalf("ping: %d", code)
+	}
+	bad := `{"ref":"refs/heads/main"}`
+	if code := post(bad, map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": sign("other body")}); code != http.StatusUnauthorized {
+		t.Fatalf("bad signature: %d, want 401", code)
+	}
+	if code := post(bad, map[string]string{"Authorization": "Bearer wrong"}); code != http.StatusUnauthorized {
+		t.Fatalf("bad token: %d, want 401", code)
+	}
+	if code := post(bad, nil); code != http.StatusUnauthorized {
+		t.Fatalf("no credentials: %d, want 401", code)
+	}
+	if got := checksNow(); got != before {
+		t.Fatalf("ping or rejected deliveries triggered %d checks", got-before)
+	}
+	if st := s.Status(); st.Current != first {
+		t.Fatalf("fetched without a valid delivery: %+v", st)
+	}
+	other := `{"ref":"refs/heads/feature"}`
+	if code := post(other, map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(other)}); code != http.StatusOK {
+		t.Fatalf("push to another branch: %d", code)
+	}
+	start := time.Now()
+	if code := post(bad, map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(bad)}); code != http.StatusAccepted {
+		t.Fatalf("signed push: %d, want 202", code)
+	}
+	waitUpdate(t, s, second)
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("HMAC webhook push took %v to fetch, want < 1s", d)
+	}
+
+	third := f.push("third", "pool: general: nodes: 3\n")
+	start = time.Now()
+	if code := post("", map[string]string{"Authorization": "Bearer " + token}); code != http.StatusAccepted {
+		t.Fatalf("token delivery: %d, want 202", code)
+	}
+	waitUpdate(t, s, third)
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("token webhook push took %v to fetch, want < 1s", d)
+	}
+	if code := func() int {
+		resp, err := http.Get(srv.URL + "/hook")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}(); code != http.StatusMethodNotAllowed {
+		t.Fatalf("GET: %d", code)
+	}
+}
+
+func TestInvalidCommitRejected(t *testing.T) {
+	f := newFixture(t)
+	good := f.push("good", "pool: general: nodes: 3\n")
+	s := f.start(Options{})
+	goodRev := waitUpdate(t, s, good)
+	s.MarkApplied(good)
+
+	bad := f.push("bad", "pool: general: {\n  invalid: true\n}\n")
+	s.Trigger()
+	st := waitStatus(t, s, "validation failure", rejectedAs(bad, ValidationFailed))
+	if st.Reason != ValidationFailed || !strings.Contains(st.Message, "pools/general.cue:2:3: field not allowed: invalid") {
+		t.Fatalf("status %+v", st)
+	}
+	if cur, _ := s.Current(); cur.Commit != good {
+		t.Fatalf("current %s, want the last good %s", cur.Commit, good)
+	}
+	if _, err := os.Stat(goodRev.Dir); err != nil {
+		t.Fatalf("last good checkout removed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(goodRev.Dir), bad)); !os.IsNotExist(err) {
+		t.Fatalf("rejected checkout kept: %v", err)
+	}
+	// A missing fleet path is a validation failure too.
+	f.writer.Git("rm", "-r", "--quiet", "fleet")
+	noPath := f.writer.Commit("remove fleet")
+	f.writer.Push()
+	s.Trigger()
+	st = waitStatus(t, s, "missing path", rejectedAs(noPath, ValidationFailed))
+	if !strings.Contains(st.Message, `"fleet" does not exist`) {
+		t.Fatalf("message %q", st.Message)
+	}
+
+	fixed := f.push("fix", "pool: general: nodes: 4\n")
+	s.Trigger()
+	waitUpdate(t, s, fixed)
+	if st := s.Status(); st.Reason != Succeeded || st.LastRejected.Commit != noPath {
+		t.Fatalf("status after fix %+v", st)
+	}
+}
+
+func TestForcePush(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		t.Run(map[bool]string{false: "refused", true: "allowed"}[allow], func(t *testing.T) {
+			f := newFixture(t)
+			base := f.push("base", "pool: general: nodes: 1\n")
+			applied := f.push("applied", "pool: general: nodes: 2\n")
+			s := f.start(Options{AllowNonFastForward: allow})
+			waitUpdate(t, s, applied)
+			s.MarkApplied(applied)
+
+			f.writer.ResetHard(base)
+			rewritten := f.commit("rewritten", "pool: general: nodes: 5\n")
+			f.writer.ForcePush()
+			s.Trigger()
+			if !allow {
+				st := waitStatus(t, s, "non-fast-forward", rejectedAs(rewritten, NonFastForward))
+				if st.Reason != NonFastForward || !strings.Contains(st.Message, "does not descend") {
+					t.Fatalf("status %+v", st)
+				}
+				if cur, _ := s.Current(); cur.Commit != applied {
+					t.Fatalf("current %s, want %s", cur.Commit, applied)
+				}
+				return
+			}
+			waitUpdate(t, s, rewritten)
+		})
+	}
+}
+
+// signedFixture has writer commits signed by trusted and untrusted keys.
+type signedFixture struct {
+	*fixture
+	sign, signOther func()
+	verify          *Verification
+}
+
+func newPGPFixture(t *testing.T) *signedFixture {
+	f := newFixture(t)
+	trusted := gitserver.NewGPGKey(t, "Fleet Admin", "admin@example.com")
+	other := gitserver.NewGPGKey(t, "Mallory", "mallory@example.com")
+	return &signedFixture{
+		fixture:   f,
+		sign:      func() { f.writer.SignWithGPG(trusted) },
+		signOther: func() { f.writer.SignWithGPG(other) },
+		verify:    &Verification{PGPKeyRings: []string{trusted.WritePublic(t)}},
+	}
+}
+
+func newSSHFixture(t *testing.T) *signedFixture {
+	f := newFixture(t)
+	trusted := gitserver.NewSSHKey(t, "admin")
+	other := gitserver.NewSSHKey(t, "mallory")
+	allowed := filepath.Join(t.TempDir(), "allowed_signers")
+	if err := os.WriteFile(allowed, []byte("# fleet admins\n"+trusted.AllowedSignersLine("admin@example.com")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &signedFixture{
+		fixture:   f,
+		sign:      func() { f.writer.SignWithSSH(trusted) },
+		signOther: func() { f.writer.SignWithSSH(other) },
+		verify:    &Verification{AllowedSigners: allowed},
+	}
+}
+
+func TestVerification(t *testing.T) {
+	for name, mk := range map[string]func(*testing.T) *signedFixture{"pgp": newPGPFixture, "ssh": newSSHFixture} {
+		t.Run(name, func(t *testing.T) {
+			t.Run("unsigned-in-middle", func(t *testing.T) {
+				f := mk(t)
+				f.sign()
+				applied := f.push("applied", "pool: general: nodes: 1\n")
+				s := f.start(Options{Verify: f.verify})
+				rev := waitUpdate(t, s, applied)
+				if !strings.Contains(rev.Signer, "admin") {
+					t.Fatalf("signer %q", rev.Signer)
+				}
+				s.MarkApplied(applied)
+
+				f.commit("signed 1", "pool: general: nodes: 2\n")
+				f.writer.NoSigning()
+				middle := f.commit("unsigned", "pool: general: nodes: 3\n")
+				f.sign()
+				head := f.commit("signed 2", "pool: general: nodes: 4\n")
+				f.writer.Push()
+				s.Trigger()
+				st := waitStatus(t, s, "verification failure", rejectedAs(head, VerificationFailed))
+				if !strings.Contains(st.Message, middle) || !strings.Contains(st.Message, "not signed") {
+					t.Fatalf("message %q does not name the unsigned commit %s", st.Message, middle)
+				}
+				if cur, _ := s.Current(); cur.Commit != applied {
+					t.Fatalf("current %s, want %s", cur.Commit, applied)
+				}
+			})
+			t.Run("untrusted-in-middle", func(t *testing.T) {
+				f := mk(t)
+				f.sign()
+				applied := f.push("applied", "pool: general: nodes: 1\n")
+				s := f.start(Options{Verify: f.verify, LastApplied: applied})
+				waitUpdate(t, s, applied)
+
+				f.signOther()
+				middle := f.commit("by mallory", "pool: general: nodes: 3\n")
+				f.sign()
+				f.commit("signed", "pool: general: nodes: 4\n")
+				head := f.commit("signed again", "pool: general: nodes: 5\n")
+				f.writer.Push()
+				s.Trigger()
+				st := waitStatus(t, s, "verification failure", rejectedAs(head, VerificationFailed))
+				if !strings.Contains(st.Message, middle) {
+					t.Fatalf("message %q does not name the commit %s", st.Message, middle)
+				}
+
+				// A fully signed range on top of the last applied one passes.
+				f.writer.ResetHard(applied)
+				f.commit("signed 1", "pool: general: nodes: 6\n")
+				good := f.commit("signed 2", "pool: general: nodes: 7\n")
+				f.writer.ForcePush()
+				s.Trigger()
+				waitUpdate(t, s, good)
+			})
+			t.Run("first-revision-head-only", func(t *testing.T) {
+				f := mk(t)
+				f.writer.NoSigning()
+				f.commit("old unsigned history", "pool: general: nodes: 1\n")
+				f.sign()
+				head := f.push("signed head", "pool: general: nodes: 2\n")
+				s := f.start(Options{Verify: f.verify})
+				waitUpdate(t, s, head)
+
+				f.writer.NoSigning()
+				unsigned := f.push("unsigned head", "pool: general: nodes: 3\n")
+				s.Trigger()
+				waitStatus(t, s, "unsigned head rejected", rejectedAs(unsigned, VerificationFailed))
+			})
+		})
+	}
+}
+
+func TestUnavailableAndRecovery(t *testing.T) {
+	f := newFixture(t)
+	first := f.push("first", "pool: general: nodes: 1\n")
+	s := f.start(Options{})
+	waitUpdate(t, s, first)
+
+	f.daemon.Stop()
+	s.Trigger()
+	st := waitStatus(t, s, "SourceUnavailable", func(st Status) bool { return st.Reason == SourceUnavailable })
+	if !strings.Contains(st.Message, "last successful fetch") || !strings.Contains(st.Message, "keeping") {
+		t.Fatalf("message %q", st.Message)
+	}
+	if cur, ok := s.Current(); !ok || cur.Commit != first {
+		t.Fatalf("current lost while unavailable: %+v", cur)
+	}
+
+	second := f.commit("second", "pool: general: nodes: 2\n")
+	f.daemon.Start()
+	f.writer.Push()
+	s.Trigger()
+	waitUpdate(t, s, second)
+	if st := s.Status(); st.Reason != Succeeded || st.LastSuccessTime.Before(st.LastFetchTime.Add(-time.Second)) {
+		t.Fatalf("status after recovery %+v", st)
+	}
+}
+
+func TestRestartWithLastApplied(t *testing.T) {
+	f := newFixture(t)
+	applied := f.push("applied", "pool: general: nodes: 1\n")
+	next := f.push("next", "pool: general: nodes: 2\n")
+	cache := t.TempDir()
+	// A fresh process with the persisted revision and a fresh cache.
+	s := f.start(Options{CacheDir: cache, LastApplied: applied})
+	waitUpdate(t, s, next)
+	if st := s.Status(); st.LastApplied != applied {
+		t.Fatalf("status %+v", st)
+	}
+	// Unknown last applied revision (history rewritten while down).
+	s2 := f.start(Options{LastApplied: strings.Repeat("ab", 20)})
+	waitStatus(t, s2, "unknown base", rejectedAs(next, NonFastForward))
+}
+
+func TestHTTPAuth(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts gitserver.HTTPOptions
+		auth gitutil.Auth
+		bad  gitutil.Auth
+	}{
+		{"basic", gitserver.HTTPOptions{Username: "herd", Password: "pw"}, gitutil.Auth{Username: "herd", Password: "pw"}, gitutil.Auth{Username: "herd", Password: "nope"}},
+		{"bearer", gitserver.HTTPOptions{BearerToken: "t0k"}, gitutil.Auth{BearerToken: "t0k"}, gitutil.Auth{BearerToken: "wrong"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			head := f.push("first", "pool: general: nodes: 1\n")
+			h := gitserver.StartHTTP(t, f.root, tc.opts)
+			s := f.start(Options{URL: h.URL("fleet.git"), Auth: tc.auth})
+			waitUpdate(t, s, head)
+			next := f.push("next", "pool: general: nodes: 2\n")
+			s.Trigger()
+			waitUpdate(t, s, next)
+
+			bad := f.start(Options{URL: h.URL("fleet.git"), Auth: tc.bad})
+			st := waitStatus(t, bad, "auth failure", func(st Status) bool { return st.Reason == SourceUnavailable })
+			if !strings.Contains(strings.ToLower(st.Message), "auth") {
+				t.Fatalf("message %q", st.Message)
+			}
+			if _, unauthorized := h.Requests(); unauthorized == 0 {
+				t.Fatal("server saw no unauthorized request")
+			}
+		})
+	}
+}
+
+func TestSSH(t *testing.T) {
+	f := newFixture(t)
+	head := f.push("first", "pool: general: nodes: 1\n")
+	sshd := gitserver.StartSSHD(t, f.root)
+	auth := gitutil.Auth{SSHPrivateKeyFile: sshd.ClientKey.PrivatePath, KnownHostsFile: sshd.KnownHostsFile}
+	s := f.start(Options{URL: sshd.URL("fleet.git"), Auth: auth})
+	waitUpdate(t, s, head)
+
+	// Another writer pushes over SSH with the git CLI.
+	w := gitserver.NewClone(t, sshd.URL("fleet.git"), "main", sshd.CLIEnv()...)
+	next := w.CommitFiles("over ssh", map[string]string{"fleet/pools/general.cue": "pool: general: nodes: 2\n"})
+	w.Push()
+	s.Trigger()
+	waitUpdate(t, s, next)
+
+	// A known_hosts entry with another key for this host must fail.
+	impostor := gitserver.NewSSHKey(t, "impostor")
+	wrong := strings.Replace(sshd.KnownHostsLine(), sshd.HostKey.AuthorizedKey(), impostor.AuthorizedKey(), 1)
+	bad := f.start(Options{URL: sshd.URL("fleet.git"), Auth: gitutil.Auth{SSHPrivateKey: sshd.ClientKey.Private(), KnownHosts: []byte(wrong)}})
+	st := waitStatus(t, bad, "host key mismatch", func(st Status) bool { return st.Reason == SourceUnavailable })
+	if !strings.Contains(st.Message, "host key mismatch") {
+		t.Fatalf("message %q", st.Message)
+	}
+	// Without known_hosts the source refuses to be created.
+	if _, err := New(Options{URL: sshd.URL("fleet.git"), CacheDir: t.TempDir(), Auth: gitutil.Auth{SSHPrivateKey: sshd.ClientKey.Private()}}); err == nil {
+		t.Fatal("New accepted an ssh remote without known_hosts")
+	}
+}
+
+func TestRepackKeepsHistory(t *testing.T) {
+	old := repackThreshold
+	repackThreshold = 3
+	// Registered before the source starts, so it runs after it stopped.
+	t.Cleanup(func() { repackThreshold = old })
+	f := newFixture(t)
+	first := f.push("c0", "pool: general: nodes: 0\n")
+	cache := t.TempDir()
+	s := f.start(Options{CacheDir: cache})
+	waitUpdate(t, s, first)
+	s.MarkApplied(first)
+	var last string
+	for i := 1; i <= 8; i++ {
+		last = f.push(fmt.Sprintf("c%d", i), fmt.Sprintf("pool: general: nodes: %d\n", i))
+		s.Trigger()
+		waitUpdate(t, s, last)
+		s.MarkApplied(last)
+	}
+	// The repack runs at the end of a check: start one more and wait for
+	// it to begin, which means the previous one has finished.
+	checks := s.Status().Checks
+	s.Trigger()
+	waitStatus(t, s, "next check", func(st Status) bool { return st.Checks > checks })
+	packs, _ := filepath.Glob(filepath.Join(cache, "repo.git", "objects", "pack", "*.pack"))
+	if len(packs) > repackThreshold {
+		t.Fatalf("%d packs after repacking above %d", len(packs), repackThreshold)
+	}
+	if out := gitserver.Git(t, filepath.Join(cache, "repo.git"), nil, "rev-list", "--count", last); out != "9" {
+		t.Fatalf("cache has %s commits of %s's history, want 9", out, last)
+	}
+	gitserver.Git(t, filepath.Join(cache, "repo.git"), nil, "fsck", "--no-progress", "--connectivity-only")
+}
