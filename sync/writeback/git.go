@@ -1,0 +1,404 @@
+package writeback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	git "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/filemode"
+	"github.com/go-git/go-git/v5/plumbing/format/packfile"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp/capability"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	"github.com/go-git/go-git/v5/plumbing/transport/client"
+	"github.com/go-git/go-git/v5/storage/memory"
+)
+
+// maxStoreObjects bounds the in-memory object store; past it the store is
+// dropped and the next write fetches the branch head afresh (depth 1).
+const maxStoreObjects = 200_000
+
+// store is the Writer's in-memory object store: the status branch head,
+// fetched shallow, plus the objects the Writer creates.
+type store struct {
+	st   *memory.Storage
+	repo *git.Repository
+}
+
+func newStore() *store {
+	st := memory.NewStorage()
+	repo, err := git.Init(st, nil)
+	if err != nil {
+		panic(fmt.Sprintf("init in-memory repository: %v", err)) // cannot fail on memory storage
+	}
+	return &store{st: st, repo: repo}
+}
+
+// write commits snap on top of the remote branch head and pushes it,
+// fetching, rebuilding and retrying when another writer pushed first. The
+// caller holds writeMu.
+func (w *Writer) write(ctx context.Context, snap state) error {
+	ctx, cancel := context.WithTimeout(ctx, w.opts.Timeout)
+	defer cancel()
+	var last error
+	for attempt := 0; attempt < w.opts.MaxRetries; attempt++ {
+		if attempt > 0 {
+			// Jittered exponential back-off: 2ms·2^n, capped at 250ms.
+			limit := min(2*time.Millisecond<<attempt, 250*time.Millisecond)
+			t := time.NewTimer(time.Duration(rand.Int64N(int64(limit))) + time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("write status: %w (last: %v)", ctx.Err(), last)
+			case <-t.C:
+			}
+		}
+		hash, err := w.tryWrite(ctx, snap)
+		if err == nil {
+			if hash.IsZero() {
+				w.mu.Lock()
+				w.stats.Unchanged++
+				w.stats.LastError = ""
+				w.mu.Unlock()
+			} else {
+				w.lastWrite = time.Now()
+				w.recordCommit(hash.String())
+				w.log.Debug("pushed status", "commit", hash.String(), "attempt", attempt+1)
+			}
+			return nil
+		}
+		last = err
+		if !isConflict(err) {
+			break
+		}
+		w.mu.Lock()
+		w.stats.Conflicts++
+		w.mu.Unlock()
+		w.log.Debug("status push lost a race; rebuilding", "attempt", attempt+1, "err", err)
+	}
+	w.recordError(last)
+	return fmt.Errorf("write status to %s %s: %w", w.opts.URL, w.opts.Branch, last)
+}
+
+// tryWrite makes one attempt; it returns the pushed commit, or the zero
+// hash when the branch already holds exactly these files.
+func (w *Writer) tryWrite(ctx context.Context, snap state) (plumbing.Hash, error) {
+	if len(w.repo.st.ObjectStorage.Objects) > maxStoreObjects {
+		w.repo = newStore()
+	}
+	cli, err := client.NewClient(w.ep)
+	if err != nil {
+		return plumbing.ZeroHash, fmt.Errorf("transport: %w", err)
+	}
+	sess, err := cli.NewReceivePackSession(w.ep, w.auth)
+	if err != nil {
+		return plumbing.ZeroHash, fmt.Errorf("connect for push: %w", err)
+	}
+	defer sess.Close()
+	ar, err := sess.AdvertisedReferencesContext(ctx)
+	if err != nil && !errors.Is(err, transport.ErrEmptyRemoteRepository) {
+		return plumbing.ZeroHash, fmt.Errorf("list remote refs: %w", err)
+	}
+	branch := plumbing.NewBranchReferenceName(w.opts.Branch)
+	tip := plumbing.ZeroHash
+	if ar != nil {
+		refs, err := ar.AllReferences()
+		if err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("read remote refs: %w", err)
+		}
+		if r, ok := refs[branch]; ok {
+			tip = r.Hash()
+		}
+	} else {
+		ar = packp.NewAdvRefs()
+	}
+
+	var base *object.Tree
+	if !tip.IsZero() {
+		c, err := object.GetCommit(w.repo.st, tip)
+		if err != nil {
+			if err := w.fetch(ctx); err != nil {
+				return plumbing.ZeroHash, err
+			}
+			if c, err = object.GetCommit(w.repo.st, tip); err != nil {
+				return plumbing.ZeroHash, conflictf("head %s moved on while fetching", tip)
+			}
+		}
+		if base, err = c.Tree(); err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("read tree of %s: %w", tip, err)
+		}
+	}
+
+	files, err := w.render(snap, base)
+	if err != nil {
+		return plumbing.ZeroHash, err
+	}
+	root, objs, err := w.repo.replaceDir(base, []string{"clusters", w.opts.Cluster}, files)
+	if err != nil {
+		return plumbing.ZeroHash, err
+	}
+	if base != nil && root == base.Hash {
+		return plumbing.ZeroHash, nil
+	}
+	commit, err := w.commit(snap, root, tip)
+	if err != nil {
+		return plumbing.ZeroHash, err
+	}
+	objs = append(objs, commit)
+
+	req := packp.NewReferenceUpdateRequestFromCapabilities(ar.Capabilities)
+	req.Commands = []*packp.Command{{Name: branch, Old: tip, New: commit}}
+	if err := w.push(ctx, sess, ar, req, objs); err != nil {
+		return plumbing.ZeroHash, err
+	}
+	return commit, nil
+}
+
+// fetch brings the branch head (depth 1) into the store.
+func (w *Writer) fetch(ctx context.Context) error {
+	remote, err := w.repo.repo.Remote("origin")
+	if err != nil {
+		if remote, err = w.repo.repo.CreateRemote(&config.RemoteConfig{Name: "origin", URLs: []string{w.opts.URL}}); err != nil {
+			return fmt.Errorf("configure remote: %w", err)
+		}
+	}
+	spec := config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/origin/%s", w.opts.Branch, w.opts.Branch))
+	err = remote.FetchContext(ctx, &git.FetchOptions{
+		RefSpecs: []config.RefSpec{spec},
+		Depth:    1,
+		Auth:     w.auth,
+		Tags:     git.NoTags,
+		Force:    true,
+	})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return fmt.Errorf("fetch %s: %w", w.opts.Branch, err)
+	}
+	return nil
+}
+
+// render produces the cluster directory's files. Pools whose transitions
+// have not been merged with the branch's file yet are merged here.
+func (w *Writer) render(snap state, base *object.Tree) (map[string][]byte, error) {
+	files := map[string][]byte{}
+	if snap.source != nil {
+		b, err := marshalYAML(snap.source)
+		if err != nil {
+			return nil, err
+		}
+		files["source.yaml"] = b
+	}
+	for name, p := range snap.pools {
+		if !p.seeded {
+			if base != nil {
+				if old, err := readFile(base, path.Join("clusters", w.opts.Cluster, name+".yaml")); err == nil {
+					if prev, err := ParsePool(old); err == nil {
+						p.status.Transitions = mergeTransitions(prev.Transitions, p.status.Transitions)
+					}
+				}
+			}
+			p.seeded = true
+		}
+		b, err := marshalYAML(p.status)
+		if err != nil {
+			return nil, err
+		}
+		files[name+".yaml"] = b
+	}
+	return files, nil
+}
+
+func readFile(t *object.Tree, p string) ([]byte, error) {
+	f, err := t.File(p)
+	if err != nil {
+		return nil, err
+	}
+	r, err := f.Reader()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+// commit writes the commit object (signed when a Signer is set).
+func (w *Writer) commit(snap state, tree, parent plumbing.Hash) (plumbing.Hash, error) {
+	now := time.Now()
+	sig := object.Signature{Name: w.opts.AuthorName, Email: w.opts.AuthorEmail, When: now}
+	c := &object.Commit{
+		Author:    sig,
+		Committer: sig,
+		Message:   commitMessage(w.opts.Cluster, snap.source, snap.sortedPools()),
+		TreeHash:  tree,
+	}
+	if !parent.IsZero() {
+		c.ParentHashes = []plumbing.Hash{parent}
+	}
+	if w.opts.Signer != nil {
+		unsigned := &plumbing.MemoryObject{}
+		if err := c.EncodeWithoutSignature(unsigned); err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("encode commit: %w", err)
+		}
+		r, err := unsigned.Reader()
+		if err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("encode commit: %w", err)
+		}
+		s, err := w.opts.Signer.Sign(r)
+		if err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("sign commit: %w", err)
+		}
+		c.PGPSignature = string(s)
+	}
+	obj := w.repo.st.NewEncodedObject()
+	if err := c.Encode(obj); err != nil {
+		return plumbing.ZeroHash, fmt.Errorf("encode commit: %w", err)
+	}
+	return w.repo.st.SetEncodedObject(obj)
+}
+
+// push sends objs and the ref update in the session opened by tryWrite.
+func (w *Writer) push(ctx context.Context, sess transport.ReceivePackSession, ar *packp.AdvRefs, req *packp.ReferenceUpdateRequest, objs []plumbing.Hash) error {
+	rd, wr := io.Pipe()
+	req.Packfile = rd
+	done := make(chan error, 1)
+	useRefDeltas := !ar.Capabilities.Supports(capability.OFSDelta)
+	go func() {
+		enc := packfile.NewEncoder(wr, w.repo.st, useRefDeltas)
+		_, err := enc.Encode(objs, 0)
+		done <- wr.CloseWithError(err)
+	}()
+	rs, err := sess.ReceivePack(ctx, req)
+	_ = rd.Close()
+	encErr := <-done
+	if rs != nil {
+		if rs.UnpackStatus != "ok" {
+			return fmt.Errorf("push: remote could not unpack: %s", rs.UnpackStatus)
+		}
+		for _, cs := range rs.CommandStatuses {
+			if cs.Status != "ok" {
+				// The ref moved (or appeared) since it was advertised.
+				return conflictf("push rejected: %s", cs.Status)
+			}
+		}
+	}
+	if err != nil {
+		if strings.Contains(err.Error(), "non-fast-forward") || strings.Contains(err.Error(), "fetch first") {
+			return conflictf("push rejected: %v", err)
+		}
+		return fmt.Errorf("push: %w", err)
+	}
+	if encErr != nil && !errors.Is(encErr, io.ErrClosedPipe) {
+		return fmt.Errorf("push: encode pack: %w", encErr)
+	}
+	return nil
+}
+
+// replaceDir returns the root tree that equals base with the directory at
+// dir replaced by files (flat: name -> content), and the objects created
+// that the remote does not already have.
+func (s *store) replaceDir(base *object.Tree, dir []string, files map[string][]byte) (plumbing.Hash, []plumbing.Hash, error) {
+	// Base trees along the path, and what the remote already has there.
+	known := map[plumbing.Hash]bool{}
+	bases := make([]*object.Tree, len(dir)+1)
+	bases[0] = base
+	for i, name := range dir {
+		t := bases[i]
+		if t == nil {
+			break
+		}
+		known[t.Hash] = true
+		for _, e := range t.Entries {
+			known[e.Hash] = true
+			if e.Name == name && e.Mode == filemode.Dir {
+				sub, err := object.GetTree(s.st, e.Hash)
+				if err != nil {
+					return plumbing.ZeroHash, nil, fmt.Errorf("read tree %s: %w", strings.Join(dir[:i+1], "/"), err)
+				}
+				bases[i+1] = sub
+			}
+		}
+	}
+	if leaf := bases[len(dir)]; leaf != nil {
+		known[leaf.Hash] = true
+		for _, e := range leaf.Entries {
+			known[e.Hash] = true
+		}
+	}
+
+	var created []plumbing.Hash
+	add := func(h plumbing.Hash) {
+		if !known[h] {
+			known[h] = true
+			created = append(created, h)
+		}
+	}
+	var entries []object.TreeEntry
+	for name, data := range files {
+		obj := s.st.NewEncodedObject()
+		obj.SetType(plumbing.BlobObject)
+		obj.SetSize(int64(len(data)))
+		wr, err := obj.Writer()
+		if err != nil {
+			return plumbing.ZeroHash, nil, err
+		}
+		if _, err := wr.Write(data); err != nil {
+			return plumbing.ZeroHash, nil, err
+		}
+		if err := wr.Close(); err != nil {
+			return plumbing.ZeroHash, nil, err
+		}
+		h, err := s.st.SetEncodedObject(obj)
+		if err != nil {
+			return plumbing.ZeroHash, nil, fmt.Errorf("store blob %s: %w", name, err)
+		}
+		add(h)
+		entries = append(entries, object.TreeEntry{Name: name, Mode: filemode.Regular, Hash: h})
+	}
+	child, err := s.putTree(entries)
+	if err != nil {
+		return plumbing.ZeroHash, nil, err
+	}
+	add(child)
+	for i := len(dir) - 1; i >= 0; i-- {
+		var es []object.TreeEntry
+		if bases[i] != nil {
+			for _, e := range bases[i].Entries {
+				if e.Name != dir[i] {
+					es = append(es, e)
+				}
+			}
+		}
+		es = append(es, object.TreeEntry{Name: dir[i], Mode: filemode.Dir, Hash: child})
+		if child, err = s.putTree(es); err != nil {
+			return plumbing.ZeroHash, nil, err
+		}
+		add(child)
+	}
+	return child, created, nil
+}
+
+// putTree sorts entries in git's order and stores the tree.
+func (s *store) putTree(entries []object.TreeEntry) (plumbing.Hash, error) {
+	key := func(e object.TreeEntry) string {
+		if e.Mode == filemode.Dir {
+			return e.Name + "/"
+		}
+		return e.Name
+	}
+	sort.Slice(entries, func(i, j int) bool { return key(entries[i]) < key(entries[j]) })
+	t := &object.Tree{Entries: entries}
+	obj := s.st.NewEncodedObject()
+	if err := t.Encode(obj); err != nil {
+		return plumbing.ZeroHash, fmt.Errorf("encode tree: %w", err)
+	}
+	return s.st.SetEncodedObject(obj)
+}
