@@ -255,9 +255,14 @@ func gitSourceStatus(s source.Status, st *run) writeback.SourceStatus {
 			out.Errors = strings.Split(rj.Message, "\n")
 		}
 	}
-	if s.Reason == source.SourceUnavailable && !s.LastSuccessTime.IsZero() {
-		t := s.LastSuccessTime
-		out.UnavailableSince = &t
+	if s.Reason == source.SourceUnavailable {
+		// The source's message counts the time since it last answered;
+		// copied as is, every poll would be a commit.
+		out.Message = "the remote does not answer"
+		if !s.LastSuccessTime.IsZero() {
+			t := s.LastSuccessTime
+			out.UnavailableSince = &t
+		}
 	}
 	return out
 }
