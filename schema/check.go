@@ -17,15 +17,6 @@ const (
 	MaxFilesContent = 512 << 10
 )
 
-// deniedSysctls name programs the kernel runs, or otherwise hand control of
-// the node to whoever writes them. Nothing in Git may make a node run a command.
-var deniedSysctls = map[string]string{
-	"kernel.core_pattern": "it can name a program the kernel runs on every crash",
-	"kernel.modprobe":     "it names the program the kernel runs to load modules",
-	"kernel.hotplug":      "it names a program the kernel runs on device events",
-	"kernel.poweroff_cmd": "it names a program the kernel runs to power off",
-}
-
 // check holds the rules the CUE schema cannot express. v is the evaluated
 // fleet, used only to find where each problem is written.
 func check(v cue.Value, root string, f *Fleet) Diagnostics {
@@ -76,13 +67,13 @@ func (c *checker) pool(f *Fleet, name string, p NodePool) {
 		}
 	}
 	for i, arg := range p.KernelArgs {
-		if strings.HasPrefix(arg, "ostree=") {
-			c.errorf(at("kernelArgs", strconv.Itoa(i)), "kernel argument %q is managed by OSTree and cannot be set", arg)
+		if why, denied := DeniedKernelArg(arg); denied {
+			c.errorf(at("kernelArgs", strconv.Itoa(i)), "kernel argument %q is not allowed: %s", arg, why)
 		}
 	}
 
 	for _, k := range sortedKeys(p.Sysctl) {
-		if why, ok := deniedSysctls[k]; ok {
+		if why, ok := DeniedSysctl(k); ok {
 			c.errorf(at("sysctl", k), "sysctl %s is not allowed: %s", k, why)
 		}
 		if v := p.Sysctl[k]; strings.TrimSpace(v) == "" || strings.ContainsAny(v, "\n\r") {

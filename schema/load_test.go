@@ -137,7 +137,7 @@ pools: odd: {
 		want: []string{
 			`pools/odd.cue:5:14: pools.odd.os.remote: unknown OSTree remote "nope": declare it under ` + "`remotes`" + ` (known: containeros)`,
 			`pools/odd.cue:6:33: pools.odd.sysctl."kernel.core_pattern": sysctl kernel.core_pattern is not allowed: it can name a program the kernel runs on every crash`,
-			`pools/odd.cue:7:15: pools.odd.kernelArgs.0: kernel argument "ostree=/boot/x" is managed by OSTree and cannot be set`,
+			`pools/odd.cue:7:15: pools.odd.kernelArgs.0: kernel argument "ostree=/boot/x" is not allowed: it is managed by OSTree`,
 			`pools/odd.cue:8:27: pools.odd.rollout.maxUnavailable: maxUnavailable 150% must be between 1% and 100%`,
 			`pools/odd.cue:11:10: pools.odd.files.1.path: file /etc/herd/files/a is already written by files[0]`,
 			`pools/odd.cue:13:73: pools.odd.kubelet.imageGCLowThresholdPercent: imageGCLowThresholdPercent (60) must be below imageGCHighThresholdPercent (50)`,
