@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"herd.dev/herd/node/sim"
+)
+
+type simFlags struct {
+	nodes       int
+	pools       string
+	zones       string
+	reboot      time.Duration
+	dir         string
+	kubeconfig  string
+	versions    int
+	ref, remote string
+	prefix      string
+	qps         float32
+	burst       int
+	keepNodes   bool
+	unsigned    bool
+	info        string
+	logLevel    string
+}
+
+func newSimCmd() *cobra.Command {
+	var f simFlags
+	cmd := &cobra.Command{
+		Use:   "sim [--nodes N] [--pools POOL:COUNT,...]",
+		Short: "Simulate a fleet of nodes, each with a real agent, against a Kubernetes API server",
+		Long: `Sim runs many nodes in one process against a real API server: for each a
+Node object, a root directory with a simulated /proc/sys, a real OSTree
+sysroot booted into the first of --versions OS commits from a local OSTree
+repository, and a real Herd agent. It plays the kubelet: keeps the nodes
+Ready and their Leases renewed, runs Pods bound to them (Running and Ready),
+finishes the deletion of evicted Pods, and plays reboots: the node goes
+NotReady for --reboot, boots the staged deployment, and its agent starts
+again from its state directory.
+
+Nodes are named <pool>-<i>, labelled herd.dev/pool, topology.kubernetes.io/zone
+(round robin over --zones) and kubernetes.io/hostname. With --nodes, the
+--pools sizes are scaled to N nodes in the same proportions.
+
+It prints the OS commits and the repository URL: point the fleet repo's
+remote at the URL and its releases at the commits. --info writes the same as
+JSON. Ctrl-C stops the simulation and deletes its Nodes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runSim(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f, cmd.Flags().Changed("nodes"))
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.nodes, "nodes", 0, "total number of nodes; scales --pools (default: the sum of --pools)")
+	fl.StringVar(&f.pools, "pools", "system:3,general:6,batch:3", "pools and their sizes, POOL:COUNT,...")
+	fl.StringVar(&f.zones, "zones", strings.Join(sim.DefaultZones, ","), "zones to spread each pool's nodes over")
+	fl.DurationVar(&f.reboot, "reboot", sim.DefaultRebootDelay, "how long a simulated reboot keeps a node down")
+	fl.StringVar(&f.dir, "dir", "", "directory for the nodes' roots (default: a temporary one); must be empty or an earlier simulation's")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+	fl.IntVar(&f.versions, "versions", 2, "OS versions to commit to the repository")
+	fl.StringVar(&f.ref, "ref", sim.DefaultRef, "OSTree branch of the OS versions")
+	fl.StringVar(&f.remote, "remote", sim.DefaultRemote, "name of the nodes' OSTree remote")
+	fl.StringVar(&f.prefix, "prefix", "", "prefix of node names")
+	fl.Float32Var(&f.qps, "qps", sim.DefaultQPS, "API requests per second, for all simulated nodes together")
+	fl.IntVar(&f.burst, "burst", sim.DefaultBurst, "API request burst, for all simulated nodes together")
+	fl.BoolVar(&f.unsigned, "unsigned", false, "do not GPG-sign the OS commits (fleets whose remote has gpgVerify: true refuse them)")
+	fl.BoolVar(&f.keepNodes, "keep-nodes", false, "leave the Node objects behind when stopping")
+	fl.StringVar(&f.info, "info", "", "write the repository URL, ref, remote, commits and nodes as JSON to this file once ready")
+	fl.StringVar(&f.logLevel, "log-level", "warn", "log level of the simulator and its agents: debug, info, warn, error")
+	return cmd
+}
+
+// simInfo is what --info writes.
+type simInfo struct {
+	RepoURL string              `json:"repoURL"`
+	Ref     string              `json:"ref"`
+	Remote  string              `json:"remote"`
+	Commits []string            `json:"commits"`
+	KeyPath string              `json:"keyPath,omitempty"`
+	Nodes   map[string][]string `json:"nodes"` // by pool
+}
+
+func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet bool) error {
+	pools, err := sim.ParsePools(f.pools)
+	if err != nil {
+		return usageError("--pools: %v", err)
+	}
+	if nodesSet {
+		if f.nodes <= 0 {
+			return usageError("--nodes must be at least 1")
+		}
+		pools = sim.ScalePools(pools, f.nodes)
+	}
+	var zones []string
+	for z := range strings.SplitSeq(f.zones, ",") {
+		if z = strings.TrimSpace(z); z != "" {
+			zones = append(zones, z)
+		}
+	}
+	if len(zones) == 0 {
+		return usageError("--zones: no zone given")
+	}
+	if f.reboot <= 0 || f.versions < 1 || f.qps <= 0 || f.burst <= 0 {
+		return usageError("--reboot, --versions, --qps and --burst must be positive")
+	}
+	level, err := parseLogLevel(f.logLevel)
+	if err != nil {
+		return usageError("--log-level: %v", err)
+	}
+	cfg, err := restConfig(f.kubeconfig)
+	if err != nil {
+		return failure(fmt.Errorf("kubeconfig: %w", err))
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	fleet, err := sim.Start(ctx, sim.Options{
+		Config:      cfg,
+		Pools:       pools,
+		Zones:       zones,
+		RebootDelay: f.reboot,
+		Dir:         f.dir,
+		Versions:    f.versions,
+		Ref:         f.ref,
+		Remote:      f.remote,
+		NamePrefix:  f.prefix,
+		QPS:         f.qps,
+		Burst:       f.burst,
+		KeepNodes:   f.keepNodes,
+		Unsigned:    f.unsigned,
+		Log:         slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+	})
+	if err != nil {
+		return failure(err)
+	}
+	info := simInfo{RepoURL: fleet.RepoURL(), Ref: fleet.Ref(), Remote: fleet.Remote(), Commits: fleet.Commits(), KeyPath: fleet.KeyPath(), Nodes: map[string][]string{}}
+	for _, n := range fleet.Nodes() {
+		p := fleet.Pool(n)
+		info.Nodes[p] = append(info.Nodes[p], n)
+	}
+	var sizes []string
+	for _, p := range slices.Sorted(maps.Keys(pools)) {
+		sizes = append(sizes, fmt.Sprintf("%s %d", p, pools[p]))
+	}
+	fmt.Fprintf(stdout, "herd sim: %d nodes ready in %v (%s; zones %s)\n",
+		len(fleet.Nodes()), fleet.StartupTime().Round(time.Millisecond), strings.Join(sizes, ", "), strings.Join(zones, ","))
+	fmt.Fprintf(stdout, "OS repository: %s (ref %s, remote %s)\n", info.RepoURL, info.Ref, info.Remote)
+	if info.KeyPath != "" {
+		fmt.Fprintf(stdout, "Commits signed with the key %s, trusted by every node\n", info.KeyPath)
+	}
+	for i, c := range info.Commits {
+		note := ""
+		if i == 0 {
+			note = " (booted)"
+		}
+		fmt.Fprintf(stdout, "  v%d %s%s\n", i+1, c, note)
+	}
+	if f.info != "" {
+		data, _ := json.MarshalIndent(info, "", "  ")
+		if err := os.WriteFile(f.info, append(data, '\n'), 0o644); err != nil {
+			_ = fleet.Stop()
+			return failure(fmt.Errorf("--info: %w", err))
+		}
+	}
+	fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
+	<-ctx.Done()
+
+	t := fleet.Total()
+	fmt.Fprintf(stdout, "herd sim: stopping; %d reboots, %d pulls, %d deploys (%d without a pull), %d refusals\n",
+		t.Boots, t.Pulls, t.Deploys, t.FastPaths, t.Refusals)
+	if err := fleet.Stop(); err != nil {
+		return failure(err)
+	}
+	return nil
+}

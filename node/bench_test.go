@@ -1,0 +1,293 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"herd.dev/herd/node"
+	"herd.dev/herd/node/systemd"
+	"herd.dev/herd/os/ostree"
+	"herd.dev/herd/os/ostree/osfixture"
+	"herd.dev/herd/schema"
+)
+
+// BenchmarkStageOS compares the agent's OSTree apply — node.StageOS: look
+// for the commit, pull it if missing, deploy it with the kernel arguments —
+// with the raw command it comes down to,
+//
+//	ostree admin deploy --sysroot=P --os=herd --karg-none --karg-append=... CHECKSUM
+//
+// as os/ostree's BenchmarkDeploy does for the driver. Both sysroots hold v1
+// (booted) and v2 and alternate between them, so every iteration writes a
+// new deployment and no pull is needed. Each iteration runs one of each, in
+// alternating order, and the ratio agent/raw is reported (target ≤ 1.2).
+// "plus-status" adds one ostree admin status: the agent reads the status
+// when it starts (once per boot) and again only when the sysroot changed
+// under it (see osStatus), so an OS change normally runs none; the variant
+// shows what one costs. Sysroots on disk and on tmpfs (/dev/shm):
+//
+//	go test -run '^$' -bench StageOS -benchtime 40x ./node/
+func BenchmarkStageOS(b *testing.B) {
+	for _, where := range []string{"disk", "tmpfs"} {
+		for _, withStatus := range []bool{false, true} {
+			name := where
+			if withStatus {
+				name += "/plus-status"
+			}
+			b.Run(name, func(b *testing.B) {
+				dir := b.TempDir()
+				if where == "tmpfs" {
+					dir = shmDir(b)
+				}
+				r, err := osfixture.NewRepo(b.Context(), dir, osfixture.Options{Versions: 2})
+				if err != nil {
+					b.Fatal(err)
+				}
+				kargs := []string{"console=ttyS0,115200", "herd.bench=1"}
+				osc := schema.OSConfig{Ref: r.Ref, Remote: &schema.RemoteConfig{Name: osfixture.DefaultRemote, URL: r.URL}}
+				setup := func(name string) *ostree.Sysroot {
+					s, err := r.NewSysroot(b.Context(), filepath.Join(dir, name), osfixture.SysrootOptions{KernelArgs: kargs})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := s.Pull(b.Context(), osfixture.DefaultRemote, r.Ref, r.Commits[1]); err != nil {
+						b.Fatal(err)
+					}
+					return s
+				}
+				sa, sr := setup("agent"), setup("raw")
+				agent := func(i int) {
+					if withStatus {
+						if _, err := sa.Status(b.Context()); err != nil {
+							b.Fatal(err)
+						}
+					}
+					pulled, err := node.StageOS(b.Context(), sa, osc, r.Commits[(i+1)%2], kargs, node.StageOptions{})
+					if err != nil || pulled {
+						b.Fatalf("StageOS: pulled %v, %v", pulled, err)
+					}
+				}
+				raw := func(i int) {
+					args := []string{"admin", "deploy", "--sysroot=" + sr.Path, "--os=" + sr.OSName, "--karg-none"}
+					for _, k := range kargs {
+						args = append(args, "--karg-append="+k)
+					}
+					args = append(args, r.Commits[(i+1)%2])
+					cmd := exec.CommandContext(b.Context(), "ostree", args...)
+					cmd.Env = append(os.Environ(), osfixture.Env...)
+					if out, err := cmd.CombinedOutput(); err != nil {
+						b.Fatalf("%v: %s", err, out)
+					}
+				}
+				var ta, tr time.Duration
+				timed := func(f func(int), i int) time.Duration {
+					start := time.Now()
+					f(i)
+					return time.Since(start)
+				}
+				i := 0
+				for b.Loop() {
+					if i%2 == 0 {
+						ta += timed(agent, i)
+						tr += timed(raw, i)
+					} else {
+						tr += timed(raw, i)
+						ta += timed(agent, i)
+					}
+					i++
+				}
+				b.ReportMetric(float64(ta.Microseconds())/1000/float64(i), "agent-ms/op")
+				b.ReportMetric(float64(tr.Microseconds())/1000/float64(i), "raw-ms/op")
+				b.ReportMetric(float64(ta)/float64(tr), "agent/raw")
+			})
+		}
+	}
+}
+
+// Environment of the agent child process BenchmarkAgentIdle starts.
+const (
+	childKubeconfig = "HERD_NODE_TEST_KUBECONFIG"
+	childNode       = "HERD_NODE_TEST_NODE"
+	childRoot       = "HERD_NODE_TEST_ROOT"
+	childSysroot    = "HERD_NODE_TEST_SYSROOT"
+)
+
+// agentChild runs one agent as `herd agent` would (its own Node watch,
+// systemd services and logind reboots, which an idle agent never calls),
+// until SIGTERM.
+func agentChild() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	cfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv(childKubeconfig))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	units := &systemd.Units{}
+	defer units.Close()
+	root := os.Getenv(childRoot)
+	a, err := node.New(node.Options{
+		NodeName: os.Getenv(childNode),
+		Client:   cs,
+		Sysroot:  &ostree.Sysroot{Path: os.Getenv(childSysroot), OSName: osfixture.DefaultOSName, Env: osfixture.Env},
+		Root:     root,
+		StateDir: filepath.Join(root, "var/lib/herd"),
+		Services: units,
+		Rebooter: systemd.Logind{},
+		Log:      slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// procStatus reads a field of /proc/<pid>/status in MiB.
+func procStatusMiB(tb testing.TB, pid int, field string) float64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	tb.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// cpuTicks returns utime+stime of pid from /proc/<pid>/stat, in clock ticks.
+func cpuTicks(tb testing.TB, pid int) int64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s
+}
+
+// BenchmarkAgentIdle runs one agent in its own process (this test binary,
+// re-executed), lets it apply a config and reach Idle, then measures its
+// RSS and the CPU it uses while idle for HERD_AGENT_IDLE (default 30s):
+//
+//	go test -run '^$' -bench AgentIdle -benchtime 1x ./node/
+func BenchmarkAgentIdle(b *testing.B) {
+	idle := 30 * time.Second
+	if s := os.Getenv("HERD_AGENT_IDLE"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			b.Fatal(err)
+		}
+		idle = d
+	}
+	c := cluster(b)
+	for b.Loop() {
+		repo, err := osfixture.NewRepo(b.Context(), shmDir(b), osfixture.Options{Versions: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		dir := shmDir(b)
+		root := filepath.Join(dir, "root")
+		for k, v := range knownSysctls {
+			writeFile(b, filepath.Join(root, "proc/sys", strings.ReplaceAll(k, ".", "/")), v+"\n")
+		}
+		writeFile(b, filepath.Join(root, "proc/sys/kernel/random/boot_id"), "00000000-0000-4000-8000-000000000001\n")
+		s, err := repo.NewSysroot(b.Context(), filepath.Join(dir, "sysroot"), osfixture.SysrootOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		cs := adminClient(b)
+		name := fmt.Sprintf("idle-%d", time.Now().UnixNano()%100000)
+		createNode(b, cs, name)
+		h := publishRender(b, cs, render(b, repo, spec{commit: repo.Commits[0],
+			files:  []schema.File{{Path: "/etc/herd/files/motd", Content: "hello\n", Mode: 0o644}},
+			sysctl: map[string]string{"vm.max_map_count": "262144"}}))
+		setAnnotations(b, cs, name, map[string]any{schema.AnnotationDesiredConfig: h, schema.AnnotationDesiredOS: repo.Commits[0]})
+
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"=1", childKubeconfig+"="+c.KubeconfigPath(),
+			childNode+"="+name, childRoot+"="+root, childSysroot+"="+s.Path)
+		var logs strings.Builder
+		cmd.Stderr = &logs
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		pid := cmd.Process.Pid
+		stopChild := func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}
+		if !poll(b, 60*time.Second, func() bool {
+			n, err := cs.CoreV1().Nodes().Get(b.Context(), name, metav1.GetOptions{})
+			return err == nil && n.Annotations[schema.AnnotationState] == "Idle" && n.Annotations[schema.AnnotationCurrentConfig] == h
+		}) {
+			stopChild()
+			b.Fatalf("the agent never reached Idle; its log:\n%s", logs.String())
+		}
+		// The agent settles (GC after the apply), then idles.
+		settle := time.NewTimer(2 * time.Second)
+		<-settle.C
+		cpu0, t0 := cpuTicks(b, pid), time.Now()
+		wait := time.NewTimer(idle)
+		<-wait.C
+		cpu1, el := cpuTicks(b, pid), time.Since(t0)
+		rss, hwm := procStatusMiB(b, pid, "VmRSS"), procStatusMiB(b, pid, "VmHWM")
+		stopChild()
+		cpuPct := 100 * float64(cpu1-cpu0) / 100 / el.Seconds() // USER_HZ = 100
+		b.ReportMetric(rss, "rss-MiB")
+		b.ReportMetric(hwm, "peak-rss-MiB")
+		b.ReportMetric(cpuPct, "idle-cpu-%")
+		b.ReportMetric(float64(cpu1-cpu0)*10, "idle-cpu-ms")
+		b.Logf("agent pid %d idle %v: CPU %d ms (%.3f%%), RSS %.1f MiB, peak RSS %.1f MiB", pid, el.Round(time.Second), (cpu1-cpu0)*10, cpuPct, rss, hwm)
+	}
+}
+
+func writeFile(tb testing.TB, p, content string) {
+	tb.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func createNode(tb testing.TB, cs kubernetes.Interface, name string) {
+	tb.Helper()
+	_, err := cs.CoreV1().Nodes().Create(tb.Context(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = cs.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+}

@@ -1,0 +1,368 @@
+package sim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// kubelet plays the kubelet for all simulated nodes at once: it registers
+// the Nodes, posts Ready (NotReady while a node reboots), renews the node
+// Leases, runs Pods bound to the nodes (Running and Ready), and finishes the
+// deletion of Pods being deleted there, so that drains complete.
+type kubelet struct {
+	f  *Fleet
+	cs kubernetes.Interface
+
+	mu    sync.Mutex
+	state map[string]*nodeState
+
+	pods  cache.SharedIndexInformer
+	queue workqueue.TypedRateLimitingInterface[string]
+	wg    sync.WaitGroup
+}
+
+type nodeState struct {
+	uid        types.UID
+	ready      bool
+	transition metav1.Time
+}
+
+func isNotFound(err error) bool { return apierrors.IsNotFound(err) }
+
+func startKubelet(ctx context.Context, f *Fleet) (*kubelet, error) {
+	k := &kubelet{
+		f:     f,
+		cs:    f.cs,
+		state: map[string]*nodeState{},
+		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(f.cs, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName!=" }))
+	k.pods = factory.Core().V1().Pods().Informer()
+	if err := k.pods.SetTransform(func(obj any) (any, error) {
+		if p, ok := obj.(*corev1.Pod); ok {
+			p.ManagedFields = nil
+		}
+		return obj, nil
+	}); err != nil {
+		return nil, fmt.Errorf("sim: pods: %w", err)
+	}
+	enqueue := func(obj any) {
+		p, ok := obj.(*corev1.Pod)
+		if !ok || f.nodes[p.Spec.NodeName] == nil {
+			return
+		}
+		if key, err := cache.MetaNamespaceKeyFunc(p); err == nil {
+			k.queue.Add(key)
+		}
+	}
+	if _, err := k.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, obj any) { enqueue(obj) },
+	}); err != nil {
+		return nil, fmt.Errorf("sim: pods: %w", err)
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), k.pods.HasSynced) {
+		return nil, fmt.Errorf("sim: pod cache not filled: %w", ctx.Err())
+	}
+	for range 2 {
+		k.wg.Add(1)
+		go k.podWorker(ctx)
+	}
+	k.wg.Add(2)
+	go k.loop(ctx, f.opts.LeaseRenew, k.renewLeases)
+	go k.loop(ctx, f.opts.StatusInterval, k.postStatuses)
+	go func() {
+		<-ctx.Done()
+		k.queue.ShutDown()
+	}()
+	return k, nil
+}
+
+// wait waits for the kubelet's goroutines, after the fleet's context ended.
+func (k *kubelet) wait() { k.wg.Wait() }
+
+func (k *kubelet) loop(ctx context.Context, every time.Duration, f func(context.Context)) {
+	defer k.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f(ctx)
+		}
+	}
+}
+
+// register creates (or adopts) the Node, posts its status Ready and
+// creates its Lease.
+func (k *kubelet) register(ctx context.Context, n *simNode) error {
+	labels := map[string]string{
+		LabelPool:            n.pool,
+		LabelZone:            n.zone,
+		LabelHostname:        n.name,
+		"kubernetes.io/os":   "linux",
+		"kubernetes.io/arch": "amd64",
+	}
+	no, err := k.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: labels}}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
+		no, err = k.cs.CoreV1().Nodes().Patch(ctx, n.name, types.MergePatchType, body, metav1.PatchOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("register node: %w", err)
+	}
+	now := metav1.Now()
+	k.mu.Lock()
+	k.state[n.name] = &nodeState{uid: no.UID, ready: true, transition: now}
+	k.mu.Unlock()
+	status := corev1.NodeStatus{
+		Capacity:    resources(),
+		Allocatable: resources(),
+		Conditions:  conditions(true, now, now),
+		Addresses:   []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: n.name}},
+		NodeInfo: corev1.NodeSystemInfo{
+			KubeletVersion:          "v1.37.2-herd-sim",
+			OperatingSystem:         "linux",
+			Architecture:            "amd64",
+			OSImage:                 "Herd OS (simulated)",
+			ContainerRuntimeVersion: "containerd://2.0.0-herd-sim",
+		},
+	}
+	// A patch, not an update: the node controllers change the new Node too.
+	body, err := json.Marshal(map[string]any{"status": status})
+	if err != nil {
+		return err
+	}
+	if _, err := k.cs.CoreV1().Nodes().PatchStatus(ctx, n.name, body); err != nil {
+		return fmt.Errorf("post node status: %w", err)
+	}
+	return k.renewLease(ctx, n.name, no.UID)
+}
+
+func resources() corev1.ResourceList {
+	return corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("4"),
+		corev1.ResourceMemory: resource.MustParse("16Gi"),
+		corev1.ResourcePods:   resource.MustParse("110"),
+	}
+}
+
+func conditions(ready bool, heartbeat, transition metav1.Time) []corev1.NodeCondition {
+	c := corev1.NodeCondition{
+		Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		Message: "kubelet is posting ready status (herd sim)", LastHeartbeatTime: heartbeat, LastTransitionTime: transition,
+	}
+	if !ready {
+		c.Status, c.Reason, c.Message = corev1.ConditionFalse, "KubeletNotReady", "node is rebooting (herd sim)"
+	}
+	conds := []corev1.NodeCondition{c}
+	for _, t := range []corev1.NodeConditionType{corev1.NodeMemoryPressure, corev1.NodeDiskPressure, corev1.NodePIDPressure} {
+		conds = append(conds, corev1.NodeCondition{Type: t, Status: corev1.ConditionFalse, Reason: "KubeletHasSufficient" + string(t)[:len(t)-len("Pressure")],
+			LastHeartbeatTime: heartbeat, LastTransitionTime: transition})
+	}
+	return conds
+}
+
+// setReady posts the node Ready or NotReady; a node that comes back renews
+// its Lease at once.
+func (k *kubelet) setReady(n *simNode, ready bool) {
+	k.mu.Lock()
+	st := k.state[n.name]
+	if st == nil {
+		k.mu.Unlock()
+		return
+	}
+	if st.ready != ready {
+		st.ready, st.transition = ready, metav1.Now()
+	}
+	uid := st.uid
+	k.mu.Unlock()
+	ctx := k.f.ctx
+	if err := k.postStatus(ctx, n.name); err != nil && ctx.Err() == nil {
+		k.f.log.Error("sim: post node status", "node", n.name, "err", err)
+	}
+	if ready {
+		if err := k.renewLease(ctx, n.name, uid); err != nil && ctx.Err() == nil {
+			k.f.log.Error("sim: renew lease", "node", n.name, "err", err)
+		}
+	}
+}
+
+func (k *kubelet) postStatus(ctx context.Context, name string) error {
+	k.mu.Lock()
+	st := *k.state[name]
+	k.mu.Unlock()
+	body, err := json.Marshal(map[string]any{"status": map[string]any{
+		"conditions": conditions(st.ready, metav1.Now(), st.transition)[:1],
+	}})
+	if err != nil {
+		return err
+	}
+	_, err = k.cs.CoreV1().Nodes().PatchStatus(ctx, name, body)
+	return err
+}
+
+// postStatuses re-posts the status of every node: the heartbeat in the Ready
+// condition, every StatusInterval.
+func (k *kubelet) postStatuses(ctx context.Context) {
+	for _, name := range k.f.names {
+		if err := k.postStatus(ctx, name); err != nil && ctx.Err() == nil {
+			k.f.log.Warn("sim: post node status", "node", name, "err", err)
+		}
+	}
+}
+
+// renewLeases renews the Lease of every node that is up.
+func (k *kubelet) renewLeases(ctx context.Context) {
+	type up struct {
+		name string
+		uid  types.UID
+	}
+	var nodes []up
+	k.mu.Lock()
+	for name, st := range k.state {
+		if st.ready {
+			nodes = append(nodes, up{name, st.uid})
+		}
+	}
+	k.mu.Unlock()
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := k.renewLease(ctx, n.name, n.uid); err != nil && ctx.Err() == nil {
+				k.f.log.Warn("sim: renew lease", "node", n.name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (k *kubelet) renewLease(ctx context.Context, name string, uid types.UID) error {
+	now := metav1.NewMicroTime(time.Now())
+	body, err := json.Marshal(map[string]any{"spec": map[string]any{"renewTime": now}})
+	if err != nil {
+		return err
+	}
+	_, err = k.cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Patch(ctx, name, types.MergePatchType, body, metav1.PatchOptions{})
+	if !apierrors.IsNotFound(err) {
+		return err
+	}
+	secs := int32(k.f.opts.LeaseDuration / time.Second)
+	holder := name
+	_, err = k.cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Create(ctx, &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      name,
+			Namespace: corev1.NamespaceNodeLease,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "v1", Kind: "Node", Name: name, UID: uid,
+			}},
+		},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, RenewTime: &now},
+	}, metav1.CreateOptions{})
+	return err
+}
+
+func (k *kubelet) podWorker(ctx context.Context) {
+	defer k.wg.Done()
+	for {
+		key, quit := k.queue.Get()
+		if quit {
+			return
+		}
+		err := k.syncPod(ctx, key)
+		switch {
+		case err == nil:
+			k.queue.Forget(key)
+		case ctx.Err() == nil:
+			k.f.log.Warn("sim: pod", "pod", key, "err", err)
+			k.queue.AddRateLimited(key)
+		}
+		k.queue.Done(key)
+	}
+}
+
+// syncPod runs a Pod bound to a simulated node: Running and Ready at once,
+// or, once it is being deleted (drained), deleted for good.
+func (k *kubelet) syncPod(ctx context.Context, key string) error {
+	obj, ok, err := k.pods.GetStore().GetByKey(key)
+	if err != nil || !ok {
+		return err
+	}
+	pod := obj.(*corev1.Pod)
+	if k.f.nodes[pod.Spec.NodeName] == nil {
+		return nil
+	}
+	if pod.DeletionTimestamp != nil {
+		zero := int64(0)
+		err := k.cs.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+			GracePeriodSeconds: &zero,
+			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+		})
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return nil
+		}
+		return err
+	}
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || runningReady(pod) {
+		return nil
+	}
+	p := pod.DeepCopy()
+	now := metav1.Now()
+	p.Status.Phase = corev1.PodRunning
+	if p.Status.StartTime == nil {
+		p.Status.StartTime = &now
+	}
+	p.Status.Conditions = nil
+	for _, t := range []corev1.PodConditionType{corev1.PodReadyToStartContainers, corev1.PodInitialized, corev1.PodScheduled, corev1.ContainersReady, corev1.PodReady} {
+		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now})
+	}
+	p.Status.ContainerStatuses = nil
+	started := true
+	for _, c := range p.Spec.Containers {
+		p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: true, Started: &started,
+			ContainerID: "containerd://herd-sim-" + string(p.UID)[:8] + "-" + c.Name,
+			State:       corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
+		})
+	}
+	_, err = k.cs.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func runningReady(p *corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

@@ -1,0 +1,737 @@
+// Package sim runs a fleet of simulated nodes in one process against a real
+// API server: real agents, real OSTree sysroots, and a stand-in kubelet.
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"herd.dev/herd/node"
+	"herd.dev/herd/node/apply"
+	"herd.dev/herd/os/ostree"
+	"herd.dev/herd/os/ostree/osfixture"
+)
+
+// Defaults of Options.
+const (
+	// DefaultRef and DefaultRemote match examples/fleet-repo, so that its
+	// pools pull from the simulator's repository once the fleet's remote URL
+	// is set to Fleet.RepoURL and its releases to Fleet.Commits.
+	DefaultRef         = "containeros/x86_64/stable"
+	DefaultRemote      = "containeros"
+	DefaultRebootDelay = 2 * time.Second
+	DefaultQPS         = 100
+	DefaultBurst       = 200
+	// LabelPool is the label the example fleet selects pools by.
+	LabelPool = "herd.dev/pool"
+	// LabelHostname is the well-known hostname label.
+	LabelHostname = "kubernetes.io/hostname"
+	// LabelZone is the well-known zone label.
+	LabelZone = "topology.kubernetes.io/zone"
+)
+
+// DefaultZones are the zones nodes are spread over when Options.Zones is empty.
+var DefaultZones = []string{"a", "b", "c"}
+
+// Sysctls is the simulated /proc/sys every node gets, with typical values:
+// the parameters examples/fleet-repo sets, and some common ones. A render
+// that sets any other is refused as an unknown sysctl, as on a real kernel
+// that lacks it. Options.Sysctls adds more.
+var Sysctls = map[string]string{
+	"fs.file-max":                         "9223372036854775807",
+	"fs.inotify.max_user_instances":       "128",
+	"fs.inotify.max_user_watches":         "8192",
+	"kernel.panic":                        "0",
+	"kernel.pid_max":                      "4194304",
+	"net.bridge.bridge-nf-call-ip6tables": "0",
+	"net.bridge.bridge-nf-call-iptables":  "0",
+	"net.core.netdev_max_backlog":         "1000",
+	"net.core.somaxconn":                  "4096",
+	"net.ipv4.ip_forward":                 "0",
+	"net.ipv4.ip_local_port_range":        "32768\t60999",
+	"net.ipv4.tcp_keepalive_time":         "7200",
+	"net.netfilter.nf_conntrack_max":      "262144",
+	"vm.max_map_count":                    "65530",
+	"vm.overcommit_memory":                "0",
+	"vm.swappiness":                       "60",
+}
+
+// Options configure Start.
+type Options struct {
+	// Config reaches the API server. The simulator creates Nodes, Leases,
+	// updates their and Pods' status and deletes Pods, so it needs broad
+	// rights (an admin config in tests and demos).
+	Config *rest.Config
+	// Pools maps a pool name to its number of nodes; nodes are named
+	// <NamePrefix><pool>-<i>.
+	Pools map[string]int
+	// Zones the nodes of each pool are spread over, round robin; default
+	// DefaultZones.
+	Zones []string
+	// RebootDelay is how long a simulated reboot keeps a node down;
+	// default DefaultRebootDelay.
+	RebootDelay time.Duration
+	// Dir holds per node its root: rendered files, /proc/sys, the agent's
+	// state directory. Empty means a temporary directory removed by Stop. A
+	// given Dir must be empty or hold an earlier simulation (it is reset).
+	// The OSTree repository and the sysroots go to a directory in /dev/shm
+	// when it exists (ostree admin deploy freezes the file system holding
+	// /boot), removed by Stop.
+	Dir string
+	// Versions is the number of OS versions committed; default 2.
+	Versions int
+	// Ref and Remote name the OS branch and the nodes' remote; defaults
+	// DefaultRef and DefaultRemote.
+	Ref, Remote string
+	// Unsigned leaves the OS commits unsigned. By default they are signed
+	// with a generated GPG key, which every node trusts for Remote (as
+	// <root>/etc/herd/trusted.gpg.d/<remote>.asc): fleets verify signatures
+	// unless a remote says gpgVerify: false.
+	Unsigned bool
+	// NamePrefix prefixes node names.
+	NamePrefix string
+	// Sysctls adds simulated /proc/sys entries to Sysctls.
+	Sysctls map[string]string
+	// QPS and Burst bound the one client all simulated nodes share;
+	// defaults DefaultQPS and DefaultBurst.
+	QPS   float32
+	Burst int
+	// LeaseDuration and LeaseRenew: node Leases last LeaseDuration
+	// (default 40s) and are renewed every LeaseRenew (default 10s).
+	LeaseDuration, LeaseRenew time.Duration
+	// StatusInterval is how often Ready is re-posted besides changes;
+	// default 5m, as the kubelet's nodeStatusReportFrequency.
+	StatusInterval time.Duration
+	// Parallel bounds how many nodes are set up at once; default 8.
+	Parallel int
+	// KeepNodes leaves the Node objects behind at Stop.
+	KeepNodes bool
+	// Log receives the simulator's and the agents' logs; nil discards them.
+	Log *slog.Logger
+}
+
+// Fleet is a running simulation.
+type Fleet struct {
+	opts    Options
+	log     *slog.Logger
+	cs      kubernetes.Interface
+	repo    *osfixture.Repo
+	dir     string
+	tmpDir  bool
+	shm     string
+	watch   *node.NodeWatch
+	kubelet *kubelet
+	nodes   map[string]*simNode
+	names   []string
+	started time.Duration
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// NodeCounters is what a simulated node did.
+type NodeCounters struct {
+	node.Counters
+	Boots int // simulated reboots completed
+}
+
+// Start creates the OS repository, the nodes (Node objects, roots, sysroots
+// booted into the first commit), and starts an agent for each, plus the
+// kubelet stand-in. It returns once every node is Ready and its agent has
+// reported. Stop tears everything down.
+func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
+	t0 := time.Now()
+	if opts.Config == nil {
+		return nil, errors.New("sim: Config is required")
+	}
+	total := 0
+	for p, n := range opts.Pools {
+		if n < 0 || p == "" {
+			return nil, fmt.Errorf("sim: invalid pool %q: %d nodes", p, n)
+		}
+		total += n
+	}
+	if total == 0 {
+		return nil, errors.New("sim: no nodes: Pools is empty")
+	}
+	if len(opts.Zones) == 0 {
+		opts.Zones = DefaultZones
+	}
+	if opts.RebootDelay <= 0 {
+		opts.RebootDelay = DefaultRebootDelay
+	}
+	if opts.Versions <= 0 {
+		opts.Versions = 2
+	}
+	if opts.Ref == "" {
+		opts.Ref = DefaultRef
+	}
+	if opts.Remote == "" {
+		opts.Remote = DefaultRemote
+	}
+	if opts.QPS <= 0 {
+		opts.QPS = DefaultQPS
+	}
+	if opts.Burst <= 0 {
+		opts.Burst = DefaultBurst
+	}
+	if opts.LeaseDuration <= 0 {
+		opts.LeaseDuration = 40 * time.Second
+	}
+	if opts.LeaseRenew <= 0 {
+		opts.LeaseRenew = 10 * time.Second
+	}
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 5 * time.Minute
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = 8
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	cfg := rest.CopyConfig(opts.Config)
+	cfg.QPS, cfg.Burst = opts.QPS, opts.Burst
+	cfg.UserAgent = "herd-sim"
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("sim: client: %w", err)
+	}
+
+	f := &Fleet{opts: opts, log: log, cs: cs, nodes: map[string]*simNode{}}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			if stopErr := f.Stop(); stopErr != nil {
+				err = fmt.Errorf("%w (stopping after the failure: %v)", err, stopErr)
+			}
+		}
+	}()
+	if err := f.makeDirs(); err != nil {
+		return nil, err
+	}
+	repo, err := osfixture.NewRepo(ctx, filepath.Join(f.shm, "os"), osfixture.Options{Versions: opts.Versions, Ref: opts.Ref, Sign: !opts.Unsigned})
+	if err != nil {
+		return nil, fmt.Errorf("sim: OS repository: %w", err)
+	}
+	f.repo = repo
+
+	f.watch, err = node.WatchNodes(f.ctx, cs, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	f.kubelet, err = startKubelet(f.ctx, f)
+	if err != nil {
+		return nil, err
+	}
+
+	// Nodes in a stable order: pools by name, then index.
+	pools := slices.Sorted(maps.Keys(opts.Pools))
+	var todo []*simNode
+	for _, p := range pools {
+		for i := range opts.Pools[p] {
+			name := fmt.Sprintf("%s%s-%d", opts.NamePrefix, p, i)
+			n := &simNode{
+				name:    name,
+				pool:    p,
+				zone:    opts.Zones[i%len(opts.Zones)],
+				root:    filepath.Join(f.dir, "nodes", name),
+				sysroot: filepath.Join(f.shm, "nodes", name),
+				metrics: &node.Metrics{},
+				reboot:  make(chan struct{}, 1),
+			}
+			f.nodes[name] = n
+			f.names = append(f.names, name)
+			todo = append(todo, n)
+		}
+	}
+	sem := make(chan struct{}, opts.Parallel)
+	var (
+		mu    sync.Mutex
+		errs  []error
+		setup sync.WaitGroup
+	)
+	for _, n := range todo {
+		setup.Add(1)
+		go func() {
+			defer setup.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := f.setupNode(ctx, n); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("sim: node %s: %w", n.name, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	setup.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := f.waitReported(ctx); err != nil {
+		return nil, err
+	}
+	f.started = time.Since(t0)
+	log.Info("simulated fleet ready", "nodes", len(f.names), "took", f.started)
+	return f, nil
+}
+
+const marker = ".herd-sim"
+
+func (f *Fleet) makeDirs() error {
+	if f.opts.Dir == "" {
+		dir, err := os.MkdirTemp("", "herd-sim-")
+		if err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		f.dir, f.tmpDir = dir, true
+	} else {
+		dir, err := filepath.Abs(f.opts.Dir)
+		if err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		if len(entries) > 0 {
+			if _, err := os.Stat(filepath.Join(dir, marker)); err != nil {
+				return fmt.Errorf("sim: %s is neither empty nor an earlier simulation's directory", dir)
+			}
+			for _, e := range entries {
+				if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+					return fmt.Errorf("sim: reset %s: %w", dir, err)
+				}
+			}
+		}
+		f.dir = dir
+	}
+	if err := os.WriteFile(filepath.Join(f.dir, marker), []byte("herd sim\n"), 0o644); err != nil {
+		return fmt.Errorf("sim: %w", err)
+	}
+	base := ""
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		base = "/dev/shm"
+	}
+	shm, err := os.MkdirTemp(base, "herd-sim-sysroots-")
+	if err != nil {
+		return fmt.Errorf("sim: %w", err)
+	}
+	f.shm = shm
+	return nil
+}
+
+// setupNode builds one node's root and sysroot, creates its Node object,
+// makes it Ready and starts its agent.
+func (f *Fleet) setupNode(ctx context.Context, n *simNode) error {
+	sysctls := maps.Clone(Sysctls)
+	maps.Copy(sysctls, f.opts.Sysctls)
+	for k, v := range sysctls {
+		if err := writeFile(filepath.Join(n.root, apply.SysctlFile(k)), v+"\n"); err != nil {
+			return err
+		}
+	}
+	if err := n.newBoot(); err != nil {
+		return err
+	}
+	if f.repo.KeyPath != "" {
+		key, err := os.ReadFile(f.repo.KeyPath)
+		if err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(n.keysDir(), f.opts.Remote+".asc"), string(key)); err != nil {
+			return err
+		}
+	}
+	s, err := f.repo.NewSysroot(ctx, n.sysroot, osfixture.SysrootOptions{Remote: f.opts.Remote})
+	if err != nil {
+		return err
+	}
+	n.os = s
+	if err := f.kubelet.register(ctx, n); err != nil {
+		return err
+	}
+	f.wg.Add(1)
+	go f.runNode(n)
+	return nil
+}
+
+// waitReported waits until every agent has reported a state.
+func (f *Fleet) waitReported(ctx context.Context) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		missing := 0
+		for _, name := range f.names {
+			obj, ok, _ := f.watch.Store().GetByKey(name)
+			if !ok || obj.(*corev1.Node).Annotations["herd.dev/state"] == "" {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sim: waiting for %d agents to report: %w", missing, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// runNode runs the node's agent, and plays its reboots: stop the agent, go
+// NotReady, wait RebootDelay, boot the staged deployment (SimulateBoot), new
+// boot ID, Ready, start a new agent from the same state directory.
+func (f *Fleet) runNode(n *simNode) {
+	defer f.wg.Done()
+	for {
+		actx, stop := context.WithCancel(f.ctx)
+		a, err := node.New(node.Options{
+			NodeName:       n.name,
+			Client:         f.cs,
+			Sysroot:        n.os,
+			Root:           n.root,
+			StateDir:       filepath.Join(n.root, "var/lib/herd"),
+			TrustedKeysDir: n.keysDir(),
+			Services:       services{},
+			Rebooter:       rebooter(n.reboot),
+			Feed:           f.watch.Feed(n.name),
+			Metrics:        n.metrics,
+			Log:            f.log,
+			RebootTimeout:  time.Hour,
+		})
+		if err != nil {
+			stop()
+			f.log.Error("sim: agent", "node", n.name, "err", err)
+			return
+		}
+		done := make(chan error, 1)
+		go func() { done <- a.Run(actx) }()
+		select {
+		case <-f.ctx.Done():
+			stop()
+			<-done
+			return
+		case err := <-done:
+			stop()
+			if f.ctx.Err() == nil {
+				f.log.Error("sim: agent stopped", "node", n.name, "err", err)
+			}
+			return
+		case <-n.reboot:
+		}
+		// The reboot: the agent goes down with the node.
+		stop()
+		<-done
+		f.kubelet.setReady(n, false)
+		t := time.NewTimer(f.opts.RebootDelay)
+		select {
+		case <-f.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if err := n.os.SimulateBoot(f.ctx); err != nil && f.ctx.Err() == nil {
+			f.log.Error("sim: boot", "node", n.name, "err", err)
+		}
+		if err := n.newBoot(); err != nil {
+			f.log.Error("sim: boot id", "node", n.name, "err", err)
+		}
+		n.mu.Lock()
+		n.boots++
+		n.mu.Unlock()
+		f.kubelet.setReady(n, true)
+	}
+}
+
+// Commits are the OS versions in the repository, oldest first; nodes boot
+// Commits()[0].
+func (f *Fleet) Commits() []string { return slices.Clone(f.repo.Commits) }
+
+// RepoURL is the file:// URL of the OS repository, for the fleet's remote.
+func (f *Fleet) RepoURL() string { return f.repo.URL }
+
+// Ref is the OS branch the commits are on.
+func (f *Fleet) Ref() string { return f.opts.Ref }
+
+// Remote is the name of the OSTree remote the nodes' sysroots have.
+func (f *Fleet) Remote() string { return f.opts.Remote }
+
+// KeyPath is the armored public key the commits are signed with; empty
+// with Options.Unsigned.
+func (f *Fleet) KeyPath() string { return f.repo.KeyPath }
+
+// Repo is the OS repository, e.g. to commit another version.
+func (f *Fleet) Repo() *osfixture.Repo { return f.repo }
+
+// Dir is the directory of the nodes' roots.
+func (f *Fleet) Dir() string { return f.dir }
+
+// Nodes are the node names, by pool and index.
+func (f *Fleet) Nodes() []string { return slices.Clone(f.names) }
+
+// Pool returns the pool of node name.
+func (f *Fleet) Pool(name string) string {
+	if n, ok := f.nodes[name]; ok {
+		return n.pool
+	}
+	return ""
+}
+
+// Root is node name's root directory: rendered files, proc/sys, and the
+// agent's state in var/lib/herd.
+func (f *Fleet) Root(name string) string {
+	if n, ok := f.nodes[name]; ok {
+		return n.root
+	}
+	return ""
+}
+
+// Sysroot is node name's OSTree sysroot.
+func (f *Fleet) Sysroot(name string) *ostree.Sysroot {
+	if n, ok := f.nodes[name]; ok {
+		return n.os
+	}
+	return nil
+}
+
+// Counters returns what node name did so far.
+func (f *Fleet) Counters(name string) (NodeCounters, bool) {
+	n, ok := f.nodes[name]
+	if !ok {
+		return NodeCounters{}, false
+	}
+	n.mu.Lock()
+	boots := n.boots
+	n.mu.Unlock()
+	return NodeCounters{Counters: n.metrics.Snapshot(), Boots: boots}, true
+}
+
+// Total adds up the counters of all nodes.
+func (f *Fleet) Total() NodeCounters {
+	var t NodeCounters
+	t.Restarts = map[string]int{}
+	for _, name := range f.names {
+		c, _ := f.Counters(name)
+		t.Pulls += c.Pulls
+		t.FastPaths += c.FastPaths
+		t.Deploys += c.Deploys
+		t.Reboots += c.Reboots
+		t.Files += c.Files
+		t.Sysctls += c.Sysctls
+		t.Refusals += c.Refusals
+		t.Applied += c.Applied
+		t.Boots += c.Boots
+		for u, k := range c.Restarts {
+			t.Restarts[u] += k
+		}
+	}
+	return t
+}
+
+// StartupTime is how long Start took.
+func (f *Fleet) StartupTime() time.Duration { return f.started }
+
+// Stop stops the agents and the kubelet stand-in, deletes the Node objects
+// and their Leases (unless KeepNodes), and removes the sysroots and a
+// temporary Dir. It is safe to call more than once.
+func (f *Fleet) Stop() error {
+	f.stopOnce.Do(func() {
+		f.cancel()
+		f.wg.Wait()
+		if f.kubelet != nil {
+			f.kubelet.wait()
+		}
+		var errs []error
+		if !f.opts.KeepNodes && len(f.names) > 0 {
+			errs = append(errs, f.deleteNodes())
+		}
+		if f.repo != nil {
+			errs = append(errs, f.repo.Close())
+		}
+		if f.shm != "" {
+			errs = append(errs, os.RemoveAll(f.shm))
+		}
+		if f.tmpDir {
+			errs = append(errs, os.RemoveAll(f.dir))
+		}
+		f.stopErr = errors.Join(errs...)
+	})
+	return f.stopErr
+}
+
+func (f *Fleet) deleteNodes() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	var errs []error
+	sem := make(chan struct{}, f.opts.Parallel)
+	var wg sync.WaitGroup
+	for _, name := range f.names {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := f.cs.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+			if err == nil || isNotFound(err) {
+				err = f.cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Delete(ctx, name, metav1.DeleteOptions{})
+			}
+			if err != nil && !isNotFound(err) {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("sim: delete node %s: %w", name, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// simNode is one simulated node.
+type simNode struct {
+	name, pool, zone string
+	root             string // files, proc/sys, state
+	sysroot          string
+	os               *ostree.Sysroot
+	metrics          *node.Metrics
+	reboot           chan struct{}
+
+	mu    sync.Mutex
+	boots int
+	bootN int
+}
+
+func (n *simNode) keysDir() string { return filepath.Join(n.root, "etc/herd/trusted.gpg.d") }
+
+// newBoot writes a new boot ID to the node's proc/sys/kernel/random/boot_id.
+func (n *simNode) newBoot() error {
+	n.mu.Lock()
+	n.bootN++
+	id := fmt.Sprintf("%08x-0000-4000-8000-%012x", len(n.name), n.bootN)
+	n.mu.Unlock()
+	return writeFile(filepath.Join(n.root, "proc/sys/kernel/random/boot_id"), id+"\n")
+}
+
+func writeFile(p, content string) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, []byte(content), 0o644)
+}
+
+// services stands in for systemd: restarts succeed (the agent counts them).
+type services struct{}
+
+func (services) Restart(context.Context, string) error { return nil }
+
+// rebooter hands the reboot to the node's loop.
+type rebooter chan struct{}
+
+func (r rebooter) Reboot(context.Context) error {
+	select {
+	case r <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// ParsePools parses "system:3,general:6,batch:3".
+func ParsePools(s string) (map[string]int, error) {
+	pools := map[string]int{}
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, count, ok := strings.Cut(part, ":")
+		var n int
+		if _, err := fmt.Sscanf(count, "%d", &n); !ok || err != nil || n < 0 || name == "" || fmt.Sprint(n) != count {
+			return nil, fmt.Errorf("pool %q: want NAME:COUNT", part)
+		}
+		if _, dup := pools[name]; dup {
+			return nil, fmt.Errorf("pool %q given twice", name)
+		}
+		pools[name] = n
+	}
+	if len(pools) == 0 {
+		return nil, errors.New("no pools given")
+	}
+	return pools, nil
+}
+
+// ScalePools scales pool sizes to total nodes, keeping their proportions
+// (largest remainder). Every pool that has nodes keeps at least one when
+// total allows it, taken from the largest pool.
+func ScalePools(pools map[string]int, total int) map[string]int {
+	names := slices.Sorted(maps.Keys(pools))
+	sum := 0
+	for _, n := range pools {
+		sum += n
+	}
+	out := map[string]int{}
+	for _, p := range names {
+		out[p] = 0
+	}
+	if sum == 0 || total <= 0 {
+		return out
+	}
+	assigned := 0
+	for _, p := range names {
+		out[p] = pools[p] * total / sum
+		assigned += out[p]
+	}
+	byRemainder := slices.Clone(names)
+	sort.SliceStable(byRemainder, func(i, j int) bool {
+		return pools[byRemainder[i]]*total%sum > pools[byRemainder[j]]*total%sum
+	})
+	for i := 0; assigned < total; i++ {
+		out[byRemainder[i%len(byRemainder)]]++
+		assigned++
+	}
+	nonEmpty := 0
+	for _, p := range names {
+		if pools[p] > 0 {
+			nonEmpty++
+		}
+	}
+	if total >= nonEmpty {
+		for _, p := range names {
+			if pools[p] > 0 && out[p] == 0 {
+				largest := names[0]
+				for _, q := range names {
+					if out[q] > out[largest] {
+						largest = q
+					}
+				}
+				out[largest]--
+				out[p]++
+			}
+		}
+	}
+	return out
+}
