@@ -77,6 +77,8 @@ as a NodePool and writes status to the status branch of the same remote.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+	f.Float32Var(&cfg.QPS, "kube-api-qps", 50, "requests per second to the Kubernetes API")
+	f.IntVar(&cfg.Burst, "kube-api-burst", 100, "burst of requests to the Kubernetes API")
 	f.StringVar(&cfg.Repo, "repo", "", "fleet repo URL: file://, http(s)://, ssh:// or git:// (required)")
 	f.StringVar(&cfg.Branch, "branch", "main", "branch to follow")
 	f.StringVar(&cfg.Path, "path", "", "fleet root inside the repo")

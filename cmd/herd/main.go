@@ -3,10 +3,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -44,7 +47,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.Execute()
+	// SIGINT and SIGTERM cancel the command's context, so long-running
+	// commands (controller, agent, sim) stop cleanly, also when started in
+	// the background of a script (where SIGINT starts out ignored).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
 	}
@@ -75,6 +83,8 @@ batches, and rolls OSTree images and node configuration out safely.`,
 		newPlanCmd(),
 		newSchemaCmd(),
 		newControllerCmd(),
+		newAgentCmd(),
+		newSimCmd(),
 		newHistoryCmd(),
 		newRollbackCmd(),
 		newInstallCmd(),

@@ -33,7 +33,7 @@ import (
 
 // env is a real control plane with Herd installed and a fleet repo.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	cp     *controlplane.ControlPlane
 	c      client.Client
 	kube   *kubernetes.Clientset
@@ -41,7 +41,9 @@ type env struct {
 	remote string // file:// URL of the bare fleet repo
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvTB(t) }
+
+func newEnvTB(t testing.TB) *env {
 	t.Helper()
 	cp := controlplane.StartTest(t, controlplane.Options{
 		// No kubelet heartbeats here: keep nodes from being marked unreachable.
@@ -49,7 +51,9 @@ func newEnv(t *testing.T) *env {
 	})
 	s := controller.Scheme()
 	_ = apiextensionsv1.AddToScheme(s)
-	c, err := client.New(cp.Config(), client.Options{Scheme: s})
+	rc := cp.Config()
+	rc.QPS, rc.Burst = 1000, 2000 // the tests play a thousand kubelets
+	c, err := client.New(rc, client.Options{Scheme: s})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +64,7 @@ func newEnv(t *testing.T) *env {
 	if err := cluster.Apply(t.Context(), c, manifests); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, cp: cp, c: c, kube: kubernetes.NewForConfigOrDie(cp.Config())}
+	e := &env{t: t, cp: cp, c: c, kube: kubernetes.NewForConfigOrDie(rc)}
 	dir := t.TempDir()
 	e.work = filepath.Join(dir, "work")
 	fleettest.NewRepo(t, e.work)
@@ -139,7 +143,7 @@ func (e *env) startController(name string, leader bool) *controllerRun {
 		},
 	}
 	if os.Getenv("HERD_TEST_LOG") != "" {
-		cfg.Log = testr.New(e.t)
+		cfg.Log = testr.NewWithInterface(e.t, testr.Options{})
 	}
 	run := &controllerRun{cancel: cancel, done: make(chan error, 1)}
 	go func() {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -37,6 +38,10 @@ import (
 // Config is everything `herd controller` needs.
 type Config struct {
 	Rest *rest.Config
+	// QPS and Burst limit the controller's requests to the API server;
+	// default 50 and 100 (a batch of 100 nodes is some 300 writes).
+	QPS   float32
+	Burst int
 
 	Repo         string // fleet repo URL
 	Branch       string // default "main"
@@ -86,7 +91,9 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Log = funcr.New(func(string, string) {}, funcr.Options{})
 	}
 	ctrl.SetLogger(cfg.Log)
-	mgr, err := ctrl.NewManager(cfg.Rest, ctrl.Options{
+	rc := rest.CopyConfig(cfg.Rest)
+	rc.QPS, rc.Burst = cmp.Or(cfg.QPS, 50), cmp.Or(cfg.Burst, 100)
+	mgr, err := ctrl.NewManager(rc, ctrl.Options{
 		Scheme:                        Scheme(),
 		Logger:                        cfg.Log,
 		Metrics:                       metricsserver.Options{BindAddress: cfg.MetricsAddr},
