@@ -42,7 +42,7 @@ type Entry struct {
 	Changes []PoolChange
 	// RevertedBy lists later commits that undid this one's change.
 	RevertedBy []string
-	Events  []Event
+	Events     []Event
 }
 
 // PoolChange is what a commit changed in one pool.
