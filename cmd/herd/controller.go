@@ -77,8 +77,8 @@ as a NodePool and writes status to the status branch of the same remote.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-	f.Float32Var(&cfg.QPS, "kube-api-qps", 50, "requests per second to the Kubernetes API")
-	f.IntVar(&cfg.Burst, "kube-api-burst", 100, "burst of requests to the Kubernetes API")
+	f.Float32Var(&cfg.QPS, "kube-api-qps", 100, "requests per second to the Kubernetes API")
+	f.IntVar(&cfg.Burst, "kube-api-burst", 300, "burst of requests to the Kubernetes API")
 	f.StringVar(&cfg.Repo, "repo", "", "fleet repo URL: file://, http(s)://, ssh:// or git:// (required)")
 	f.StringVar(&cfg.Branch, "branch", "main", "branch to follow")
 	f.StringVar(&cfg.Path, "path", "", "fleet root inside the repo")
@@ -91,6 +91,7 @@ as a NodePool and writes status to the status branch of the same remote.`,
 	f.StringVar(&cfg.WebhookAddr, "webhook-addr", "", "address of the webhook receiver (HERD_WEBHOOK_TOKEN or HERD_WEBHOOK_SECRET set its credentials)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8080", `address of /metrics ("0" for none)`)
 	f.StringVar(&cfg.HealthAddr, "health-addr", "", "address of /healthz and /readyz")
+	f.StringVar(&cfg.PprofAddr, "pprof-addr", "", "address of /debug/pprof (off when empty)")
 	f.StringSliceVar(&pgpKeyrings, "verify-pgp-keyring", nil, "armored OpenPGP public keys trusted to sign fleet commits (repeatable)")
 	f.StringVar(&allowedSigners, "verify-allowed-signers", "", "ssh-keygen allowed_signers file trusted to sign fleet commits")
 	f.StringVar(&signingKey, "sign-pgp-key", "", "armored OpenPGP private key to sign status commits")

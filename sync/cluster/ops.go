@@ -20,6 +20,8 @@ import (
 // Nodes cordons, drains and annotates nodes. Every operation is idempotent:
 // it looks at the node as it is and does only what is missing, so a
 // controller that restarts half-way finishes the step instead of repeating it.
+// Operations never change the node they are given (it may be the cache's):
+// they write a copy.
 type Nodes struct {
 	Client client.Client
 	// Pods reads pods straight from the API server (pods are not cached:
@@ -34,7 +36,8 @@ func (n *Nodes) Cordon(ctx context.Context, node *corev1.Node) error {
 	if node.Spec.Unschedulable {
 		return nil
 	}
-	patch := client.MergeFrom(node.DeepCopy())
+	patch := client.MergeFrom(node)
+	node = node.DeepCopy()
 	node.Spec.Unschedulable = true
 	setAnnotation(node, schema.AnnotationCordoned, "true")
 	if err := n.Client.Patch(ctx, node, patch); err != nil {
@@ -49,7 +52,8 @@ func (n *Nodes) Uncordon(ctx context.Context, node *corev1.Node) error {
 	if node.Annotations[schema.AnnotationCordoned] != "true" && node.Annotations[schema.AnnotationDrainStarted] == "" {
 		return nil
 	}
-	patch := client.MergeFrom(node.DeepCopy())
+	patch := client.MergeFrom(node)
+	node = node.DeepCopy()
 	if node.Annotations[schema.AnnotationCordoned] == "true" {
 		node.Spec.Unschedulable = false
 	}
@@ -61,13 +65,19 @@ func (n *Nodes) Uncordon(ctx context.Context, node *corev1.Node) error {
 	return nil
 }
 
-// SetDesired tells the node's agent what to apply.
-func (n *Nodes) SetDesired(ctx context.Context, node *corev1.Node, hash, commit string, now time.Time) error {
+// SetDesired tells the node's agent what to apply; with cordon it also
+// cordons the node, in the same write.
+func (n *Nodes) SetDesired(ctx context.Context, node *corev1.Node, hash, commit string, cordon bool, now time.Time) error {
 	a := node.Annotations
 	if a[schema.AnnotationDesiredConfig] == hash && a[schema.AnnotationDesiredOS] == commit {
 		return nil
 	}
-	patch := client.MergeFrom(node.DeepCopy())
+	patch := client.MergeFrom(node)
+	node = node.DeepCopy()
+	if cordon && !node.Spec.Unschedulable {
+		node.Spec.Unschedulable = true
+		setAnnotation(node, schema.AnnotationCordoned, "true")
+	}
 	setAnnotation(node, schema.AnnotationDesiredConfig, hash)
 	setAnnotation(node, schema.AnnotationDesiredOS, commit)
 	setAnnotation(node, schema.AnnotationDispatched, now.UTC().Format(time.RFC3339))
@@ -103,7 +113,8 @@ func (n *Nodes) Drain(ctx context.Context, node *corev1.Node, policy DrainPolicy
 			res.Started = t
 		}
 	} else {
-		patch := client.MergeFrom(node.DeepCopy())
+		patch := client.MergeFrom(node)
+		node = node.DeepCopy()
 		setAnnotation(node, schema.AnnotationDrainStarted, now.UTC().Format(time.RFC3339))
 		if err := n.Client.Patch(ctx, node, patch); err != nil {
 			return res, fmt.Errorf("drain node %s: %w", node.Name, err)

@@ -50,7 +50,7 @@ func BenchmarkController1000Nodes(b *testing.B) {
 	cmd := exec.CommandContext(ctx, herdBin, "controller",
 		"--kubeconfig", e.cp.KubeconfigPath(), "--repo", e.remote, "--cluster", "bench",
 		"--interval", "10m", "--webhook-addr", hook, "--metrics-addr", "0",
-		"--cache-dir", filepath.Join(b.TempDir(), "cache"), "--log-level", "info")
+		"--cache-dir", filepath.Join(b.TempDir(), "cache"), "--log-level", "info", "--pprof-addr", os.Getenv("HERD_BENCH_PPROF"))
 	cmd.Env = append(os.Environ(), "HERD_WEBHOOK_TOKEN=bench")
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -60,7 +60,7 @@ func BenchmarkController1000Nodes(b *testing.B) {
 	defer func() {
 		cancel()
 		_ = cmd.Wait()
-		if b.Failed() {
+		if b.Failed() || os.Getenv("HERD_BENCH_LOG") != "" {
 			os.WriteFile(filepath.Join(os.TempDir(), "herd-bench-controller.log"), logs.Bytes(), 0o644)
 			b.Logf("controller logs in %s", filepath.Join(os.TempDir(), "herd-bench-controller.log"))
 		}
@@ -73,10 +73,15 @@ func BenchmarkController1000Nodes(b *testing.B) {
 		return err == nil && np.Status.Phase == nodepool.PhaseUpToDate && np.Status.Nodes == nodes
 	})
 	cpu0, wall0 := cpuSeconds(b, cmd.Process.Pid), time.Now()
+	if addr := os.Getenv("HERD_BENCH_PPROF"); addr != "" {
+		go func() {
+			out, err := exec.Command("curl", "-s", "-o", filepath.Join(os.TempDir(), "herd-controller.pprof"), "http://"+addr+"/debug/pprof/profile?seconds=20").CombinedOutput()
+			b.Logf("profile: %v %s", err, out)
+		}()
+	}
 	e.waitForB(b, "a 30 s steady-state window", 40*time.Second, func() bool { return time.Since(wall0) >= 30*time.Second })
 	cpu1, wall1 := cpuSeconds(b, cmd.Process.Pid), time.Now()
-	b.ReportMetric(rssMiB(b, cmd.Process.Pid), "RSS-MiB")
-	b.ReportMetric(100*(cpu1-cpu0)/wall1.Sub(wall0).Seconds(), "idle-CPU-%")
+	rss, anon, idleCPU := rssMiB(b, cmd.Process.Pid, "VmRSS"), rssMiB(b, cmd.Process.Pid, "RssAnon"), 100*(cpu1-cpu0)/wall1.Sub(wall0).Seconds()
 
 	// Webhook to first dispatch: each iteration is a new commit changing
 	// general's kubelet config (a restart, so no drain to wait for).
@@ -94,6 +99,9 @@ func BenchmarkController1000Nodes(b *testing.B) {
 		}
 		b.StartTimer()
 		start := time.Now()
+		if os.Getenv("HERD_BENCH_LOG") != "" {
+			b.Logf("%s webhook for %s", start.UTC().Format("15:04:05.000"), target[:12])
+		}
 		postWebhook(b, hook, "bench")
 		waitDispatched(b, w, target, 30*time.Second)
 		total += time.Since(start)
@@ -101,6 +109,9 @@ func BenchmarkController1000Nodes(b *testing.B) {
 		n++
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(n), "ms/webhook-to-dispatch")
+	b.ReportMetric(rss, "RSS-MiB")
+	b.ReportMetric(anon, "RSS-anon-MiB")
+	b.ReportMetric(idleCPU, "steady-CPU-%")
 }
 
 // newBenchEnv is newEnv for benchmarks.
@@ -262,17 +273,18 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 	return (utime + stime) / 100 // USER_HZ
 }
 
-func rssMiB(b *testing.B, pid int) float64 {
+// rssMiB reads a memory figure of /proc/<pid>/status (VmRSS, RssAnon, ...).
+func rssMiB(b *testing.B, pid int, field string) float64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
 			return kb / 1024
 		}
 	}
-	b.Fatal("no VmRSS")
+	b.Fatal("no " + field)
 	return 0
 }

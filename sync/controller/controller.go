@@ -259,8 +259,10 @@ func (r *Reconciler) planStep(ctx context.Context, st *run) error {
 	if err := r.mirrorPools(ctx, st); err != nil {
 		return err
 	}
+	// The cache's own objects, not copies: planning only reads them, and
+	// every write (sync/cluster) works on a copy of the node.
 	var list corev1.NodeList
-	if err := r.client.List(ctx, &list); err != nil {
+	if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return fmt.Errorf("list nodes: %w", err)
 	}
 	st.setNodes(list.Items)

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -15,6 +18,7 @@ import (
 
 // outcome is what dispatch did to one pool, for the report.
 type outcome struct {
+	mu           sync.Mutex                     // guards draining and drainBlocked
 	started      []string                       // nodes a new batch started
 	uncordoned   []string                       // nodes finished this time
 	draining     map[string]cluster.DrainResult // nodes still being drained
@@ -61,14 +65,19 @@ func (r *Reconciler) dispatch(ctx context.Context, st *run) error {
 			changes[c.Node] = c
 		}
 		p := pools[pp.Name]
+		// The nodes of a batch advance side by side: a batch of a hundred
+		// nodes is a few hundred writes.
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(16)
 		for _, name := range pp.Batches[0] {
 			node := st.byName[name]
 			if !involved(node, p) {
 				out.started = append(out.started, name)
 			}
-			if err := r.advance(ctx, st, p, node, changes[name], out); err != nil {
-				return err
-			}
+			g.Go(func() error { return r.advance(gctx, st, p, node, changes[name], out) })
+		}
+		if err := g.Wait(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -133,12 +142,12 @@ func (r *Reconciler) advance(ctx context.Context, st *run, p planner.Pool, node 
 	if a[schema.AnnotationDesiredConfig] == p.Hash && a[schema.AnnotationDesiredOS] == p.Spec.OS.Commit {
 		return nil // dispatched: the agent has it
 	}
-	if c.Disruption >= schema.DisruptionRestartKubelet {
+	cordon := c.Disruption >= schema.DisruptionRestartKubelet
+	if c.Disruption == schema.DisruptionReboot {
+		// Cordon before draining, so nothing new lands on the node.
 		if err := r.nodes.Cordon(ctx, node); err != nil {
 			return err
 		}
-	}
-	if c.Disruption == schema.DisruptionReboot {
 		res, err := r.nodes.Drain(ctx, node, cluster.DrainPolicy{
 			Timeout: p.Spec.Rollout.DrainTimeout(),
 			Force:   p.Spec.Rollout.Drain.Force,
@@ -147,15 +156,17 @@ func (r *Reconciler) advance(ctx context.Context, st *run, p planner.Pool, node 
 			return err
 		}
 		if !res.Done {
+			out.mu.Lock()
 			if res.TimedOut && len(res.Blocked) > 0 {
 				out.drainBlocked[node.Name] = res
 			} else {
 				out.draining[node.Name] = res
 			}
+			out.mu.Unlock()
 			return nil
 		}
 	}
-	return r.nodes.SetDesired(ctx, node, p.Hash, p.Spec.OS.Commit, st.now)
+	return r.nodes.SetDesired(ctx, node, p.Hash, p.Spec.OS.Commit, cordon, st.now)
 }
 
 // blockedPods lists the pods that block a drain, for messages.

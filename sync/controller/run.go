@@ -27,6 +27,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/gitutil"
@@ -39,7 +40,7 @@ import (
 type Config struct {
 	Rest *rest.Config
 	// QPS and Burst limit the controller's requests to the API server;
-	// default 50 and 100 (a batch of 100 nodes is some 300 writes).
+	// default 100 and 300 (a batch of 100 nodes is a few hundred writes).
 	QPS   float32
 	Burst int
 
@@ -62,6 +63,7 @@ type Config struct {
 	WebhookGitHubSecret string
 	MetricsAddr         string // "0" for none
 	HealthAddr          string // "" for none
+	PprofAddr           string // "" for none
 
 	LeaderElection leaderelection.Options
 	Namespace      string // for the leader election lease; default herd-system
@@ -92,12 +94,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ctrl.SetLogger(cfg.Log)
 	rc := rest.CopyConfig(cfg.Rest)
-	rc.QPS, rc.Burst = cmp.Or(cfg.QPS, 50), cmp.Or(cfg.Burst, 100)
+	rc.QPS, rc.Burst = cmp.Or(cfg.QPS, 100), cmp.Or(cfg.Burst, 300)
 	mgr, err := ctrl.NewManager(rc, ctrl.Options{
 		Scheme:                        Scheme(),
 		Logger:                        cfg.Log,
 		Metrics:                       metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress:        cfg.HealthAddr,
+		PprofBindAddress:              cfg.PprofAddr,
 		LeaderElection:                cfg.LeaderElection.Enable,
 		LeaderElectionID:              leaderelection.GenerateID("herd-controller", cfg.Cluster),
 		LeaderElectionNamespace:       cfg.Namespace,
@@ -105,10 +108,16 @@ func Run(ctx context.Context, cfg Config) error {
 		LeaseDuration:                 nonZero(cfg.LeaderElection.LeaseDuration),
 		RenewDeadline:                 nonZero(cfg.LeaderElection.RenewDeadline),
 		RetryPeriod:                   nonZero(cfg.LeaderElection.RetryPeriod),
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Only the rendered ConfigMaps, not every ConfigMap in the cluster.
-			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{schema.RenderedNamespace: {}}},
-		}},
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject: map[client.Object]cache.ByObject{
+				// Only the rendered ConfigMaps, not every ConfigMap in the cluster.
+				&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{schema.RenderedNamespace: {}}},
+				// Of a node, only what plans read: a thousand nodes' images,
+				// addresses and system info would fill the cache.
+				&corev1.Node{}: {Transform: slimNode},
+			},
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("controller manager: %w", err)
@@ -188,6 +197,25 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	return mgr.Start(ctx)
+}
+
+// slimNode keeps of a cached Node its metadata (without managed fields),
+// its spec and its Ready condition.
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	n.ManagedFields = nil
+	var ready []corev1.NodeCondition
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			c.LastHeartbeatTime = metav1.Time{} // changes every heartbeat; plans do not read it
+			ready = append(ready, c)
+		}
+	}
+	n.Status = corev1.NodeStatus{Conditions: ready}
+	return n, nil
 }
 
 // reconcileMetrics is the Flux-compatible gotk_reconcile_* recorder; it

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -172,6 +173,9 @@ func (w *Writer) SetSource(s SourceStatus) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	prev := w.latest.source
+	if prev != nil && reflect.DeepEqual(*prev, s) {
+		return
+	}
 	phase := prev == nil ||
 		revCommit(prev.LastApplied) != revCommit(s.LastApplied) ||
 		rejCommit(prev.LastRejected) != rejCommit(s.LastRejected)
@@ -192,6 +196,9 @@ func (w *Writer) SetPool(p PoolStatus) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	prev, ok := w.latest.pools[p.Name]
+	if ok && samePool(prev.status, p) {
+		return nil // nothing changed: no render, no commit
+	}
 	next := &poolState{status: p}
 	var trans []Transition
 	phase := !ok
@@ -438,4 +445,11 @@ func isConflict(err error) bool { return errors.Is(err, errConflict) }
 
 func conflictf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errConflict, strings.TrimSpace(fmt.Sprintf(format, args...)))
+}
+
+// samePool compares two pool states, leaving out the transitions the Writer
+// keeps itself.
+func samePool(a, b PoolStatus) bool {
+	a.Transitions, b.Transitions = nil, nil
+	return reflect.DeepEqual(a, b)
 }

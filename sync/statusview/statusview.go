@@ -1,0 +1,142 @@
+// Package statusview shows where each pool stands, one line per pool with a
+// progress bar, from the cluster's NodePools or from the Git status branch.
+package statusview
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/writeback"
+)
+
+// Line is one pool.
+type Line struct {
+	Cluster  string
+	Pool     string
+	Phase    string
+	UpToDate int
+	Nodes    int
+	Batch    string // "2/5", or ""
+	Revision string
+	Message  string
+}
+
+// FromCluster reads the NodePools.
+func FromCluster(ctx context.Context, c client.Reader) ([]Line, error) {
+	var list nodepool.NodePoolList
+	if err := c.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("list NodePools: %w", err)
+	}
+	var out []Line
+	for _, np := range list.Items {
+		s := np.Status
+		out = append(out, Line{Pool: np.Name, Phase: s.Phase, UpToDate: s.UpToDate, Nodes: s.Nodes, Batch: s.Batch, Revision: s.ObservedRevision, Message: s.Message})
+	}
+	slices.SortFunc(out, func(a, b Line) int { return strings.Compare(a.Pool, b.Pool) })
+	return out, nil
+}
+
+// FromGit reads the status branch of the repository holding dir: the remote
+// tracking branch origin/<branch> when there is one, else the local branch.
+// Only cluster's pools when cluster is set.
+func FromGit(dir, branch, cluster string) ([]Line, error) {
+	repo, err := git.PlainOpenWithOptions(dir, &git.PlainOpenOptions{DetectDotGit: true})
+	if err != nil {
+		return nil, fmt.Errorf("open git repository at %s: %w", dir, err)
+	}
+	var ref *plumbing.Reference
+	for _, name := range []plumbing.ReferenceName{plumbing.NewRemoteReferenceName("origin", branch), plumbing.NewBranchReferenceName(branch)} {
+		if ref, err = repo.Reference(name, true); err == nil {
+			break
+		}
+	}
+	if ref == nil {
+		return nil, fmt.Errorf("no status branch %s in %s (fetch it: git fetch origin %s)", branch, dir, branch)
+	}
+	commit, err := repo.CommitObject(ref.Hash())
+	if err != nil {
+		return nil, err
+	}
+	tree, err := commit.Tree()
+	if err != nil {
+		return nil, err
+	}
+	var out []Line
+	err = tree.Files().ForEach(func(f *object.File) error {
+		parts := strings.Split(f.Name, "/")
+		if len(parts) != 3 || parts[0] != "clusters" || !strings.HasSuffix(parts[2], ".yaml") || parts[2] == "source.yaml" {
+			return nil
+		}
+		if cluster != "" && parts[1] != cluster {
+			return nil
+		}
+		data, err := f.Contents()
+		if err != nil {
+			return err
+		}
+		p, err := writeback.ParsePool([]byte(data))
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.Name, err)
+		}
+		l := Line{Cluster: parts[1], Pool: p.Name, Phase: p.Phase, UpToDate: p.Counts.Updated, Nodes: p.Counts.Total, Revision: p.SpecRevision, Message: p.Message}
+		if p.Batch != nil && p.Batch.Total > 0 {
+			l.Batch = fmt.Sprintf("%d/%d", p.Batch.Current, p.Batch.Total)
+		}
+		out = append(out, l)
+		return nil
+	})
+	slices.SortFunc(out, func(a, b Line) int {
+		if c := strings.Compare(a.Cluster, b.Cluster); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Pool, b.Pool)
+	})
+	return out, err
+}
+
+// Write prints one line per pool.
+func Write(w io.Writer, lines []Line) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	withCluster := slices.ContainsFunc(lines, func(l Line) bool { return l.Cluster != "" })
+	if withCluster {
+		fmt.Fprint(tw, "CLUSTER\t")
+	}
+	fmt.Fprintln(tw, "POOL\tNODES\t\tBATCH\tPHASE\tREVISION\tMESSAGE")
+	for _, l := range lines {
+		if withCluster {
+			fmt.Fprintf(tw, "%s\t", l.Cluster)
+		}
+		batch := l.Batch
+		if batch == "" {
+			batch = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", l.Pool, Bar(l.UpToDate, l.Nodes, 20), l.UpToDate, l.Nodes, batch, l.Phase, short(l.Revision), l.Message)
+	}
+	return tw.Flush()
+}
+
+// Bar draws done out of total in width cells: [#######-------].
+func Bar(done, total, width int) string {
+	n := 0
+	if total > 0 {
+		n = min(width, done*width/total)
+	}
+	return "[" + strings.Repeat("#", n) + strings.Repeat("-", width-n) + "]"
+}
+
+func short(s string) string {
+	if len(s) > 8 {
+		return s[:8]
+	}
+	return s
+}
