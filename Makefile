@@ -10,9 +10,9 @@ BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 export PATH := $(TOOLS):$(PATH)
 
 # Debian packages the tests drive for real.
-APT_PACKAGES := git ostree gnupg openssh-client openssh-server
+APT_PACKAGES := git ostree gnupg openssh-client openssh-server dbus-daemon curl
 
-.PHONY: all build test unit lint fmt bench fuzz tools deps k8s-bins testenv clean
+.PHONY: all build test unit e2e demo lint fmt bench fuzz tools deps k8s-bins testenv clean
 
 all: build
 
@@ -25,7 +25,16 @@ test: deps tools k8s-bins lint
 
 ## unit: the fast tests that need no real servers.
 unit:
-	$(GO) test -count=1 ./schema/... ./planner/... ./cmd/...
+	$(GO) test -count=1 ./schema/... ./planner/... ./cmd/... ./node/apply/... ./node/systemd/...
+
+## e2e: the user story end to end (also part of make test).
+e2e: deps tools k8s-bins
+	$(GO) test -count=1 -timeout 20m -v ./test/e2e
+
+## demo: the whole story on this machine; state in .demo/, Ctrl-C stops it.
+demo: deps k8s-bins build
+	$(GO) build -o bin/herd-demo ./test/cmd/demo
+	bin/herd-demo
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' ; git ls-files -o --exclude-standard '*.go')); \

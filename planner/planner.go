@@ -118,6 +118,7 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 
 	var free, candidates []*Node // free: out of date and already Herd's
 	var waiting []Change
+	var finishing []string // at the target, still unavailable because of Herd
 	stayUnavailable := 0
 	for _, n := range nodes {
 		reason := unavailableReason(n)
@@ -128,6 +129,9 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 			pp.UpToDate = append(pp.UpToDate, n.Name)
 			if reason != "" {
 				stayUnavailable++
+				if herdOwned(n) {
+					finishing = append(finishing, n.Name)
+				}
 			}
 			continue
 		}
@@ -144,6 +148,10 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 	}
 
 	room := pp.MaxUnavailable - stayUnavailable
+	// Nodes finishing the last batch take room now, but not for long: later
+	// batches count only the nodes unavailable for other reasons.
+	external := stayUnavailable - len(finishing)
+	later := pp.MaxUnavailable - external
 	var batches [][]*Node
 	switch {
 	case pp.Paused:
@@ -154,13 +162,21 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 		for _, n := range candidates {
 			waiting = append(waiting, Change{Node: n.Name, Reason: "pool is paused"})
 		}
-	case room <= 0 && len(candidates) > 0:
+	case later <= 0 && len(candidates) > 0:
 		if len(free) > 0 {
 			batches = append(batches, free)
 		}
-		pp.Blocked = fmt.Sprintf("%d of %d nodes are unavailable for other reasons, which leaves no room under maxUnavailable %d", stayUnavailable, len(nodes), pp.MaxUnavailable)
+		pp.Blocked = fmt.Sprintf("%d of %d nodes are unavailable for other reasons, which leaves no room under maxUnavailable %d", external, len(nodes), pp.MaxUnavailable)
 		for _, n := range candidates {
 			waiting = append(waiting, Change{Node: n.Name, Reason: "blocked: no room under maxUnavailable"})
+		}
+	case room <= 0 && len(candidates) > 0:
+		// The last batch's nodes are at the target but not back to work yet.
+		if len(free) > 0 {
+			batches = append(batches, free)
+		}
+		for _, n := range candidates {
+			waiting = append(waiting, Change{Node: n.Name, Reason: "waits for " + strings.Join(finishing, ", ") + " to finish the batch before"})
 		}
 	default:
 		order := spreadByZone(candidates)
@@ -185,7 +201,7 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 			batches = append(batches, b)
 		}
 		for rest := order[first:]; len(rest) > 0; {
-			k := min(room, len(rest))
+			k := min(later, len(rest))
 			batches = append(batches, rest[:k])
 			rest = rest[k:]
 		}

@@ -2,6 +2,7 @@ package planner
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -299,5 +300,28 @@ func TestCanaryGates(t *testing.T) {
 	pp = Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: map[string]Rollout{"p": {Hash: "other", Done: 5}}}).Pools[0]
 	if len(pp.Batches[0]) != 1 || !pp.Canary {
 		t.Errorf("a new target starts with a canary again: %v", pp.Batches)
+	}
+}
+
+// TestFinishingBatchIsNotABlock: a node of the last batch at the target but
+// still cordoned by Herd takes the room for now; the pool waits for it, and
+// is not blocked.
+func TestFinishingBatchIsNotABlock(t *testing.T) {
+	p := testPool(t, "p", osNew, 110)
+	ns := []Node{node("p-0", "p", "a", p.Hash, osNew), node("p-1", "p", "b", "", osOld), node("p-2", "p", "c", "", osOld)}
+	ns[0].Unschedulable, ns[0].Cordoned = true, true
+	pp := Compute(Input{Pools: []Pool{p}, Nodes: ns}).Pools[0]
+	if pp.Blocked != "" || len(pp.Batches) != 0 {
+		t.Errorf("blocked %q, batches %v; want no block and nothing started", pp.Blocked, pp.Batches)
+	}
+	for _, c := range pp.Changes {
+		if c.Batch != 0 || !strings.HasPrefix(c.Reason, "waits for p-0 to finish the batch before") {
+			t.Errorf("%s: batch %d, reason %q", c.Node, c.Batch, c.Reason)
+		}
+	}
+	// Cordoned by someone else, the same node does block.
+	ns[0].Cordoned = false
+	if pp := Compute(Input{Pools: []Pool{p}, Nodes: ns}).Pools[0]; pp.Blocked == "" {
+		t.Errorf("a node cordoned by someone else leaves no room, but the pool is not blocked")
 	}
 }

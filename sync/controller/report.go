@@ -102,6 +102,7 @@ func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *nodepool.Node
 	switch {
 	case len(pp.Changes) == 0:
 		s.Phase = nodepool.PhaseUpToDate
+		s.Batch = ""
 		s.Message = fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
 		conditions.MarkTrue(np, meta.ReadyCondition, meta.SucceededReason, "%s", s.Message)
 		conditions.Delete(np, meta.ReconcilingCondition)

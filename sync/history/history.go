@@ -360,10 +360,27 @@ func Write(w io.Writer, entries []Entry) error {
 		}
 		sort.SliceStable(e.Events, func(i, j int) bool { return e.Events[i].Time.Before(e.Events[j].Time) })
 		for _, ev := range e.Events {
+			if !touches(e, ev.Pool) {
+				continue // every pool reports every revision; show the ones it changed
+			}
 			fmt.Fprintf(w, "    %s/%s: %s %s (%s)\n", ev.Cluster, ev.Pool, ev.What, ev.Time.UTC().Format("2006-01-02 15:04:05"), ev.Detail)
 		}
 	}
 	return nil
+}
+
+// touches reports whether an entry changed the pool; an entry that changed
+// no pool (the first one) touches them all.
+func touches(e Entry, pool string) bool {
+	if len(e.Changes) == 0 {
+		return true
+	}
+	for _, c := range e.Changes {
+		if c.Pool == pool {
+			return true
+		}
+	}
+	return false
 }
 
 // changeLine reads like "general: os 1fff1fd9 -> 7a3283c6, kubelet.maxPods 110 -> 200".

@@ -1,0 +1,375 @@
+// Package story sets up Herd's whole user story on one machine: a real
+// control plane, a simulated fleet on real OSTree sysroots, a fleet repo
+// served by git daemon, and the controller. make demo and the end-to-end
+// test both use it.
+package story
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"herd.dev/herd/config"
+	"herd.dev/herd/node/sim"
+	"herd.dev/herd/sync/cluster"
+	"herd.dev/herd/sync/controller"
+	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/test/controlplane"
+)
+
+// Options configures a story.
+type Options struct {
+	// Dir keeps the story's state: kubeconfig, the bare fleet repo under
+	// git/, the working clone fleet/, the simulated nodes under sim/. It is
+	// emptied first.
+	Dir string
+	// Pools maps pool names of the example fleet to node counts; default
+	// system:3, general:6, batch:3.
+	Pools map[string]int
+	// RebootDelay is how long a simulated reboot takes; default 2s.
+	RebootDelay time.Duration
+	// Interval is how often the controller polls the fleet repo besides
+	// the push webhook; default 5s.
+	Interval time.Duration
+	// Log receives the simulator's and controller's logs; nil discards.
+	Log *slog.Logger
+	// Progress receives a line per setup step; nil discards.
+	Progress io.Writer
+}
+
+// Story is the running setup.
+type Story struct {
+	CP         *controlplane.ControlPlane
+	Fleet      *sim.Fleet
+	Client     client.Client
+	Dir        string
+	Kubeconfig string // Dir/kubeconfig
+	Work       string // Dir/fleet: a working clone whose origin is Remote
+	Remote     string // git://127.0.0.1:PORT/fleet.git
+	Webhook    string // http://127.0.0.1:PORT/
+	Token      string // the webhook's bearer token
+	Cluster    string // the controller's cluster name
+
+	daemon     *exec.Cmd
+	controller context.CancelFunc
+	ctrlDone   chan error
+}
+
+// Start brings the story up. Stop it with Stop, also after an error.
+func Start(ctx context.Context, opts Options) (s *Story, err error) {
+	if opts.Pools == nil {
+		opts.Pools = map[string]int{"system": 3, "general": 6, "batch": 3}
+	}
+	if opts.RebootDelay == 0 {
+		opts.RebootDelay = 2 * time.Second
+	}
+	if opts.Interval == 0 {
+		opts.Interval = 5 * time.Second
+	}
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	step := func(format string, args ...any) { fmt.Fprintf(opts.Progress, "==> "+format+"\n", args...) }
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	s = &Story{Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig"), Work: filepath.Join(dir, "fleet"), Cluster: "demo"}
+	defer func() {
+		if err != nil {
+			_ = s.Stop()
+		}
+	}()
+
+	step("starting a control plane: etcd, kube-apiserver, kube-controller-manager")
+	if s.CP, err = controlplane.Start(ctx, controlplane.Options{}); err != nil {
+		return s, err
+	}
+	if err := copyFile(s.CP.KubeconfigPath(), s.Kubeconfig); err != nil {
+		return s, err
+	}
+	sch := controller.Scheme()
+	_ = apiextensionsv1.AddToScheme(sch)
+	rc := s.CP.Config()
+	rc.QPS, rc.Burst = 200, 400
+	if s.Client, err = client.New(rc, client.Options{Scheme: sch}); err != nil {
+		return s, err
+	}
+	step("herd install: NodePool CRD, RBAC, admission policy")
+	manifests, err := config.Render()
+	if err != nil {
+		return s, err
+	}
+	if err := cluster.Apply(ctx, s.Client, manifests); err != nil {
+		return s, err
+	}
+
+	step("herd sim: %d nodes on real OSTree sysroots", total(opts.Pools))
+	if s.Fleet, err = sim.Start(ctx, sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay, Dir: filepath.Join(dir, "sim"), Log: opts.Log}); err != nil {
+		return s, err
+	}
+
+	step("fleet repo from examples/fleet-repo, pinned to the simulator's OS commits")
+	if err := s.makeFleetRepo(); err != nil {
+		return s, err
+	}
+	if err := s.startGitDaemon(ctx); err != nil {
+		return s, err
+	}
+	if _, err := git(dir, "clone", "-q", s.Remote, s.Work); err != nil {
+		return s, err
+	}
+
+	step("herd controller, following %s", s.Remote)
+	if err := s.startController(opts); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// makeFleetRepo writes the example fleet with the simulator's OS commits and
+// repository, commits it into git/fleet.git, and installs a push hook that
+// tells the controller at once.
+func (s *Story) makeFleetRepo() error {
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	seed := filepath.Join(s.Dir, "seed")
+	if err := copyTree(filepath.Join(root, "examples", "fleet-repo"), seed); err != nil {
+		return err
+	}
+	commits := s.Fleet.Commits()
+	if len(commits) < 2 {
+		return errors.New("the simulator made fewer than two OS versions")
+	}
+	fleetCue := filepath.Join(seed, "fleet.cue")
+	b, err := os.ReadFile(fleetCue)
+	if err != nil {
+		return err
+	}
+	src := strings.NewReplacer(
+		"1fff1fd9a3c54e8c1b3d0e7f6a2b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b", commits[0],
+		"7a3283c6e1d04f5a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a", commits[1],
+		"https://ostree.example.com/containeros", s.Fleet.RepoURL(),
+	).Replace(string(b))
+	if err := os.WriteFile(fleetCue, []byte(src), 0o644); err != nil {
+		return err
+	}
+	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"add", "-A"}, {"commit", "-q", "-m", "Start the fleet"}} {
+		if _, err := git(seed, args...); err != nil {
+			return err
+		}
+	}
+	bare := filepath.Join(s.Dir, "git", "fleet.git")
+	if _, err := git(s.Dir, "clone", "-q", "--bare", seed, bare); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(seed); err != nil {
+		return err
+	}
+	s.Token = randomHex(16)
+	s.Webhook = "http://" + freeAddr() + "/"
+	hook := fmt.Sprintf("#!/bin/sh\n# Tell herd about the push at once, as a Git host's webhook does.\ncurl -fsS -m 5 -X POST -H 'Authorization: Bearer %s' %s >/dev/null 2>&1 || true\n", s.Token, s.Webhook)
+	return os.WriteFile(filepath.Join(bare, "hooks", "post-receive"), []byte(hook), 0o755)
+}
+
+func (s *Story) startGitDaemon(ctx context.Context) error {
+	addr := freeAddr()
+	host, port, _ := net.SplitHostPort(addr)
+	base := filepath.Join(s.Dir, "git")
+	s.daemon = exec.Command("git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
+		"--base-path="+base, "--listen="+host, "--port="+port, base)
+	// Its own process group: git daemon forks, and Stop ends them all.
+	s.daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := s.daemon.Start(); err != nil {
+		return fmt.Errorf("git daemon: %w", err)
+	}
+	s.Remote = fmt.Sprintf("git://%s/fleet.git", addr)
+	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil, nil
+	})
+}
+
+func (s *Story) startController(opts Options) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.controller, s.ctrlDone = cancel, make(chan error, 1)
+	log := logr.Discard()
+	if opts.Log != nil {
+		log = logr.FromSlogHandler(opts.Log.Handler())
+	}
+	cfg := controller.Config{
+		Rest:           s.CP.Config(),
+		Repo:           s.Remote,
+		Cluster:        s.Cluster,
+		Interval:       opts.Interval,
+		StatusInterval: 2 * time.Second,
+		CacheDir:       filepath.Join(s.Dir, "controller"),
+		WebhookAddr:    strings.TrimSuffix(strings.TrimPrefix(s.Webhook, "http://"), "/"),
+		WebhookToken:   s.Token,
+		MetricsAddr:    "0",
+		Log:            log,
+	}
+	go func() { s.ctrlDone <- controller.Run(ctx, cfg) }()
+	return nil
+}
+
+// WaitUpToDate waits until every pool's NodePool reports UpToDate at the
+// fleet's current revision.
+func (s *Story) WaitUpToDate(ctx context.Context, timeout time.Duration) error {
+	head, err := git(s.Work, "rev-parse", "origin/main")
+	if err != nil {
+		return err
+	}
+	return wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		select {
+		case err := <-s.ctrlDone:
+			return false, fmt.Errorf("the controller stopped: %w", err)
+		default:
+		}
+		var list nodepool.NodePoolList
+		if err := s.Client.List(ctx, &list); err != nil {
+			return false, nil
+		}
+		if len(list.Items) == 0 {
+			return false, nil
+		}
+		for _, np := range list.Items {
+			if np.Status.ObservedRevision != head || np.Status.Phase != nodepool.PhaseUpToDate {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+// Git runs git in the working clone.
+func (s *Story) Git(args ...string) (string, error) { return git(s.Work, args...) }
+
+// Stop stops everything the story started.
+func (s *Story) Stop() error {
+	var errs []error
+	if s.controller != nil {
+		s.controller()
+		select {
+		case <-s.ctrlDone:
+		case <-time.After(30 * time.Second):
+			errs = append(errs, errors.New("the controller did not stop within 30s"))
+		}
+	}
+	if s.daemon != nil && s.daemon.Process != nil {
+		_ = syscall.Kill(-s.daemon.Process.Pid, syscall.SIGKILL)
+		_ = s.daemon.Wait()
+	}
+	if s.Fleet != nil {
+		errs = append(errs, s.Fleet.Stop())
+	}
+	if s.CP != nil {
+		errs = append(errs, s.CP.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+// RepoRoot finds the herd repository from the working directory.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(b), "module herd.dev/herd\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("not inside the herd repository")
+		}
+		dir = parent
+	}
+}
+
+// git runs the git CLI with the story's identity.
+func git(dir string, args ...string) (string, error) {
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(),
+		"GIT_AUTHOR_NAME=Fleet Owner", "GIT_AUTHOR_EMAIL=owner@example.com",
+		"GIT_COMMITTER_NAME=Fleet Owner", "GIT_COMMITTER_EMAIL=owner@example.com")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		out := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(out, 0o755)
+		}
+		return copyFile(p, out)
+	})
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o644)
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func total(pools map[string]int) int {
+	n := 0
+	for _, c := range pools {
+		n += c
+	}
+	return n
+}
