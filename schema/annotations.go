@@ -11,6 +11,11 @@ const (
 	AnnotationCordoned      = AnnotationPrefix + "cordoned"       // "true" when Herd cordoned the node
 	AnnotationDrainStarted  = AnnotationPrefix + "drain-started"  // RFC 3339 time Herd began draining
 	AnnotationDispatched    = AnnotationPrefix + "dispatched"     // RFC 3339 time Herd set the desired annotations
+	AnnotationAtTarget      = AnnotationPrefix + "at-target"      // RFC 3339 time the node was first seen done at its target: the soak starts
+	AnnotationPrestageOS    = AnnotationPrefix + "prestage-os"    // OSTree commit to pull ahead of the node's batch
+	AnnotationFailures      = AnnotationPrefix + "failures"       // how many targets the node failed to reach
+	AnnotationFailedTarget  = AnnotationPrefix + "failed-target"  // the config hash of its last failure
+	AnnotationQuarantined   = AnnotationPrefix + "quarantined"    // why the node is out of rollouts; remove to bring it back
 
 	// Written by the agent.
 	AnnotationCurrentConfig = AnnotationPrefix + "current-config" // config hash applied
@@ -18,7 +23,13 @@ const (
 	AnnotationOSStaged      = AnnotationPrefix + "os-staged"      // OSTree commit deployed for the next boot
 	AnnotationState         = AnnotationPrefix + "state"          // one of the NodeState values
 	AnnotationMessage       = AnnotationPrefix + "message"        // what the agent is doing, or why it failed
+	AnnotationOSPulled      = AnnotationPrefix + "os-pulled"      // OSTree commit pulled ahead and on disk
 )
+
+// TaintConverging keeps work off a node that joined a pool until it runs
+// the pool's target: nodes register with it, and the agent removes it once
+// the node is at its target.
+const TaintConverging = AnnotationPrefix + "converging"
 
 // LabelZone is the well-known Kubernetes zone label that batches spread over.
 const LabelZone = "topology.kubernetes.io/zone"
