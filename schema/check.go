@@ -2,6 +2,7 @@ package schema
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,9 @@ func check(v cue.Value, root string, f *Fleet) Diagnostics {
 		c.pool(f, name, f.Pools[name])
 	}
 	c.selectors(f, names)
+	if f.Maintenance != nil {
+		c.windows([]string{"maintenance", "windows"}, f.Maintenance.Windows)
+	}
 	return c.diags
 }
 
@@ -130,6 +134,13 @@ func (c *checker) pool(f *Fleet, name string, p NodePool) {
 		c.errorf(at("rollout", "maxUnavailable"), "maxUnavailable %s must be between 1%% and 100%%", mu)
 	}
 	c.duration(at("rollout", "soak"), r.Soak)
+	c.duration(at("rollout", "nodeTimeout"), r.NodeTimeout)
+	c.windows(at("rollout", "windows"), r.Windows)
+	if h := r.HealthChecks; h != nil && h.CEL != "" {
+		if _, err := CompileCEL(h.CEL); err != nil {
+			c.errorf(at("rollout", "healthChecks", "cel"), "%v", err)
+		}
+	}
 	c.duration(at("rollout", "drain", "timeout"), r.Drain.Timeout)
 }
 
@@ -139,6 +150,14 @@ func (c *checker) duration(path []string, s string) {
 	}
 	if d, err := time.ParseDuration(s); err != nil || d < 0 {
 		c.errorf(path, "invalid duration %q", s)
+	}
+}
+
+func (c *checker) windows(path []string, ws []Window) {
+	for i, w := range ws {
+		if _, err := w.Compile(); err != nil {
+			c.errorf(append(slices.Clone(path), strconv.Itoa(i)), "%v", err)
+		}
 	}
 }
 

@@ -67,7 +67,12 @@ func compareType(t *testing.T, path string, v cue.Value, typ reflect.Type) {
 			t.Errorf("%s: Go slice, CUE kind %v", path, kind)
 			return
 		}
-		compareType(t, path+".[int]", v.LookupPath(cue.MakePath(cue.AnyIndex)), typ.Elem())
+		elem := v.LookupPath(cue.MakePath(cue.AnyIndex))
+		if elem.Err() != nil { // a list with a default: look at the default's elements
+			d, _ := v.Default()
+			elem = d.LookupPath(cue.MakePath(cue.Index(0)))
+		}
+		compareType(t, path+".[int]", elem, typ.Elem())
 	default:
 		want := map[reflect.Kind]cue.Kind{
 			reflect.String: cue.StringKind,

@@ -10,8 +10,23 @@ import (
 
 // Fleet is an evaluated fleet repo: its pools and OSTree remotes.
 type Fleet struct {
-	Remotes map[string]Remote   `json:"remotes,omitempty"`
-	Pools   map[string]NodePool `json:"pools"`
+	Remotes     map[string]Remote   `json:"remotes,omitempty"`
+	Pools       map[string]NodePool `json:"pools"`
+	Maintenance *Maintenance        `json:"maintenance,omitempty"`
+}
+
+// Maintenance holds fleet-wide rollout settings.
+type Maintenance struct {
+	Windows []Window `json:"windows,omitempty"`
+	Freeze  bool     `json:"freeze"`
+}
+
+// Window is a weekly maintenance window.
+type Window struct {
+	Days     []string `json:"days"`
+	Start    string   `json:"start"`
+	End      string   `json:"end"`
+	TimeZone string   `json:"timeZone"`
 }
 
 // Remote is an OSTree remote nodes pull from.
@@ -72,7 +87,45 @@ type Rollout struct {
 	Soak           string       `json:"soak,omitempty"`
 	FailurePolicy  string       `json:"failurePolicy"`
 	MaxFailures    int          `json:"maxFailures"`
+	NodeTimeout    string       `json:"nodeTimeout"`
+	HealthChecks   *HealthCheck `json:"healthChecks,omitempty"`
+	Quarantine     *Quarantine  `json:"quarantine,omitempty"`
+	Windows        []Window     `json:"windows,omitempty"`
+	Resume         string       `json:"resume,omitempty"`
+	Prestage       int          `json:"prestage"`
 	Drain          Drain        `json:"drain"`
+}
+
+// HealthCheck is what must hold for a node to count as done.
+type HealthCheck struct {
+	CEL        string           `json:"cel,omitempty"`
+	Prometheus *PrometheusCheck `json:"prometheus,omitempty"`
+}
+
+// PrometheusCheck is a query that must return non-zero samples.
+type PrometheusCheck struct {
+	URL   string `json:"url"`
+	Query string `json:"query"`
+}
+
+// Quarantine takes nodes that fail repeatedly out of rollouts.
+type Quarantine struct {
+	After int `json:"after"`
+}
+
+// SoakDuration returns rollout.soak as a duration (0 when unset).
+func (r Rollout) SoakDuration() time.Duration {
+	d, _ := time.ParseDuration(r.Soak)
+	return max(d, 0)
+}
+
+// NodeTimeoutDuration returns rollout.nodeTimeout as a duration.
+func (r Rollout) NodeTimeoutDuration() time.Duration {
+	d, err := time.ParseDuration(r.NodeTimeout)
+	if err != nil || d <= 0 {
+		return 30 * time.Minute
+	}
+	return d
 }
 
 // Drain is how a node is emptied before a reboot.
