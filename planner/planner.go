@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"herd.dev/herd/schema"
 )
@@ -104,29 +105,89 @@ func minKey(m map[string]string) string {
 
 func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 	pp := PoolPlan{
-		Name:           p.Name,
-		ConfigHash:     p.Hash,
-		OSCommit:       p.Spec.OS.Commit,
-		Nodes:          len(nodes),
-		MaxUnavailable: p.Spec.Rollout.MaxUnavailable.Resolve(len(nodes)),
-		Paused:         p.Spec.Paused,
-		Unavailable:    []Unavailable{},
-		Batches:        [][]string{},
-		Changes:        []Change{},
-		UpToDate:       []string{},
+		Name:        p.Name,
+		ConfigHash:  p.Hash,
+		OSCommit:    p.Spec.OS.Commit,
+		Paused:      p.Spec.Paused,
+		Unavailable: []Unavailable{},
+		Batches:     [][]string{},
+		Changes:     []Change{},
+		UpToDate:    []string{},
 	}
+	r := p.Spec.Rollout
+	prev := in.Rollouts[p.Name]
+	st := prev
+	if st.Hash != p.Hash {
+		// A new target: the last rollout's halt and rollback are over.
+		st = Rollout{Hash: p.Hash, LastGood: st.LastGood}
+	}
+	target := Target{Hash: p.Hash, OSCommit: p.Spec.OS.Commit}
+	goal := target // where nodes go: the target, or back to the last good
+	if st.RollingBack {
+		goal = st.LastGood
+		pp.RollingBack = true
+	}
+	forgiven := map[string]bool{}
+	for _, n := range st.Forgiven {
+		forgiven[n] = true
+	}
+	soak, timeout := r.SoakDuration(), r.NodeTimeoutDuration()
+	act := func(a Action) { pp.Actions = append(pp.Actions, a) }
 
-	var free, candidates []*Node // free: out of date and already Herd's
-	var waiting []Change
-	var finishing []string // at the target, still unavailable because of Herd
+	var (
+		free       []*Node  // out of date, already Herd's: in flight or to retarget
+		settling   []*Node  // working toward an older target: wait for a safe point
+		candidates []*Node  // out of date and available
+		joining    []*Node  // joined the pool, converging: no budget
+		failed     []*Node  // failed this rollout
+		waiting    []Change // out of date, unavailable for other reasons
+		finishing  []string // at the goal, still unavailable because of Herd
+		inFlight   int      // dispatched or soaking: the batch is not done
+	)
 	stayUnavailable := 0
+	members := 0
 	for _, n := range nodes {
+		if n.Quarantined != "" {
+			pp.Quarantined = append(pp.Quarantined, n.Name)
+			continue
+		}
+		members++
 		reason := unavailableReason(n)
 		if reason != "" {
 			pp.Unavailable = append(pp.Unavailable, Unavailable{Node: n.Name, Reason: reason})
 		}
-		if n.OSBooted == p.Spec.OS.Commit && n.CurrentConfig == p.Hash {
-			pp.UpToDate = append(pp.UpToDate, n.Name)
+		atGoal := n.CurrentConfig == goal.Hash && n.OSBooted == goal.OSCommit
+		toGoal := n.DesiredConfig == goal.Hash && n.DesiredOS == goal.OSCommit
+		if st.RollingBack && !atGoal && n.DesiredConfig != target.Hash {
+			// Rolling back: only the nodes the rollout touched go back.
+			continue
+		}
+
+		if atGoal {
+			ready := n.Ready && n.State == schema.StateIdle
+			healthy := ready && n.Unhealthy == ""
+			soaked := soak == 0 || !n.AtTarget.IsZero() && !in.Now.Before(n.AtTarget.Add(soak))
+			if healthy && toGoal && n.AtTarget.IsZero() && soak > 0 {
+				act(Action{Kind: ActSoak, Node: n.Name, Target: goal})
+			}
+			if ready && n.Cordoned {
+				act(Action{Kind: ActFinish, Node: n.Name, Target: goal})
+			}
+			switch {
+			case healthy && soaked:
+				pp.UpToDate = append(pp.UpToDate, n.Name)
+			case ready && !healthy && toGoal && !soaked:
+				// A health check fails during the soak: a failure.
+				failed = append(failed, n)
+				if n.FailedTarget != goal.Hash {
+					act(Action{Kind: ActFail, Node: n.Name, Target: goal, Reason: "health check failed: " + n.Unhealthy})
+				}
+			case toGoal:
+				pp.Soaking = append(pp.Soaking, n.Name)
+				inFlight++
+			default:
+				pp.UpToDate = append(pp.UpToDate, n.Name) // there before this rollout
+			}
 			if reason != "" {
 				stayUnavailable++
 				if herdOwned(n) {
@@ -135,9 +196,27 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 			}
 			continue
 		}
-		inFlight := n.DesiredConfig == p.Hash && n.DesiredOS == p.Spec.OS.Commit
-		switch {
-		case inFlight || reason != "" && herdOwned(n):
+
+		// Out of date.
+		switch fail := failure(n, goal, in.Now, timeout); {
+		case n.Converging:
+			joining = append(joining, n)
+		case fail != "" || n.FailedTarget == goal.Hash && toGoal:
+			failed = append(failed, n)
+			if fail != "" && n.FailedTarget != goal.Hash {
+				act(Action{Kind: ActFail, Node: n.Name, Target: goal, Reason: fail})
+			}
+			if reason != "" {
+				stayUnavailable++ // a failed node keeps its slot
+			}
+		case toGoal:
+			free = append(free, n)
+			inFlight++
+		case reason != "" && herdOwned(n) && (n.State == schema.StateWorking || n.State == schema.StateRebooting):
+			settling = append(settling, n)
+			stayUnavailable++ // Herd's, and back soon: like a node finishing
+			finishing = append(finishing, n.Name)
+		case reason != "" && herdOwned(n):
 			free = append(free, n)
 		case reason != "":
 			stayUnavailable++
@@ -146,100 +225,220 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 			candidates = append(candidates, n)
 		}
 	}
+	pp.Nodes = members + len(pp.Quarantined)
+	pp.MaxUnavailable = r.MaxUnavailable.Resolve(members)
+
+	// Failures: forgiven ones do not count; nodes that fail too often leave
+	// the rollout, when the pool allows it.
+	var counted []*Node
+	for _, n := range failed {
+		fails := n.Failures
+		if n.FailedTarget != goal.Hash {
+			fails++ // the failure recorded now
+		}
+		if q := r.Quarantine; q != nil && fails >= q.After {
+			act(Action{Kind: ActQuarantine, Node: n.Name, Target: goal, Reason: fmt.Sprintf("failed %d targets, the last %s", fails, short(goal.Hash))})
+			continue
+		}
+		pp.Failed = append(pp.Failed, n.Name)
+		if !forgiven[n.Name] {
+			counted = append(counted, n)
+		}
+	}
+	switch {
+	case st.Halted != "":
+		pp.Halt = st.Halted
+	case st.RollingBack:
+	case len(counted) > r.MaxFailures:
+		why := fmt.Sprintf("%d nodes failed (%s), more than maxFailures %d", len(counted), nodeNames(counted), r.MaxFailures)
+		if r.FailurePolicy == schema.FailurePolicyRollback && st.LastGood.Hash != "" && st.LastGood.Hash != target.Hash {
+			pp.StartRollback = true
+		} else if r.FailurePolicy == schema.FailurePolicyRollback {
+			pp.Halt = why + "; no earlier target to roll back to"
+		} else {
+			pp.Halt = why
+		}
+	}
+	switch {
+	case in.Freeze:
+		pp.Closed = "the fleet is frozen (maintenance.freeze)"
+	case !p.Windows.Open(in.Now):
+		pp.Closed = "outside the pool's maintenance windows"
+		if next := p.Windows.NextOpen(in.Now); !next.IsZero() {
+			pp.Closed += "; the next opens at " + next.UTC().Format(time.RFC3339)
+		}
+	}
+
+	// Joining nodes converge at once, outside the budget: the taint keeps
+	// work off them, so there is nothing to drain.
+	for _, n := range joining {
+		pp.Joining = append(pp.Joining, n.Name)
+		if n.DesiredConfig != goal.Hash || n.DesiredOS != goal.OSCommit {
+			act(Action{Kind: ActStart, Node: n.Name, Target: goal, Disruption: schema.DisruptionReboot, Reason: "joining"})
+		}
+	}
 
 	room := pp.MaxUnavailable - stayUnavailable
-	// Nodes finishing the last batch take room now, but not for long: later
-	// batches count only the nodes unavailable for other reasons.
 	external := stayUnavailable - len(finishing)
 	later := pp.MaxUnavailable - external
-	var batches [][]*Node
+	stop := ""
 	switch {
 	case pp.Paused:
-		// Nodes in flight finish; nothing new starts.
-		if len(free) > 0 {
-			batches = append(batches, free)
+		stop = "pool is paused"
+	case pp.Halt != "":
+		stop = "halted: " + pp.Halt
+	case pp.StartRollback:
+		stop = "rolling back"
+	case pp.Closed != "":
+		stop = pp.Closed
+	}
+	var batches [][]*Node
+	startNow := map[*Node]bool{} // the nodes of the batch that runs now
+	current := func(ns []*Node) {
+		if len(ns) > 0 {
+			batches = append(batches, ns)
+			for _, n := range ns {
+				startNow[n] = true
+			}
 		}
+	}
+	switch {
+	case stop != "":
+		// Nodes in flight finish; nothing new starts, no node is retargeted.
+		var flying []*Node
+		for _, n := range free {
+			if n.DesiredConfig == goal.Hash && n.DesiredOS == goal.OSCommit {
+				flying = append(flying, n)
+			} else {
+				waiting = append(waiting, Change{Node: n.Name, Reason: stop})
+			}
+		}
+		current(flying)
 		for _, n := range candidates {
-			waiting = append(waiting, Change{Node: n.Name, Reason: "pool is paused"})
+			waiting = append(waiting, Change{Node: n.Name, Reason: stop})
 		}
 	case later <= 0 && len(candidates) > 0:
-		if len(free) > 0 {
-			batches = append(batches, free)
-		}
-		pp.Blocked = fmt.Sprintf("%d of %d nodes are unavailable for other reasons, which leaves no room under maxUnavailable %d", external, len(nodes), pp.MaxUnavailable)
+		current(free)
+		pp.Blocked = fmt.Sprintf("%d of %d nodes are unavailable for other reasons, which leaves no room under maxUnavailable %d", external, members, pp.MaxUnavailable)
 		for _, n := range candidates {
 			waiting = append(waiting, Change{Node: n.Name, Reason: "blocked: no room under maxUnavailable"})
 		}
 	case room <= 0 && len(candidates) > 0:
 		// The last batch's nodes are at the target but not back to work yet.
-		if len(free) > 0 {
-			batches = append(batches, free)
-		}
+		current(free)
 		for _, n := range candidates {
 			waiting = append(waiting, Change{Node: n.Name, Reason: "waits for " + strings.Join(finishing, ", ") + " to finish the batch before"})
 		}
 	default:
 		order := spreadByZone(candidates)
 		first := max(room-len(free), 0)
-		if c := p.Spec.Rollout.Canary; c > 0 {
+		if c := r.Canary; c > 0 && !st.RollingBack {
 			// Until the canary batch is done, batch 1 is the canary batch.
 			done := 0
-			if st, ok := in.Rollouts[p.Name]; ok && st.Hash == p.Hash {
-				done = st.Done
+			if prev.Hash == p.Hash {
+				done = prev.Done
 			}
 			if done < c {
 				pp.Canary = true
 				first = min(first, c-done)
 			}
 		}
-		if inFlight(free, p) > 0 {
+		if inFlight > 0 {
 			// A batch starts only when the one before it is done.
 			first = 0
 		}
 		first = min(first, len(order))
-		if b := append(free, order[:first]...); len(b) > 0 {
-			batches = append(batches, b)
-		}
+		current(append(free, order[:first]...))
 		for rest := order[first:]; len(rest) > 0; {
 			k := min(later, len(rest))
 			batches = append(batches, rest[:k])
 			rest = rest[k:]
 		}
 	}
+	for _, n := range settling {
+		waiting = append(waiting, Change{Node: n.Name, Reason: string(n.State) + " toward an earlier target: waits for a safe point"})
+	}
 
 	diffs := map[string]schema.Change{} // by the node's current config hash
-	rollback := in.Rollbacks[p.Hash]
+	rollback := in.Rollbacks[p.Hash] || st.RollingBack
 	for bi, batch := range batches {
 		names := make([]string, len(batch))
 		for i, n := range batch {
 			names[i] = n.Name
-			c := change(in, p, n, diffs)
+			c := change(in, p, n, goal, diffs)
 			c.Batch = bi + 1
-			c.InFlight = n.DesiredConfig == p.Hash && n.DesiredOS == p.Spec.OS.Commit
+			c.InFlight = n.DesiredConfig == goal.Hash && n.DesiredOS == goal.OSCommit
 			c.Rollback = rollback
 			pp.Changes = append(pp.Changes, c)
+			if startNow[n] && !c.InFlight {
+				act(Action{Kind: ActStart, Node: n.Name, Target: goal, Disruption: c.Disruption,
+					Cordon: c.Disruption >= schema.DisruptionRestartKubelet, Drain: c.Disruption == schema.DisruptionReboot})
+			}
 		}
 		pp.Batches = append(pp.Batches, names)
 	}
 	slices.SortFunc(waiting, func(a, b Change) int { return strings.Compare(a.Node, b.Node) })
 	for _, w := range waiting {
-		c := change(in, p, nodeByName(nodes, w.Node), diffs)
+		c := change(in, p, nodeByName(nodes, w.Node), goal, diffs)
 		c.Reason = joinReasons(w.Reason, c.Reason)
 		c.Rollback = rollback
 		pp.Changes = append(pp.Changes, c)
 	}
+	for _, n := range failed {
+		c := change(in, p, n, goal, diffs)
+		c.Reason = joinReasons("failed", c.Reason)
+		pp.Changes = append(pp.Changes, c)
+	}
+
+	// Pre-stage the OS of the nodes whose batches come later, a few at a time.
+	if r.Prestage > 0 && !st.RollingBack {
+		slots := r.Prestage
+		for _, n := range nodes {
+			if n.PrestageOS == goal.OSCommit && n.OSPulled != goal.OSCommit && n.OSBooted != goal.OSCommit {
+				slots-- // pulling now
+			}
+		}
+		for _, batch := range batches[min(1, len(batches)):] {
+			for _, n := range batch {
+				if slots <= 0 {
+					break
+				}
+				if n.OSBooted != goal.OSCommit && n.PrestageOS != goal.OSCommit && n.OSPulled != goal.OSCommit {
+					act(Action{Kind: ActPrestage, Node: n.Name, Target: goal})
+					slots--
+				}
+			}
+		}
+	}
+
+	pp.Complete = len(pp.UpToDate) == members && len(joining) == 0 && !st.RollingBack
+	if st.RollingBack && len(pp.Changes) == 0 && len(pp.Soaking) == 0 {
+		pp.Halt = fmt.Sprintf("rolled back to %s after failures of %s", short(goal.Hash), short(target.Hash))
+	}
+	slices.SortStableFunc(pp.Actions, func(a, b Action) int { return strings.Compare(a.Node, b.Node) })
 	return pp
 }
 
-// inFlight counts the nodes already dispatched to the pool's target.
-func inFlight(nodes []*Node, p *Pool) int {
-	n := 0
-	for _, node := range nodes {
-		if node.DesiredConfig == p.Hash && node.DesiredOS == p.Spec.OS.Commit {
-			n++
-		}
+// failure says why a node dispatched to goal has failed it, or "".
+func failure(n *Node, goal Target, now time.Time, timeout time.Duration) string {
+	if n.DesiredConfig != goal.Hash || n.DesiredOS != goal.OSCommit {
+		return ""
 	}
-	return n
+	switch {
+	case n.State == schema.StateDegraded:
+		return "degraded: " + n.Message
+	case !n.Dispatched.IsZero() && now.Sub(n.Dispatched) > timeout:
+		return fmt.Sprintf("not done %s after it was dispatched (nodeTimeout)", timeout)
+	}
+	return ""
+}
+
+func nodeNames(ns []*Node) string {
+	names := make([]string, len(ns))
+	for i, n := range ns {
+		names[i] = n.Name
+	}
+	return strings.Join(names, ", ")
 }
 
 // unavailableReason says why a node is unavailable, or "" when it is not.
@@ -292,18 +491,22 @@ func spreadByZone(nodes []*Node) []*Node {
 
 // change works out the disruption a node needs to reach the pool's target,
 // exactly when its current config is known, and as a reboot otherwise.
-func change(in *Input, p *Pool, n *Node, diffs map[string]schema.Change) Change {
+func change(in *Input, p *Pool, n *Node, goal Target, diffs map[string]schema.Change) Change {
 	c := Change{Node: n.Name, Zone: n.Zone(), From: n.CurrentConfig}
-	osChange := n.OSBooted != p.Spec.OS.Commit
+	osChange := n.OSBooted != goal.OSCommit
+	to := p.Rendered
+	if goal.Hash != p.Hash {
+		to = in.Earlier[goal.Hash] // rolling back
+	}
 	switch from, known := in.Earlier[n.CurrentConfig]; {
-	case n.CurrentConfig == p.Hash:
+	case n.CurrentConfig == goal.Hash:
 		c.Disruption = schema.DisruptionReboot
 		c.Reason = "config applied; the OS commit is not booted yet"
-		c.Fields = []schema.FieldChange{{Path: "os.booted", From: n.OSBooted, To: p.Spec.OS.Commit}}
+		c.Fields = []schema.FieldChange{{Path: "os.booted", From: n.OSBooted, To: goal.OSCommit}}
 	case n.CurrentConfig == "":
 		c.Disruption = schema.DisruptionReboot
 		c.Reason = "node reports no herd.dev/current-config, so its config is unknown"
-	case !known:
+	case !known || to == nil:
 		c.Disruption = schema.DisruptionReboot
 		c.Reason = fmt.Sprintf("current config %s is unknown", short(n.CurrentConfig))
 		if in.History != "" {
@@ -312,13 +515,13 @@ func change(in *Input, p *Pool, n *Node, diffs map[string]schema.Change) Change 
 	default:
 		d, ok := diffs[n.CurrentConfig]
 		if !ok {
-			d = schema.Diff(from, p.Rendered)
+			d = schema.Diff(from, to)
 			diffs[n.CurrentConfig] = d
 		}
 		c.Disruption, c.Fields = d.Disruption, d.Fields
-		if osChange && from.Config.OS.Commit == p.Spec.OS.Commit {
+		if osChange && from.Config.OS.Commit == goal.OSCommit {
 			// The config says the commit is right, but the node booted another.
-			c.Fields = append(slices.Clip(c.Fields), schema.FieldChange{Path: "os.booted", From: n.OSBooted, To: p.Spec.OS.Commit})
+			c.Fields = append(slices.Clip(c.Fields), schema.FieldChange{Path: "os.booted", From: n.OSBooted, To: goal.OSCommit})
 		}
 	}
 	if osChange {

@@ -169,33 +169,43 @@ func checkPlan(t *testing.T, seed uint64, in Input, plan *Plan) {
 		for name := range unavailable {
 			if _, ok := inBatch[name]; !ok {
 				stay++
-				if n := byName[name]; upToDate[name] && herdOwned(n) {
+				if n := byName[name]; herdOwned(n) && (upToDate[name] || n.State == schema.StateWorking || n.State == schema.StateRebooting) {
 					finishing++
 				}
 			}
 		}
-		// Nodes already dispatched are committed: they use budget, and batch 1
-		// does not start them anew.
-		committed := map[string]bool{}
-		for _, n := range members {
-			if !upToDate[n.Name] && (unavailable[n.Name] || n.DesiredConfig == p.Hash && n.DesiredOS == p.Spec.OS.Commit) {
-				committed[n.Name] = true
+		// Starting nodes never takes the pool over its budget: the nodes
+		// started now that were available, with every node unavailable now
+		// (but the ones finishing, which come back first), fit in it.
+		var startedNow []string
+		for _, a := range pp.Actions {
+			if a.Kind == ActStart && !byName[a.Node].Converging {
+				startedNow = append(startedNow, a.Node)
 			}
 		}
+		added := 0
+		for _, name := range startedNow {
+			if !unavailable[name] {
+				added++
+			}
+		}
+		if added > 0 && len(unavailable)+added > budget {
+			t.Fatalf("seed %d pool %s: starts %d available nodes with %d of %d unavailable", seed, pp.Name, added, len(unavailable), budget)
+		}
+		// Later batches fit beside the nodes unavailable for other reasons.
 		for bi, batch := range pp.Batches {
-			added := 0
-			for _, name := range batch {
-				if bi > 0 || !committed[name] {
-					added++
-				}
-			}
-			room := budget - stay + finishing
 			if bi == 0 {
-				room = budget - stay - len(batch) + added
+				continue
 			}
-			if added > max(room, 0) {
-				t.Fatalf("seed %d pool %s: batch %d makes %d more nodes unavailable with room for %d (budget %d, unavailable %d, staying %d)",
-					seed, pp.Name, bi+1, added, room, budget, len(unavailable), stay)
+			if room := budget - stay + finishing; len(batch) > max(room, 0) {
+				t.Fatalf("seed %d pool %s: batch %d has %d nodes with room for %d", seed, pp.Name, bi+1, len(batch), room)
+			}
+		}
+		if pp.Halt != "" || pp.Paused || pp.Closed != "" {
+			for _, name := range startedNow {
+				if !herdOwned(byName[name]) {
+					t.Fatalf("seed %d pool %s: starts %s while halted, paused or closed", seed, pp.Name, name)
+				}
 			}
 		}
 
@@ -213,7 +223,7 @@ func checkPlan(t *testing.T, seed uint64, in Input, plan *Plan) {
 			if c.Batch != inBatch[c.Node] {
 				t.Fatalf("seed %d pool %s: node %s: change says batch %d, batches say %d", seed, pp.Name, c.Node, c.Batch, inBatch[c.Node])
 			}
-			if c.Batch == 0 && !(unavailable[c.Node] || pp.Blocked != "" || pp.Paused || strings.HasPrefix(c.Reason, "waits for ")) {
+			if c.Batch == 0 && !(unavailable[c.Node] || pp.Blocked != "" || pp.Paused || pp.Halt != "" || pp.Closed != "" || pp.StartRollback || strings.HasPrefix(c.Reason, "waits for ") || strings.HasPrefix(c.Reason, "failed")) {
 				t.Fatalf("seed %d pool %s: available node %s waits, but the pool is neither blocked nor paused nor finishing a batch", seed, pp.Name, c.Node)
 			}
 			if c.Batch == 0 && c.Reason == "" {

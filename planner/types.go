@@ -15,6 +15,8 @@ type Pool struct {
 	Spec     schema.NodePool
 	Rendered *schema.Rendered
 	Hash     string // Rendered.Hash(), computed once by the caller
+	// Windows are when the pool's batches may start; none means always.
+	Windows schema.Windows
 }
 
 // Node is what the planner knows of a node: labels, health, and the
@@ -34,6 +36,22 @@ type Node struct {
 	OSStaged      string
 	State         schema.NodeState
 	Message       string
+
+	// What the controller keeps on the node (herd.dev annotations).
+	Dispatched   time.Time // when it was told its target
+	AtTarget     time.Time // when it was first seen done at its target: its soak started
+	Failures     int       // targets it failed to reach
+	FailedTarget string    // the config hash of its last failure
+	Quarantined  string    // why it is out of rollouts
+	PrestageOS   string    // the OS commit it was asked to pull ahead
+	OSPulled     string    // the OS commit its agent pulled ahead
+
+	// Unhealthy says why a health check fails for the node, evaluated by
+	// the controller (CEL over its conditions, a Prometheus query).
+	Unhealthy string
+	// Converging is set while the node carries the herd.dev/converging
+	// taint: it joined its pool and takes no work until at its target.
+	Converging bool
 }
 
 // Zone is the node's topology.kubernetes.io/zone label, or "".
@@ -57,6 +75,8 @@ type Input struct {
 	// Rollouts is what the controller keeps of each pool's rollout in
 	// progress, by pool name; empty for a plan made outside the cluster.
 	Rollouts map[string]Rollout
+	// Freeze stops every new batch of the fleet.
+	Freeze bool
 
 	// Now is the time the plan is for. Nothing reads a clock.
 	Now time.Time
@@ -67,6 +87,50 @@ type Input struct {
 type Rollout struct {
 	Hash string // the config hash the rollout goes to
 	Done int    // nodes it has brought to the target so far
+
+	Halted      string   // why the rollout to Hash is halted; "" when it is not
+	RollingBack bool     // its touched nodes go back to LastGood
+	Forgiven    []string // nodes whose failure a resume forgave
+	// LastGood is the pool's last target that every node reached: where a
+	// rollback goes. It outlives rollouts.
+	LastGood Target
+}
+
+// Target is what a node runs: a config hash and an OS commit.
+type Target struct {
+	Hash     string `json:"hash,omitempty"`
+	OSCommit string `json:"osCommit,omitempty"`
+}
+
+// ActionKind is what the controller does to a node.
+type ActionKind string
+
+// Actions.
+const (
+	// ActStart takes the node out of service as its disruption needs
+	// (cordon; drain before a reboot) and tells it its target.
+	ActStart ActionKind = "start"
+	// ActSoak records that the node is done at its target: its soak starts.
+	ActSoak ActionKind = "soak"
+	// ActFinish puts a node at its target back to work (uncordons it).
+	ActFinish ActionKind = "finish"
+	// ActFail records that the node failed its target.
+	ActFail ActionKind = "fail"
+	// ActQuarantine takes the node out of rollouts.
+	ActQuarantine ActionKind = "quarantine"
+	// ActPrestage asks the node to pull its target's OS commit ahead.
+	ActPrestage ActionKind = "prestage"
+)
+
+// Action is one thing the controller does to one node.
+type Action struct {
+	Kind       ActionKind        `json:"kind"`
+	Node       string            `json:"node"`
+	Target     Target            `json:"target,omitzero"`
+	Disruption schema.Disruption `json:"disruption"`
+	Cordon     bool              `json:"cordon,omitempty"` // start: cordon first
+	Drain      bool              `json:"drain,omitempty"`  // start: drain before telling it
+	Reason     string            `json:"reason,omitempty"`
 }
 
 // Plan is what should happen: per pool, the batches and every node's change.
@@ -106,6 +170,27 @@ type PoolPlan struct {
 	// Canary is set while batch 1 is the canary batch: nothing else starts
 	// until it is done.
 	Canary bool `json:"canary,omitempty"`
+
+	// Halt says why no new batch starts: a halt in force, or one decided
+	// now because failures passed the budget.
+	Halt string `json:"halt,omitempty"`
+	// RollingBack is set while the nodes the rollout touched go back to
+	// the last good target; StartRollback when that is decided now.
+	RollingBack   bool `json:"rollingBack,omitempty"`
+	StartRollback bool `json:"startRollback,omitempty"`
+	// Closed says why no batch starts now: outside the windows, or frozen.
+	Closed string `json:"closed,omitempty"`
+	// Complete is set when every node (but quarantined ones) is done at
+	// the target: it becomes the pool's last good target.
+	Complete bool `json:"complete,omitempty"`
+
+	Failed      []string `json:"failed,omitempty"`      // nodes that failed this rollout
+	Soaking     []string `json:"soaking,omitempty"`     // at the target, not done yet
+	Quarantined []string `json:"quarantined,omitempty"` // out of rollouts
+	Joining     []string `json:"joining,omitempty"`     // new nodes converging
+
+	// Actions are what the controller does now, node by node.
+	Actions []Action `json:"-"`
 }
 
 // Unavailable is a node that does not count as available, and why.

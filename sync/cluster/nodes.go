@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
@@ -31,7 +33,35 @@ func PlannerNode(n *corev1.Node) planner.Node {
 		OSStaged:      a[schema.AnnotationOSStaged],
 		State:         schema.NodeState(a[schema.AnnotationState]),
 		Message:       a[schema.AnnotationMessage],
+		Dispatched:    annotationTime(a, schema.AnnotationDispatched),
+		AtTarget:      annotationTime(a, schema.AnnotationAtTarget),
+		Failures:      annotationInt(a, schema.AnnotationFailures),
+		FailedTarget:  a[schema.AnnotationFailedTarget],
+		Quarantined:   a[schema.AnnotationQuarantined],
+		PrestageOS:    a[schema.AnnotationPrestageOS],
+		OSPulled:      a[schema.AnnotationOSPulled],
+		Converging:    HasTaint(n, schema.TaintConverging),
 	}
+}
+
+// HasTaint reports whether the node carries a taint with the key.
+func HasTaint(n *corev1.Node, key string) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+func annotationTime(a map[string]string, key string) time.Time {
+	t, _ := time.Parse(time.RFC3339, a[key])
+	return t
+}
+
+func annotationInt(a map[string]string, key string) int {
+	n, _ := strconv.Atoi(a[key])
+	return n
 }
 
 // IsReady reports whether the node's Ready condition is True.

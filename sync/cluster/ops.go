@@ -191,3 +191,25 @@ func setAnnotation(node *corev1.Node, key, value string) {
 	}
 	node.Annotations[key] = value
 }
+
+// Annotate sets annotations on the node, if they differ.
+func (n *Nodes) Annotate(ctx context.Context, node *corev1.Node, set map[string]string) error {
+	same := true
+	for k, v := range set {
+		if node.Annotations[k] != v {
+			same = false
+		}
+	}
+	if same {
+		return nil
+	}
+	patch := client.MergeFrom(node)
+	node = node.DeepCopy()
+	for k, v := range set {
+		setAnnotation(node, k, v)
+	}
+	if err := n.Client.Patch(ctx, node, patch); err != nil {
+		return fmt.Errorf("annotate node %s: %w", node.Name, err)
+	}
+	return nil
+}

@@ -83,6 +83,7 @@ type Reconciler struct {
 	client client.Client
 	api    client.Reader // uncached: pods, and nodes before a batch starts
 	nodes  *cluster.Nodes
+	health *health
 	log    logr.Logger
 
 	mu       sync.Mutex
@@ -107,6 +108,7 @@ func New(mgr ctrl.Manager, opts Options) *Reconciler {
 		client:   mgr.GetClient(),
 		api:      mgr.GetAPIReader(),
 		nodes:    &cluster.Nodes{Client: mgr.GetClient(), Pods: mgr.GetAPIReader()},
+		health:   newHealth(),
 		log:      mgr.GetLogger().WithName("herd"),
 		loaded:   map[string]*schema.Result{},
 		stored:   map[string]bool{},
@@ -149,17 +151,18 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, updates <-chan source.Re
 
 // run is the state one reconcile builds up, step by step.
 type run struct {
-	now      time.Time
-	rev      source.Revision
-	fleet    *schema.Result
-	pools    []planner.Pool
-	nodes    []corev1.Node
-	byName   map[string]*corev1.Node
-	plan     *planner.Plan
-	rollouts map[string]*nodepool.NodePool // NodePool objects by pool
-	original map[string]*nodepool.NodePool // the same, as read
-	outcomes map[string]*outcome           // what dispatch did, by pool
-	requeue  bool
+	now       time.Time
+	rev       source.Revision
+	fleet     *schema.Result
+	pools     []planner.Pool
+	nodes     []corev1.Node
+	byName    map[string]*corev1.Node
+	plan      *planner.Plan
+	unhealthy map[string]string             // nodes failing their health checks, and why
+	rollouts  map[string]*nodepool.NodePool // NodePool objects by pool
+	original  map[string]*nodepool.NodePool // the same, as read
+	outcomes  map[string]*outcome           // what dispatch did, by pool
+	requeue   bool
 }
 
 // step is one named step of a reconcile.
@@ -229,7 +232,11 @@ func (r *Reconciler) validate(_ context.Context, st *run) error {
 	st.fleet = res
 	for _, name := range res.PoolNames() {
 		rd := res.Rendered[name]
-		st.pools = append(st.pools, planner.Pool{Name: name, Spec: res.Fleet.Pools[name], Rendered: rd, Hash: rd.Hash()})
+		ws, err := res.Fleet.PoolWindows(name)
+		if err != nil {
+			return fmt.Errorf("pool %s: %w", name, err) // validated before: cannot happen
+		}
+		st.pools = append(st.pools, planner.Pool{Name: name, Spec: res.Fleet.Pools[name], Rendered: rd, Hash: rd.Hash(), Windows: ws})
 	}
 	return nil
 }
@@ -266,8 +273,35 @@ func (r *Reconciler) planStep(ctx context.Context, st *run) error {
 		return fmt.Errorf("list nodes: %w", err)
 	}
 	st.setNodes(list.Items)
+	r.checkHealth(ctx, st)
 	st.plan = planner.Compute(r.plannerInput(st))
 	return nil
+}
+
+// checkHealth runs the pools' health checks on the nodes in their soak:
+// at the target they were dispatched to, and not yet done.
+func (r *Reconciler) checkHealth(ctx context.Context, st *run) {
+	st.unhealthy = map[string]string{}
+	for _, p := range st.pools {
+		hc := p.Spec.Rollout.HealthChecks
+		if hc == nil {
+			continue
+		}
+		soak := p.Spec.Rollout.SoakDuration()
+		for i := range st.nodes {
+			n := &st.nodes[i]
+			pn := cluster.PlannerNode(n)
+			if !p.Spec.Selector.Matches(n.Labels) || pn.DesiredConfig != p.Hash || pn.CurrentConfig != p.Hash || pn.OSBooted != p.Spec.OS.Commit {
+				continue
+			}
+			if !pn.AtTarget.IsZero() && !st.now.Before(pn.AtTarget.Add(soak)) {
+				continue // soaked: done
+			}
+			if why := r.health.check(ctx, hc, n); why != "" {
+				st.unhealthy[n.Name] = why
+			}
+		}
+	}
 }
 
 func (st *run) setNodes(nodes []corev1.Node) {
@@ -280,10 +314,11 @@ func (st *run) setNodes(nodes []corev1.Node) {
 
 // plannerInput builds the planner's input from the run's nodes and rollouts.
 func (r *Reconciler) plannerInput(st *run) planner.Input {
-	in := planner.Input{Pools: st.pools, Now: st.now, Rollouts: map[string]planner.Rollout{}, Rollbacks: map[string]bool{}}
+	in := planner.Input{Pools: st.pools, Now: st.now, Rollouts: map[string]planner.Rollout{}, Rollbacks: map[string]bool{}, Freeze: st.fleet.Fleet.Frozen()}
 	in.Nodes = make([]planner.Node, len(st.nodes))
 	for i := range st.nodes {
 		in.Nodes[i] = cluster.PlannerNode(&st.nodes[i])
+		in.Nodes[i].Unhealthy = st.unhealthy[st.nodes[i].Name]
 	}
 	for _, p := range st.pools {
 		np := st.rollouts[p.Name]
@@ -295,10 +330,15 @@ func (r *Reconciler) plannerInput(st *run) planner.Input {
 				in.Rollbacks[p.Hash] = true // back to an earlier target
 			}
 		}
-		if np.Status.Rollout.Hash != p.Hash {
-			continue
+		ro := np.Status.Rollout
+		rollout := planner.Rollout{Hash: ro.Hash, Halted: ro.Halted, RollingBack: ro.RollingBack, Forgiven: ro.Forgiven}
+		if lg := np.Status.LastGood; lg != nil {
+			rollout.LastGood = planner.Target{Hash: lg.Hash, OSCommit: lg.OSCommit}
 		}
-		in.Rollouts[p.Name] = planner.Rollout{Hash: p.Hash, Done: doneSince(st.nodes, p, np.Status.Rollout.StartedAt)}
+		if ro.Hash == p.Hash {
+			rollout.Done = doneSince(st.nodes, p, ro.StartedAt)
+		}
+		in.Rollouts[p.Name] = rollout
 	}
 	return in
 }

@@ -22,6 +22,7 @@ func (e *env) bumpGeneral(maxUnavailable string) {
 	e.edit("pools/general.cue", `os: commit: _releases["2026.10.1"]`, `os: commit: _releases["2026.11.0"]`)
 	e.edit("pools/general.cue", `maxUnavailable: "25%"`, `maxUnavailable: `+maxUnavailable)
 	e.edit("pools/general.cue", `canary:         1`, ``)
+	e.edit("pools/general.cue", `soak:           "5m"`, `soak:           "1s"`)
 }
 
 // TestRolloutHonoursBudget: 20 nodes, maxUnavailable 3. A watch checks the
@@ -107,7 +108,7 @@ func TestDrainBlockedByPDB(t *testing.T) {
 	ctrl := e.startController("herd", false)
 	defer ctrl.stop(t)
 	e.bumpGeneral("1")
-	e.edit("pools/general.cue", `soak:           "5m"`, `soak: "5m", drain: timeout: "2s"`)
+	e.edit("pools/general.cue", `soak:           "1s"`, `soak: "1s", drain: timeout: "2s"`)
 	e.push("general: 2026.11.0, 2s drain timeout")
 
 	e.waitFor("general reported DrainBlocked", time.Minute, func() (bool, error) {

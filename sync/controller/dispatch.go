@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"golang.org/x/sync/errgroup"
-
 	corev1 "k8s.io/api/core/v1"
 
 	"herd.dev/herd/planner"
@@ -18,30 +17,26 @@ import (
 
 // outcome is what dispatch did to one pool, for the report.
 type outcome struct {
-	mu           sync.Mutex                     // guards draining and drainBlocked
+	mu           sync.Mutex                     // guards everything below
 	started      []string                       // nodes a new batch started
-	uncordoned   []string                       // nodes finished this time
+	finished     []string                       // nodes put back to work
+	failed       []string                       // failures recorded now
+	quarantined  []string                       // nodes quarantined now
 	draining     map[string]cluster.DrainResult // nodes still being drained
 	drainBlocked map[string]cluster.DrainResult // drains past their timeout
 }
 
-// dispatch drives every pool one step: nodes at the target that Herd
-// cordoned go back to work; nodes of batch 1 are cordoned, drained and told
-// their target, as their disruption needs.
+func newOutcome() *outcome {
+	return &outcome{draining: map[string]cluster.DrainResult{}, drainBlocked: map[string]cluster.DrainResult{}}
+}
+
+// dispatch carries out the plan's actions, pool by pool: the planner decides
+// (pure, and model-tested), the controller does. Starting nodes is the one
+// action that takes more nodes out, so when the plan starts any, it is made
+// again on the nodes as the API server has them now, not as a cache that
+// may lag this controller's own writes.
 func (r *Reconciler) dispatch(ctx context.Context, st *run) error {
-	for i := range st.plan.Pools {
-		pp := &st.plan.Pools[i]
-		out := &outcome{draining: map[string]cluster.DrainResult{}, drainBlocked: map[string]cluster.DrainResult{}}
-		st.outcomes[pp.Name] = out
-		if err := r.finish(ctx, st, pp, out); err != nil {
-			return err
-		}
-	}
-	if r.startsNewNodes(st) {
-		// Starting nodes is the only step that takes more nodes out, so it
-		// is decided on the nodes as the API server has them now (after the
-		// uncordons above), not as a cache that may lag this controller's
-		// own writes.
+	if startsNewNodes(st) {
 		var list corev1.NodeList
 		if err := r.api.List(ctx, &list); err != nil {
 			return fmt.Errorf("list nodes: %w", err)
@@ -55,47 +50,110 @@ func (r *Reconciler) dispatch(ctx context.Context, st *run) error {
 	}
 	for i := range st.plan.Pools {
 		pp := &st.plan.Pools[i]
-		out := st.outcomes[pp.Name]
-		if len(pp.Batches) == 0 {
-			continue
-		}
-		st.requeue = true
-		changes := map[string]planner.Change{}
-		for _, c := range pp.Changes {
-			changes[c.Node] = c
+		out := newOutcome()
+		st.outcomes[pp.Name] = out
+		if len(pp.Actions) > 0 || len(pp.Batches) > 0 || len(pp.Soaking) > 0 {
+			st.requeue = true
 		}
 		p := pools[pp.Name]
-		// The nodes of a batch advance side by side: a batch of a hundred
+		// The nodes of a pool advance side by side: a batch of a hundred
 		// nodes is a few hundred writes.
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(16)
-		for _, name := range pp.Batches[0] {
-			node := st.byName[name]
-			if !involved(node, p) {
-				out.started = append(out.started, name)
+		for _, a := range pp.Actions {
+			node := st.byName[a.Node]
+			if a.Kind == planner.ActStart && a.Reason != "joining" && !involved(node, a.Target) {
+				out.started = append(out.started, a.Node)
 			}
-			g.Go(func() error { return r.advance(gctx, st, p, node, changes[name], out) })
+			g.Go(func() error { return r.do(gctx, st, p, node, a, out) })
 		}
 		if err := g.Wait(); err != nil {
 			return err
 		}
+		slices.Sort(out.started)
 	}
 	return nil
 }
 
+// do carries out one action on one node. Each checks the node first, so
+// doing it again after a crash finishes it and never repeats it.
+func (r *Reconciler) do(ctx context.Context, st *run, p planner.Pool, node *corev1.Node, a planner.Action, out *outcome) error {
+	record := func(list *[]string) {
+		out.mu.Lock()
+		*list = append(*list, a.Node)
+		out.mu.Unlock()
+	}
+	switch a.Kind {
+	case planner.ActStart:
+		if a.Drain {
+			// Cordon before draining, so nothing new lands on the node.
+			if err := r.nodes.Cordon(ctx, node); err != nil {
+				return err
+			}
+			res, err := r.nodes.Drain(ctx, node, cluster.DrainPolicy{
+				Timeout: p.Spec.Rollout.DrainTimeout(),
+				Force:   p.Spec.Rollout.Drain.Force,
+			}, st.now)
+			if err != nil {
+				return err
+			}
+			if !res.Done {
+				out.mu.Lock()
+				if res.TimedOut && len(res.Blocked) > 0 {
+					out.drainBlocked[a.Node] = res
+				} else {
+					out.draining[a.Node] = res
+				}
+				out.mu.Unlock()
+				return nil
+			}
+		}
+		return r.nodes.SetDesired(ctx, node, a.Target.Hash, a.Target.OSCommit, a.Cordon, st.now)
+	case planner.ActSoak:
+		return r.nodes.Annotate(ctx, node, map[string]string{schema.AnnotationAtTarget: st.now.UTC().Format(timeFormat)})
+	case planner.ActFinish:
+		if err := r.nodes.Uncordon(ctx, node); err != nil {
+			return err
+		}
+		record(&out.finished)
+	case planner.ActFail:
+		n := cluster.PlannerNode(node).Failures + 1
+		if err := r.nodes.Annotate(ctx, node, map[string]string{
+			schema.AnnotationFailures:     fmt.Sprint(n),
+			schema.AnnotationFailedTarget: a.Target.Hash,
+		}); err != nil {
+			return err
+		}
+		record(&out.failed)
+		if r.Events != nil {
+			r.Events.Eventf(st.rollouts[p.Name], nil, corev1.EventTypeWarning, "NodeFailed", "Rollout", "%s failed config %s: %s", a.Node, short(a.Target.Hash), a.Reason)
+		}
+	case planner.ActQuarantine:
+		// A quarantined node stays out of service until someone acts.
+		if err := r.nodes.Cordon(ctx, node); err != nil {
+			return err
+		}
+		if err := r.nodes.Annotate(ctx, node, map[string]string{schema.AnnotationQuarantined: a.Reason}); err != nil {
+			return err
+		}
+		record(&out.quarantined)
+		if r.Events != nil {
+			r.Events.Eventf(st.rollouts[p.Name], nil, corev1.EventTypeWarning, "NodeQuarantined", "Rollout", "%s quarantined: %s; remove its %s annotation to bring it back", a.Node, a.Reason, schema.AnnotationQuarantined)
+		}
+	case planner.ActPrestage:
+		return r.nodes.Annotate(ctx, node, map[string]string{schema.AnnotationPrestageOS: a.Target.OSCommit})
+	}
+	return nil
+}
+
+const timeFormat = "2006-01-02T15:04:05Z07:00"
+
 // startsNewNodes reports whether the plan starts a node Herd is not yet
 // working on.
-func (r *Reconciler) startsNewNodes(st *run) bool {
-	pools := map[string]planner.Pool{}
-	for _, p := range st.pools {
-		pools[p.Name] = p
-	}
+func startsNewNodes(st *run) bool {
 	for _, pp := range st.plan.Pools {
-		if len(pp.Batches) == 0 {
-			continue
-		}
-		for _, name := range pp.Batches[0] {
-			if !involved(st.byName[name], pools[pp.Name]) {
+		for _, a := range pp.Actions {
+			if a.Kind == planner.ActStart && a.Reason != "joining" && !involved(st.byName[a.Node], a.Target) {
 				return true
 			}
 		}
@@ -104,69 +162,13 @@ func (r *Reconciler) startsNewNodes(st *run) bool {
 }
 
 // involved reports whether Herd already works on the node: it is dispatched
-// to the pool's target, cordoned or drained by Herd, or its agent is busy or
+// to the target, cordoned or drained by Herd, or its agent is busy or
 // failed.
-func involved(n *corev1.Node, p planner.Pool) bool {
+func involved(n *corev1.Node, t planner.Target) bool {
 	a := n.Annotations
-	return a[schema.AnnotationDesiredConfig] == p.Hash && a[schema.AnnotationDesiredOS] == p.Spec.OS.Commit ||
+	return a[schema.AnnotationDesiredConfig] == t.Hash && a[schema.AnnotationDesiredOS] == t.OSCommit ||
 		a[schema.AnnotationCordoned] == "true" || a[schema.AnnotationDrainStarted] != "" ||
 		schema.NodeState(a[schema.AnnotationState]).Busy()
-}
-
-// finish puts nodes that reached the target back to work: Ready, the agent
-// idle, and cordoned by Herd.
-func (r *Reconciler) finish(ctx context.Context, st *run, pp *planner.PoolPlan, out *outcome) error {
-	for _, name := range pp.UpToDate {
-		node := st.byName[name]
-		a := node.Annotations
-		if a[schema.AnnotationCordoned] != "true" && a[schema.AnnotationDrainStarted] == "" {
-			continue
-		}
-		if !cluster.IsReady(node) || schema.NodeState(a[schema.AnnotationState]) != schema.StateIdle {
-			st.requeue = true
-			continue
-		}
-		if err := r.nodes.Uncordon(ctx, node); err != nil {
-			return err
-		}
-		out.uncordoned = append(out.uncordoned, name)
-	}
-	return nil
-}
-
-// advance takes one node of the current batch one step further: cordon,
-// drain, tell the agent. Each step checks the node first, so repeating
-// advance after a crash finishes a step and never redoes a finished one.
-func (r *Reconciler) advance(ctx context.Context, st *run, p planner.Pool, node *corev1.Node, c planner.Change, out *outcome) error {
-	a := node.Annotations
-	if a[schema.AnnotationDesiredConfig] == p.Hash && a[schema.AnnotationDesiredOS] == p.Spec.OS.Commit {
-		return nil // dispatched: the agent has it
-	}
-	cordon := c.Disruption >= schema.DisruptionRestartKubelet
-	if c.Disruption == schema.DisruptionReboot {
-		// Cordon before draining, so nothing new lands on the node.
-		if err := r.nodes.Cordon(ctx, node); err != nil {
-			return err
-		}
-		res, err := r.nodes.Drain(ctx, node, cluster.DrainPolicy{
-			Timeout: p.Spec.Rollout.DrainTimeout(),
-			Force:   p.Spec.Rollout.Drain.Force,
-		}, st.now)
-		if err != nil {
-			return err
-		}
-		if !res.Done {
-			out.mu.Lock()
-			if res.TimedOut && len(res.Blocked) > 0 {
-				out.drainBlocked[node.Name] = res
-			} else {
-				out.draining[node.Name] = res
-			}
-			out.mu.Unlock()
-			return nil
-		}
-	}
-	return r.nodes.SetDesired(ctx, node, p.Hash, p.Spec.OS.Commit, cordon, st.now)
 }
 
 // blockedPods lists the pods that block a drain, for messages.

@@ -16,7 +16,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"herd.dev/herd/schema"
-	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/nodepool"
 )
 
@@ -93,7 +92,8 @@ var nodeChanged = predicate.Funcs{
 		return !reflect.DeepEqual(a.Labels, b.Labels) ||
 			!reflect.DeepEqual(herdAnnotations(a), herdAnnotations(b)) ||
 			a.Spec.Unschedulable != b.Spec.Unschedulable ||
-			cluster.IsReady(a) != cluster.IsReady(b)
+			!reflect.DeepEqual(a.Spec.Taints, b.Spec.Taints) ||
+			!reflect.DeepEqual(conditionStatuses(a), conditionStatuses(b))
 	},
 }
 
@@ -114,6 +114,16 @@ func herdAnnotations(n *corev1.Node) map[string]string {
 		if len(k) > len(schema.AnnotationPrefix) && k[:len(schema.AnnotationPrefix)] == schema.AnnotationPrefix {
 			out[k] = v
 		}
+	}
+	return out
+}
+
+// conditionStatuses maps condition types to statuses: health checks read
+// them; heartbeat times do not matter.
+func conditionStatuses(n *corev1.Node) map[corev1.NodeConditionType]corev1.ConditionStatus {
+	out := make(map[corev1.NodeConditionType]corev1.ConditionStatus, len(n.Status.Conditions))
+	for _, c := range n.Status.Conditions {
+		out[c.Type] = c.Status
 	}
 	return out
 }

@@ -41,6 +41,7 @@ func (r *Reconciler) report(ctx context.Context, st *run) error {
 		}
 		out := st.outcomes[pp.Name]
 		before := st.original[pp.Name]
+		r.advanceRollout(st, pp, np)
 		r.poolStatus(st, pp, np, out)
 		r.events(np, before, pp, out)
 		r.recordMetrics(st, pp, np, out)
@@ -61,6 +62,41 @@ func (r *Reconciler) report(ctx context.Context, st *run) error {
 		sourceContactAge.Set(st.now.Sub(s.LastSuccessTime).Seconds())
 	}
 	return r.collect(ctx, st)
+}
+
+// advanceRollout moves the pool's rollout state on after the plan: a halt
+// or rollback decided now, a resume asked for, a target every node reached.
+func (r *Reconciler) advanceRollout(st *run, pp *planner.PoolPlan, np *nodepool.NodePool) {
+	ro := &np.Status.Rollout
+	prev := planner.Rollout{Hash: ro.Hash, Halted: ro.Halted, RollingBack: ro.RollingBack, Forgiven: ro.Forgiven}
+	if lg := np.Status.LastGood; lg != nil {
+		prev.LastGood = planner.Target{Hash: lg.Hash, OSCommit: lg.OSCommit}
+	}
+	// A resume is asked for by a new rollout.resume in Git, or by
+	// `herd resume`, which sets the herd.dev/resume annotation.
+	asked := ""
+	if t := np.Spec.Rollout.Resume; t != "" {
+		asked = "spec:" + t
+	}
+	if t := np.Annotations[nodepool.AnnotationResume]; t != "" {
+		asked += "|annotation:" + t
+	}
+	resume := false
+	if asked != ro.ResumedBy {
+		// A new request lifts the halt in force; one made while nothing
+		// is halted is only recorded, and lifts nothing later.
+		resume = asked != "" && (prev.Halted != "" || prev.RollingBack)
+		ro.ResumedBy = asked
+	}
+	next := planner.Next(prev, *pp, resume)
+	ro.Halted, ro.RollingBack, ro.Forgiven = next.Halted, next.RollingBack, next.Forgiven
+	if next.LastGood.Hash != "" {
+		np.Status.LastGood = &nodepool.PreviousTarget{Hash: next.LastGood.Hash, OSCommit: next.LastGood.OSCommit, Revision: st.rev.Commit}
+		if prev.LastGood == next.LastGood && np.Status.LastGood != nil && st.original[pp.Name].Status.LastGood != nil {
+			np.Status.LastGood.Revision = st.original[pp.Name].Status.LastGood.Revision
+		}
+	}
+	np.Status.Failed, np.Status.Quarantined = pp.Failed, pp.Quarantined
 }
 
 // poolStatus fills the NodePool's status from the plan and the outcome.
@@ -99,11 +135,27 @@ func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *nodepool.Node
 	for name, res := range out.drainBlocked {
 		blocked = append(blocked, fmt.Sprintf("%s: %s", name, blockedPods(res)))
 	}
+	quarantined := ""
+	if len(pp.Quarantined) > 0 {
+		quarantined = fmt.Sprintf("; quarantined: %s", strings.Join(pp.Quarantined, ", "))
+	}
 	switch {
-	case len(pp.Changes) == 0:
+	case s.Rollout.RollingBack:
+		s.Phase = nodepool.PhaseRollingBack
+		s.Message = fmt.Sprintf("rolling back to %s: %s", short(lastGood(np)), pp.Halt+failedText(pp))
+		conditions.MarkReconciling(np, "RollingBack", "%s", s.Message)
+		conditions.MarkFalse(np, meta.ReadyCondition, "RollingBack", "%s", s.Message)
+		conditions.Delete(np, meta.StalledCondition)
+	case s.Rollout.Halted != "":
+		s.Phase = nodepool.PhaseHalted
+		s.Message = "halted: " + s.Rollout.Halted + "; lift it with `herd resume " + np.Name + "` or a new rollout.resume" + quarantined
+		conditions.MarkStalled(np, "Halted", "%s", s.Message)
+		conditions.MarkFalse(np, meta.ReadyCondition, "Halted", "%s", s.Message)
+		conditions.Delete(np, meta.ReconcilingCondition)
+	case len(pp.Changes) == 0 && len(pp.Soaking) == 0:
 		s.Phase = nodepool.PhaseUpToDate
 		s.Batch = ""
-		s.Message = fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
+		s.Message = fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit)) + quarantined
 		conditions.MarkTrue(np, meta.ReadyCondition, meta.SucceededReason, "%s", s.Message)
 		conditions.Delete(np, meta.ReconcilingCondition)
 		conditions.Delete(np, meta.StalledCondition)
@@ -118,6 +170,12 @@ func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *nodepool.Node
 		s.Message = "DrainBlocked: " + strings.Join(sortedStrings(blocked), "; ")
 		conditions.MarkStalled(np, "DrainBlocked", "%s", s.Message)
 		conditions.MarkFalse(np, meta.ReadyCondition, "DrainBlocked", "%s", s.Message)
+	case pp.Closed != "" && len(pp.Batches) == 0 || pp.Closed != "" && allInFlight(pp):
+		s.Phase = nodepool.PhaseWaiting
+		s.Message = fmt.Sprintf("%d/%d nodes at %s; %s", s.UpToDate, s.Nodes, short(pp.OSCommit), pp.Closed)
+		conditions.MarkReconciling(np, "OutsideWindow", "%s", s.Message)
+		conditions.MarkFalse(np, meta.ReadyCondition, "OutsideWindow", "%s", s.Message)
+		conditions.Delete(np, meta.StalledCondition)
 	case pp.Blocked != "":
 		s.Phase = nodepool.PhaseBlocked
 		s.Message = pp.Blocked
@@ -132,10 +190,35 @@ func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *nodepool.Node
 		if s.Degraded > 0 {
 			s.Message += fmt.Sprintf(", %d degraded", s.Degraded)
 		}
+		s.Message += failedText(pp) + quarantined
 		conditions.MarkReconciling(np, meta.ProgressingReason, "%s", s.Message)
 		conditions.MarkFalse(np, meta.ReadyCondition, meta.ProgressingReason, "%s", s.Message)
 		conditions.Delete(np, meta.StalledCondition)
 	}
+}
+
+func failedText(pp *planner.PoolPlan) string {
+	if len(pp.Failed) == 0 {
+		return ""
+	}
+	return "; failed: " + strings.Join(pp.Failed, ", ")
+}
+
+func lastGood(np *nodepool.NodePool) string {
+	if np.Status.LastGood == nil {
+		return ""
+	}
+	return np.Status.LastGood.Hash
+}
+
+// allInFlight reports whether batch 1 holds only nodes already dispatched.
+func allInFlight(pp *planner.PoolPlan) bool {
+	for _, c := range pp.Changes {
+		if c.Batch == 1 && !c.InFlight {
+			return false
+		}
+	}
+	return true
 }
 
 // batchPosition says which batch runs and how many there are in all: the
@@ -180,6 +263,14 @@ func (r *Reconciler) events(np, before *nodepool.NodePool, pp *planner.PoolPlan,
 		r.Events.Eventf(np, nil, corev1.EventTypeWarning, "NodeDegraded", "Rollout",
 			"%d nodes degraded: %s", np.Status.Degraded, np.Status.Message)
 	}
+	if before.Status.Phase != np.Status.Phase {
+		switch np.Status.Phase {
+		case nodepool.PhaseHalted:
+			r.Events.Eventf(np, nil, corev1.EventTypeWarning, "RolloutHalted", "Rollout", "%s", np.Status.Message)
+		case nodepool.PhaseRollingBack:
+			r.Events.Eventf(np, nil, corev1.EventTypeWarning, "RollbackStarted", "Rollout", "%s", np.Status.Message)
+		}
+	}
 	if before.Status.Phase != np.Status.Phase && np.Status.Phase == nodepool.PhaseUpToDate && before.Status.Phase != "" {
 		r.Events.Eventf(np, nil, corev1.EventTypeNormal, "RolloutComplete", "Rollout",
 			"all %d nodes at config %s, OS %s", pp.Nodes, short(pp.ConfigHash), short(pp.OSCommit))
@@ -213,6 +304,13 @@ func (r *Reconciler) gitPoolStatus(st *run, pp *planner.PoolPlan, np *nodepool.N
 	for _, c := range pp.Changes {
 		ps.Nodes = append(ps.Nodes, nodeStatus(st, c, out))
 	}
+	for _, name := range pp.Soaking {
+		ps.Nodes = append(ps.Nodes, writeback.NodeStatus{Name: name, State: "Soaking", Revision: st.rev.Commit})
+	}
+	// Quarantined nodes are in every status commit until someone acts.
+	for _, name := range pp.Quarantined {
+		ps.Nodes = append(ps.Nodes, writeback.NodeStatus{Name: name, State: "Quarantined", Message: st.byName[name].Annotations[schema.AnnotationQuarantined]})
+	}
 	return ps
 }
 
@@ -221,8 +319,13 @@ func nodeStatus(st *run, c planner.Change, out *outcome) writeback.NodeStatus {
 	n := st.byName[c.Node]
 	a := n.Annotations
 	ns := writeback.NodeStatus{Name: c.Node, Message: c.Reason}
+	if c.Disruption != schema.DisruptionNone || c.Batch > 0 {
+		ns.Message = joinMessage(c.Disruption.String(), ns.Message)
+	}
 	agent := schema.NodeState(a[schema.AnnotationState])
 	switch {
+	case strings.HasPrefix(c.Reason, "failed"):
+		ns.State, ns.Message = "Failed", joinMessage(a[schema.AnnotationMessage], "")
 	case c.Batch == 0:
 		ns.State = "Waiting"
 	case c.Batch > 1:
@@ -302,4 +405,14 @@ func sortedStrings(s []string) []string {
 		}
 	}
 	return out
+}
+
+func joinMessage(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + ": " + b
 }

@@ -200,21 +200,18 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // slimNode keeps of a cached Node its metadata (without managed fields),
-// its spec and its Ready condition.
+// its spec and its conditions (health checks read them).
 func slimNode(obj any) (any, error) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil
 	}
 	n.ManagedFields = nil
-	var ready []corev1.NodeCondition
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			c.LastHeartbeatTime = metav1.Time{} // changes every heartbeat; plans do not read it
-			ready = append(ready, c)
-		}
+	conds := n.Status.Conditions
+	for i := range conds {
+		conds[i].LastHeartbeatTime = metav1.Time{} // changes every heartbeat; nothing reads it
 	}
-	n.Status = corev1.NodeStatus{Conditions: ready}
+	n.Status = corev1.NodeStatus{Conditions: conds}
 	return n, nil
 }
 

@@ -37,6 +37,7 @@ const (
 	PhasePaused      = "Paused"      // spec.paused
 	PhaseHalted      = "Halted"      // failures past the budget
 	PhaseRollingBack = "RollingBack" // failures past the budget, going back
+	PhaseWaiting     = "Waiting"     // outside its maintenance windows, or the fleet is frozen
 )
 
 // NodePool mirrors one pool of the fleet repo. Git is the source of truth:
@@ -82,6 +83,11 @@ type Status struct {
 	// Previous lists the pool's earlier targets, newest first (at most
 	// MaxPrevious): going back to one of them is a rollback.
 	Previous []PreviousTarget `json:"previous,omitempty"`
+	// LastGood is the last target every node reached: where a rollback goes.
+	LastGood *PreviousTarget `json:"lastGood,omitempty"`
+	// Failed and Quarantined list nodes, for status readers.
+	Failed      []string `json:"failed,omitempty"`
+	Quarantined []string `json:"quarantined,omitempty"`
 
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
@@ -93,7 +99,18 @@ type RolloutStatus struct {
 	StartedAt *metav1.Time `json:"startedAt,omitempty"`
 	Done      int          `json:"done"`
 	Batches   int          `json:"batches"` // batches started so far
+
+	Halted      string   `json:"halted,omitempty"`      // why it is halted
+	RollingBack bool     `json:"rollingBack,omitempty"` // going back to LastGood
+	Forgiven    []string `json:"forgiven,omitempty"`    // failures a resume forgave
+	// ResumedBy is the last resume honoured: the spec's rollout.resume, or
+	// the herd.dev/resume annotation `herd resume` sets.
+	ResumedBy string `json:"resumedBy,omitempty"`
 }
+
+// AnnotationResume on a NodePool asks the controller to lift its halt;
+// `herd resume POOL` sets it to the current time.
+const AnnotationResume = "herd.dev/resume"
 
 // PreviousTarget is a target the pool had before.
 type PreviousTarget struct {

@@ -179,6 +179,11 @@ func (s *Story) makeFleetRepo() error {
 	if err := os.WriteFile(fleetCue, []byte(src), 0o644); err != nil {
 		return err
 	}
+	// A demo's soak: long enough to see, short enough to wait for.
+	general := filepath.Join(seed, "pools", "general.cue")
+	if b, err := os.ReadFile(general); err == nil {
+		_ = os.WriteFile(general, []byte(strings.Replace(string(b), `soak:           "5m"`, `soak:           "5s"`, 1)), 0o644)
+	}
 	for _, args := range [][]string{{"init", "-q", "-b", "main"}, {"add", "-A"}, {"commit", "-q", "-m", "Start the fleet"}} {
 		if _, err := git(seed, args...); err != nil {
 			return err
