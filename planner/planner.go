@@ -127,10 +127,11 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 		goal = st.LastGood
 		pp.RollingBack = true
 	}
-	forgiven := map[string]bool{}
+	forgiven := map[string]bool{} // "node#failures": a resume forgives one failure
 	for _, n := range st.Forgiven {
 		forgiven[n] = true
 	}
+	pp.failures = map[string]int{}
 	soak, timeout := r.SoakDuration(), r.NodeTimeoutDuration()
 	act := func(a Action) { pp.Actions = append(pp.Actions, a) }
 
@@ -158,9 +159,24 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 		}
 		atGoal := n.CurrentConfig == goal.Hash && n.OSBooted == goal.OSCommit
 		toGoal := n.DesiredConfig == goal.Hash && n.DesiredOS == goal.OSCommit
-		if st.RollingBack && !atGoal && n.DesiredConfig != target.Hash {
+		if st.RollingBack && !atGoal && !toGoal && n.DesiredConfig != target.Hash && n.CurrentConfig != target.Hash {
 			// Rolling back: only the nodes the rollout touched go back.
+			if reason != "" {
+				stayUnavailable++
+			}
 			continue
+		}
+
+		if atGoal && !toGoal && n.DesiredConfig != "" {
+			// At the goal, but told another target (a revert overtook it):
+			// at a safe point, tell it the goal; its agent stands down.
+			if n.State == schema.StateWorking || n.State == schema.StateRebooting {
+				settling = append(settling, n)
+				stayUnavailable++
+				finishing = append(finishing, n.Name)
+				continue
+			}
+			act(Action{Kind: ActStart, Node: n.Name, Target: goal, Disruption: schema.DisruptionNone, Reason: "already there"})
 		}
 
 		if atGoal {
@@ -199,7 +215,7 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 
 		// Out of date.
 		switch fail := failure(n, goal, in.Now, timeout); {
-		case n.Converging:
+		case n.Converging && n.State != schema.StateDegraded:
 			joining = append(joining, n)
 		case fail != "" || n.FailedTarget == goal.Hash && toGoal:
 			failed = append(failed, n)
@@ -212,12 +228,12 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 		case toGoal:
 			free = append(free, n)
 			inFlight++
-		case reason != "" && herdOwned(n) && (n.State == schema.StateWorking || n.State == schema.StateRebooting):
+		case herdOwned(n) && (n.State == schema.StateWorking || n.State == schema.StateRebooting):
 			settling = append(settling, n)
 			stayUnavailable++ // Herd's, and back soon: like a node finishing
 			finishing = append(finishing, n.Name)
-		case reason != "" && herdOwned(n):
-			free = append(free, n)
+		case reason != "" && herdOwned(n), toAnyTarget(n):
+			free = append(free, n) // Herd's already: retarget it
 		case reason != "":
 			stayUnavailable++
 			waiting = append(waiting, Change{Node: n.Name, Reason: reason + ": waits until it is available again"})
@@ -241,8 +257,13 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 			continue
 		}
 		pp.Failed = append(pp.Failed, n.Name)
-		if !forgiven[n.Name] {
+		pp.failures[n.Name] = fails
+		if !forgiven[failureKey(n.Name, fails)] {
 			counted = append(counted, n)
+		} else if n.DesiredConfig != "" {
+			// A resume forgave it: try it again. Told nothing, its agent
+			// stands down; then it starts like any node.
+			act(Action{Kind: ActReset, Node: n.Name, Reason: "resumed: try again"})
 		}
 	}
 	switch {
@@ -270,11 +291,19 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 	}
 
 	// Joining nodes converge at once, outside the budget: the taint keeps
-	// work off them, so there is nothing to drain.
+	// work off them, so there is nothing to drain. While the pool is halted
+	// they get its last good target, not the one that failed.
+	join := goal
+	if pp.Halt != "" && st.LastGood.Hash != "" {
+		join = st.LastGood
+	}
 	for _, n := range joining {
 		pp.Joining = append(pp.Joining, n.Name)
-		if n.DesiredConfig != goal.Hash || n.DesiredOS != goal.OSCommit {
-			act(Action{Kind: ActStart, Node: n.Name, Target: goal, Disruption: schema.DisruptionReboot, Reason: "joining"})
+		if n.DesiredConfig != join.Hash || n.DesiredOS != join.OSCommit {
+			if n.State == schema.StateWorking || n.State == schema.StateRebooting {
+				continue // at a safe point, later
+			}
+			act(Action{Kind: ActStart, Node: n.Name, Target: join, Disruption: schema.DisruptionReboot, Reason: "joining"})
 		}
 	}
 
@@ -419,6 +448,10 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 	return pp
 }
 
+// failureKey names one failure of a node: a resume forgives that one, not
+// the next.
+func failureKey(node string, failures int) string { return fmt.Sprintf("%s#%d", node, failures) }
+
 // failure says why a node dispatched to goal has failed it, or "".
 func failure(n *Node, goal Target, now time.Time, timeout time.Duration) string {
 	if n.DesiredConfig != goal.Hash || n.DesiredOS != goal.OSCommit {
@@ -456,9 +489,15 @@ func unavailableReason(n *Node) string {
 	return strings.Join(why, ", ")
 }
 
-// herdOwned reports whether Herd is why the node is unavailable.
+// herdOwned reports whether Herd is why the node is unavailable, or soon
+// will be: told a target it has not reached, its agent acts on it.
 func herdOwned(n *Node) bool {
-	return n.State.Busy() || n.Cordoned
+	return n.State.Busy() || n.Cordoned || toAnyTarget(n)
+}
+
+// toAnyTarget reports whether the node was told a target it does not run.
+func toAnyTarget(n *Node) bool {
+	return n.DesiredConfig != "" && (n.DesiredConfig != n.CurrentConfig || n.DesiredOS != n.OSBooted)
 }
 
 // spreadByZone orders nodes round-robin over their zones (sorted by name, nodes

@@ -11,11 +11,13 @@ func Next(prev Rollout, pp PoolPlan, resume bool) Rollout {
 		st = Rollout{Hash: pp.ConfigHash, LastGood: prev.LastGood}
 	}
 	switch {
-	case resume && (st.Halted != "" || st.RollingBack || pp.Halt != "" || pp.StartRollback):
+	case resume:
+		// Lift the halt or rollback, if any, and forgive the failures so
+		// far: those nodes are tried again.
 		st.Halted, st.RollingBack = "", false
 		for _, n := range pp.Failed {
-			if !slices.Contains(st.Forgiven, n) {
-				st.Forgiven = append(st.Forgiven, n)
+			if k := failureKey(n, pp.failures[n]); !slices.Contains(st.Forgiven, k) {
+				st.Forgiven = append(st.Forgiven, k)
 			}
 		}
 		slices.Sort(st.Forgiven)

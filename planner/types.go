@@ -90,7 +90,7 @@ type Rollout struct {
 
 	Halted      string   // why the rollout to Hash is halted; "" when it is not
 	RollingBack bool     // its touched nodes go back to LastGood
-	Forgiven    []string // nodes whose failure a resume forgave
+	Forgiven    []string // failures a resume forgave, as "node#count"
 	// LastGood is the pool's last target that every node reached: where a
 	// rollback goes. It outlives rollouts.
 	LastGood Target
@@ -108,7 +108,8 @@ type ActionKind string
 // Actions.
 const (
 	// ActStart takes the node out of service as its disruption needs
-	// (cordon; drain before a reboot) and tells it its target.
+	// (cordon; drain before a reboot) and tells it its target, which
+	// clears its failure mark: a new attempt.
 	ActStart ActionKind = "start"
 	// ActSoak records that the node is done at its target: its soak starts.
 	ActSoak ActionKind = "soak"
@@ -120,6 +121,9 @@ const (
 	ActQuarantine ActionKind = "quarantine"
 	// ActPrestage asks the node to pull its target's OS commit ahead.
 	ActPrestage ActionKind = "prestage"
+	// ActReset takes a failed node's target and failure mark away, so that
+	// its agent stands down and it is tried again like any node.
+	ActReset ActionKind = "reset"
 )
 
 // Action is one thing the controller does to one node.
@@ -191,6 +195,8 @@ type PoolPlan struct {
 
 	// Actions are what the controller does now, node by node.
 	Actions []Action `json:"-"`
+
+	failures map[string]int // per failed node, its failure count
 }
 
 // Unavailable is a node that does not count as available, and why.

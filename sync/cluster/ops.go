@@ -81,6 +81,9 @@ func (n *Nodes) SetDesired(ctx context.Context, node *corev1.Node, hash, commit 
 	setAnnotation(node, schema.AnnotationDesiredConfig, hash)
 	setAnnotation(node, schema.AnnotationDesiredOS, commit)
 	setAnnotation(node, schema.AnnotationDispatched, now.UTC().Format(time.RFC3339))
+	// A new attempt: no soak yet, and the last failure is history.
+	delete(node.Annotations, schema.AnnotationAtTarget)
+	delete(node.Annotations, schema.AnnotationFailedTarget)
 	if err := n.Client.Patch(ctx, node, patch); err != nil {
 		return fmt.Errorf("set desired config of node %s: %w", node.Name, err)
 	}
@@ -210,6 +213,24 @@ func (n *Nodes) Annotate(ctx context.Context, node *corev1.Node, set map[string]
 	}
 	if err := n.Client.Patch(ctx, node, patch); err != nil {
 		return fmt.Errorf("annotate node %s: %w", node.Name, err)
+	}
+	return nil
+}
+
+// ClearDesired takes the node's target and failure mark away: its agent
+// stands down, and the node is tried again like any other.
+func (n *Nodes) ClearDesired(ctx context.Context, node *corev1.Node) error {
+	a := node.Annotations
+	if a[schema.AnnotationDesiredConfig] == "" && a[schema.AnnotationDesiredOS] == "" && a[schema.AnnotationFailedTarget] == "" {
+		return nil
+	}
+	patch := client.MergeFrom(node)
+	node = node.DeepCopy()
+	for _, k := range []string{schema.AnnotationDesiredConfig, schema.AnnotationDesiredOS, schema.AnnotationFailedTarget, schema.AnnotationAtTarget} {
+		delete(node.Annotations, k)
+	}
+	if err := n.Client.Patch(ctx, node, patch); err != nil {
+		return fmt.Errorf("reset node %s: %w", node.Name, err)
 	}
 	return nil
 }

@@ -142,6 +142,8 @@ func (r *Reconciler) do(ctx context.Context, st *run, p planner.Pool, node *core
 		}
 	case planner.ActPrestage:
 		return r.nodes.Annotate(ctx, node, map[string]string{schema.AnnotationPrestageOS: a.Target.OSCommit})
+	case planner.ActReset:
+		return r.nodes.ClearDesired(ctx, node)
 	}
 	return nil
 }
