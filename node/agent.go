@@ -55,6 +55,7 @@ const (
 	HookRestarted    = "restarted"     // after each service restart
 	HookDeployed     = "deployed"      // the OS commit is deployed for the next boot
 	HookRebooting    = "rebooting"     // Rebooting reported, before Rebooter.Reboot
+	HookPrestaged    = "prestaged"     // a prestage-os commit handled: found on disk, pulled, or failed
 )
 
 // Options configure an Agent. NodeName, Client, Sysroot, Services and
@@ -120,6 +121,12 @@ type Agent struct {
 
 	osCache *ostree.Status // the sysroot's status as last read, valid while osStamp holds
 	osStamp string
+
+	feed NodeFeed // where Run learns about the Node
+
+	prestageDone string    // the prestage-os commit handled (on disk, pulled or failed) by this process
+	taintFails   int       // failed removals of the converging taint in a row
+	taintRetryAt time.Time // when to try removing it again after a failure
 }
 
 // key is a desired state: the controller's two annotations.
@@ -218,6 +225,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		feed = f
 	}
+	a.feed = feed
 	a.log.Info("agent started", "bootID", a.bootID, "applied", short(a.j.Applied), "step", a.j.Step)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -229,6 +237,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if wait < 0 {
+			continue // look again at once
 		}
 		var tick <-chan time.Time
 		if wait > 0 {
@@ -251,10 +262,15 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // sync reacts to the Node as it is now and returns when to look again
-// without an event (0: only on the next event).
+// without an event (0: only on the next event; negative: at once).
 func (a *Agent) sync(ctx context.Context, n *corev1.Node) time.Duration {
-	want := key{Config: n.Annotations[schema.AnnotationDesiredConfig], OS: n.Annotations[schema.AnnotationDesiredOS]}
+	want := desired(n)
 	now := time.Now()
+	if a.j.OSPulled != "" && n.Annotations[schema.AnnotationPrestageOS] != a.j.OSPulled {
+		// The pre-stage request is over or changed: os-pulled goes with the
+		// next report.
+		a.j.OSPulled = ""
+	}
 	if !a.rebootAt.IsZero() {
 		if left := a.opts.RebootTimeout - now.Sub(a.rebootAt); left > 0 {
 			return a.ensureReported(ctx, n, left)
@@ -263,7 +279,7 @@ func (a *Agent) sync(ctx context.Context, n *corev1.Node) time.Duration {
 		a.rebootAt = time.Time{}
 	}
 	if a.settled && want == a.settledAt {
-		return a.ensureReported(ctx, n, 0)
+		return a.settledSync(ctx, n, want)
 	}
 	if want == a.retryFor && now.Before(a.retryAt) {
 		return a.retryAt.Sub(now) // backing off: events do not cut it short
@@ -283,7 +299,7 @@ func (a *Agent) sync(ctx context.Context, n *corev1.Node) time.Duration {
 			return a.opts.RebootTimeout
 		}
 		a.settled, a.settledAt = true, want
-		return 0
+		return a.settledSync(ctx, n, want)
 	case errors.As(err, &ref):
 		a.failures, a.retryFor = 0, key{}
 		a.refuse(ctx, want, ref)
@@ -303,6 +319,35 @@ func (a *Agent) sync(ctx context.Context, n *corev1.Node) time.Duration {
 		a.retryFor, a.retryAt = want, now.Add(delay)
 		return delay
 	}
+}
+
+// desired returns the Node's desired state: the controller's annotations.
+func desired(n *corev1.Node) key {
+	return key{Config: n.Annotations[schema.AnnotationDesiredConfig], OS: n.Annotations[schema.AnnotationDesiredOS]}
+}
+
+// settledSync is what the agent does at a desired state reached or
+// refused: report what changed since (os-pulled), remove the converging
+// taint at the target, and pre-stage the commit prestage-os names. It
+// returns when to look again, as sync.
+func (a *Agent) settledSync(ctx context.Context, n *corev1.Node, want key) time.Duration {
+	if a.hasReported && a.reported.OSPulled != a.j.OSPulled {
+		if err := a.saveAndPublish(ctx, a.report(a.reported.State, a.reported.Message)); err != nil {
+			a.log.Warn("report failed", "err", err)
+			return 5 * time.Second
+		}
+	}
+	wait := a.removeConvergingTaint(ctx, n, want)
+	if ctx.Err() != nil {
+		return 0
+	}
+	if a.prestage(ctx, n, want) {
+		return -1
+	}
+	if w := a.ensureReported(ctx, n, 0); w > 0 && (wait == 0 || w < wait) {
+		wait = w
+	}
+	return wait
 }
 
 func backoff(failures int) time.Duration {

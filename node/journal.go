@@ -40,6 +40,16 @@ type journal struct {
 	// SameCommit is set when the change deploys the booted commit again,
 	// with other kernel arguments.
 	SameCommit bool `json:"sameCommit,omitempty"`
+	// Prestaged is set when the change's commit was pulled by a pre-stage
+	// (PrePulled): deployed without a pull, but not a rollback fast path.
+	Prestaged bool `json:"prestaged,omitempty"`
+
+	// OSPulled is the commit reported in the os-pulled annotation: the
+	// prestage-os commit, found on disk or pulled ahead of the rollout.
+	OSPulled string `json:"osPulled,omitempty"`
+	// PrePulled is the commit a pre-stage pulled (it was not on disk),
+	// until a change takes it on.
+	PrePulled string `json:"prePulled,omitempty"`
 
 	// Refused is the desired state the agent refused, and why. It stands
 	// until the desired state changes, across restarts.

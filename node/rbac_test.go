@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +115,35 @@ func clientWithToken(t *testing.T, token string) kubernetes.Interface {
 	return c
 }
 
+func patchJSON(ctx context.Context, cs kubernetes.Interface, name string, ops []map[string]any) error {
+	body, _ := json.Marshal(ops)
+	_, err := cs.CoreV1().Nodes().Patch(ctx, name, types.JSONPatchType, body, metav1.PatchOptions{})
+	return err
+}
+
+// setTaints sets the Node's taints, as an admin.
+func setTaints(t *testing.T, cs kubernetes.Interface, name string, taints ...corev1.Taint) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"spec": map[string]any{"taints": taints}})
+	if _, err := cs.CoreV1().Nodes().Patch(t.Context(), name, types.MergePatchType, body, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// taintKeys returns the keys of the Node's taints.
+func taintKeys(t *testing.T, cs kubernetes.Interface, name string) []string {
+	t.Helper()
+	n, err := cs.CoreV1().Nodes().Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, tt := range n.Spec.Taints {
+		keys = append(keys, tt.Key)
+	}
+	return keys
+}
+
 func patchAnnotations(ctx context.Context, cs kubernetes.Interface, name string, ann map[string]any, dryRun bool) error {
 	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
 	opts := metav1.PatchOptions{}
@@ -145,6 +175,20 @@ func TestAgentRBAC(t *testing.T) {
 		t.Fatalf("the admission policy never denied a patch of another node: %v", last)
 	}
 
+	// The policy type-checks against the Node schema without warnings: a
+	// misspelt field would otherwise only show at run time.
+	var vap *admissionv1.ValidatingAdmissionPolicy
+	if !poll(t, 30*time.Second, func() bool {
+		var err error
+		vap, err = admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "herd-agent-own-node", metav1.GetOptions{})
+		return err == nil && vap.Status.ObservedGeneration == vap.Generation && vap.Status.TypeChecking != nil
+	}) {
+		t.Fatalf("the admission policy was never type-checked: %+v", vap.Status)
+	}
+	for _, w := range vap.Status.TypeChecking.ExpressionWarnings {
+		t.Errorf("admission policy %s: %s", w.FieldRef, w.Warning)
+	}
+
 	ok := func(what string, err error) {
 		t.Helper()
 		if err != nil {
@@ -170,12 +214,51 @@ func TestAgentRBAC(t *testing.T) {
 	denied("patch another annotation", patchAnnotations(ctx, agent, a.name, map[string]any{"example.com/x": "1"}, false))
 	setAnnotations(t, admin, a.name, map[string]any{"example.com/keep": "1"})
 	denied("remove another annotation", patchAnnotations(ctx, agent, a.name, map[string]any{"example.com/keep": nil}, false))
+	ok("patch own os-pulled", patchAnnotations(ctx, agent, a.name, map[string]any{schema.AnnotationOSPulled: "p"}, false))
+	denied("patch own prestage-os", patchAnnotations(ctx, agent, a.name, map[string]any{schema.AnnotationPrestageOS: "evil"}, false))
 	_, err := agent.CoreV1().Nodes().Patch(ctx, a.name, types.MergePatchType, []byte(`{"metadata":{"labels":{"herd.dev/pool":"evil"}}}`), metav1.PatchOptions{})
 	denied("patch own labels", err)
 	_, err = agent.CoreV1().Nodes().Patch(ctx, a.name, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{})
 	denied("cordon own node", err)
 	err = agent.CoreV1().Nodes().Delete(ctx, b.name, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})
 	denied("delete a node", err)
+
+	// Taints: the agent may remove herd.dev/converging from its own Node,
+	// and make no other change to the spec.
+	converging := corev1.Taint{Key: schema.TaintConverging, Effect: corev1.TaintEffectNoSchedule}
+	other := corev1.Taint{Key: "example.com/other", Value: "x", Effect: corev1.TaintEffectNoSchedule}
+	setTaints(t, admin, a.name, converging, other)
+	setTaints(t, admin, b.name, converging)
+	remove := func(i int) []map[string]any {
+		return []map[string]any{{"op": "remove", "path": fmt.Sprintf("/spec/taints/%d", i)}}
+	}
+	denied("add a taint to own node", patchJSON(ctx, agent, a.name, []map[string]any{
+		{"op": "add", "path": "/spec/taints/-", "value": map[string]any{"key": "example.com/new", "effect": "NoSchedule"}}}))
+	denied("remove another taint from own node", patchJSON(ctx, agent, a.name, remove(1)))
+	denied("remove the converging taint from another node", patchJSON(ctx, agent, b.name, remove(0)))
+	denied("change the converging taint's effect on own node", patchJSON(ctx, agent, a.name, []map[string]any{
+		{"op": "replace", "path": "/spec/taints/0/effect", "value": "NoExecute"}}))
+	denied("remove the converging taint and cordon own node", patchJSON(ctx, agent, a.name, append(remove(0),
+		map[string]any{"op": "add", "path": "/spec/unschedulable", "value": true})))
+	denied("remove the converging taint and set own podCIDR", patchJSON(ctx, agent, a.name, append(remove(0),
+		map[string]any{"op": "add", "path": "/spec/podCIDR", "value": "10.9.0.0/24"})))
+	denied("swap the converging taint for another on own node", patchJSON(ctx, agent, a.name, []map[string]any{
+		{"op": "replace", "path": "/spec/taints/0", "value": map[string]any{"key": "example.com/new", "effect": "NoSchedule"}}}))
+	_, err = agent.CoreV1().Nodes().Patch(ctx, a.name, types.MergePatchType, []byte(`{"spec":{"taints":null}}`), metav1.PatchOptions{})
+	denied("remove all taints of own node", err)
+	if got := taintKeys(t, admin, a.name); !slices.Equal(got, []string{schema.TaintConverging, other.Key}) {
+		t.Errorf("own node's taints after the denied patches: %v", got)
+	}
+	ok("remove the converging taint from own node", patchJSON(ctx, agent, a.name, remove(0)))
+	if got := taintKeys(t, admin, a.name); !slices.Equal(got, []string{other.Key}) {
+		t.Errorf("own node's taints after removing the converging one: %v", got)
+	}
+	if got := taintKeys(t, admin, b.name); !slices.Equal(got, []string{schema.TaintConverging}) {
+		t.Errorf("the other node's taints: %v", got)
+	}
+	setTaints(t, admin, a.name, converging)
+	ok("remove the only taint, the converging one, from own node", patchJSON(ctx, agent, a.name, remove(0)))
+	setTaints(t, admin, a.name, other, converging) // for the agent below
 
 	// Reads: its own Node by a field-selector watch, rendered configs by name only.
 	w, err := agent.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", a.name).String()})
@@ -207,6 +290,9 @@ func TestAgentRBAC(t *testing.T) {
 	a.setDesired(h, repo.Commits[0])
 	a.startWith(func(o *node.Options, _ func()) { o.Client = agent })
 	a.waitUpToDate(h, repo.Commits[0])
+	if !poll(t, 30*time.Second, func() bool { return slices.Equal(taintKeys(t, admin, a.name), []string{other.Key}) }) {
+		t.Errorf("the agent did not remove the converging taint at its target: taints %v", taintKeys(t, admin, a.name))
+	}
 	if got := a.readRootFile("proc/sys/vm/max_map_count"); got != "262144\n" {
 		t.Errorf("vm.max_map_count = %q", got)
 	}

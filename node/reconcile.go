@@ -145,6 +145,10 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 		// A new change. Pending disruptions of the one before carry over.
 		a.j.Config, a.j.OS, a.j.KernelArgs, a.j.Step = want.Config, commit, kargs, ""
 		a.j.Pulled, a.j.Deployed, a.j.SameCommit = false, false, commit == booted.Checksum
+		a.j.Prestaged = false
+		if needOS && commit == a.j.PrePulled {
+			a.j.Prestaged, a.j.PrePulled = true, "" // this change takes the pre-staged commit on
+		}
 	}
 
 	// Pull first: a commit that is missing or fails verification is
@@ -261,12 +265,12 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 			}
 			a.metrics.add(func(c *Counters) {
 				c.Deploys++
-				if !a.j.Pulled {
+				if !a.j.Pulled && !a.j.Prestaged {
 					c.FastPaths++
 				}
 			})
-			a.log.Info("deployed", "commit", commit, "kernelArgs", kargs, "pulled", a.j.Pulled, "took", time.Since(start))
-			if !a.j.Pulled && !a.j.SameCommit {
+			a.log.Info("deployed", "commit", commit, "kernelArgs", kargs, "pulled", a.j.Pulled, "prestaged", a.j.Prestaged, "took", time.Since(start))
+			if !a.j.Pulled && !a.j.SameCommit && !a.j.Prestaged {
 				a.log.Info("rollback fast path: the commit was on disk, no pull", "commit", commit)
 			}
 		}
@@ -327,6 +331,8 @@ func deployedHow(j journal) string {
 		return ""
 	case j.SameCommit:
 		return "same commit, new kernel arguments: no pull"
+	case j.Prestaged:
+		return "commit pre-staged: no pull"
 	default:
 		return "commit already on disk: rollback fast path, no pull"
 	}

@@ -23,6 +23,7 @@ type report struct {
 	CurrentConfig string
 	OSBooted      string
 	OSStaged      string
+	OSPulled      string
 	State         schema.NodeState
 	Message       string
 }
@@ -32,6 +33,7 @@ func (r report) annotations() map[string]string {
 		schema.AnnotationCurrentConfig: r.CurrentConfig,
 		schema.AnnotationOSBooted:      r.OSBooted,
 		schema.AnnotationOSStaged:      r.OSStaged,
+		schema.AnnotationOSPulled:      r.OSPulled,
 		schema.AnnotationState:         string(r.State),
 		schema.AnnotationMessage:       r.Message,
 	}
@@ -54,6 +56,7 @@ func (a *Agent) report(state schema.NodeState, msg string) report {
 		CurrentConfig: a.j.Applied,
 		OSBooted:      a.booted,
 		OSStaged:      a.staged,
+		OSPulled:      a.j.OSPulled,
 		State:         state,
 		Message:       msg,
 	}

@@ -45,6 +45,14 @@ change: pulls the commit (unless it is on disk already), deploys it and
 reboots through logind. It reports on the Node: herd.dev/current-config,
 os-booted, os-staged, state (Idle, Working, Rebooting, Degraded) and message.
 
+When the controller sets herd.dev/prestage-os on an Idle node, the agent
+pulls that commit ahead of the node's rollout, from the remote of the config
+it runs, and nothing else (no deploy, no file, no reboot; the node stays
+Idle), and reports herd.dev/os-pulled once the commit is on disk. A node that
+joins registers with the taint herd.dev/converging (kubelet
+--register-with-taints=herd.dev/converging=:NoSchedule); the agent removes
+it, and only it, once the node is Idle at its target.
+
 Its journal, the manifest of the files it wrote and their previous versions
 live in --state-dir, so an agent killed at any point finishes the change
 when it starts again. It runs as root on the node, with a ServiceAccount

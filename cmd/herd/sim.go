@@ -35,6 +35,7 @@ type simFlags struct {
 	unsigned    bool
 	info        string
 	logLevel    string
+	failBoot    []string
 }
 
 func newSimCmd() *cobra.Command {
@@ -50,6 +51,12 @@ Ready and their Leases renewed, runs Pods bound to them (Running and Ready),
 finishes the deletion of evicted Pods, and plays reboots: the node goes
 NotReady for --reboot, boots the staged deployment, and its agent starts
 again from its state directory.
+
+--fail-boot makes an OS version fail to boot, to try failure handling: a
+node rebooting into a new deployment of it comes back Ready on the
+deployment it ran before, as a bootloader's A/B fallback does, and its agent
+reports Degraded. VERSION is v1, v2, ... (as printed) or a commit checksum;
+without nodes it fails everywhere. The flag may be given more than once.
 
 Nodes are named <pool>-<i>, labelled herd.dev/pool, topology.kubernetes.io/zone
 (round robin over --zones) and kubernetes.io/hostname. With --nodes, the
@@ -80,6 +87,7 @@ JSON. Ctrl-C stops the simulation and deletes its Nodes.`,
 	fl.BoolVar(&f.keepNodes, "keep-nodes", false, "leave the Node objects behind when stopping")
 	fl.StringVar(&f.info, "info", "", "write the repository URL, ref, remote, commits and nodes as JSON to this file once ready")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "log level of the simulator and its agents: debug, info, warn, error")
+	fl.StringArrayVar(&f.failBoot, "fail-boot", nil, "make an OS version fail to boot, on the given nodes or everywhere: VERSION[:NODE,...]")
 	return cmd
 }
 
@@ -120,6 +128,10 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 	if err != nil {
 		return usageError("--log-level: %v", err)
 	}
+	failBoots, err := parseFailBoots(f.failBoot, f.versions)
+	if err != nil {
+		return usageError("--fail-boot: %v", err)
+	}
 	cfg, err := restConfig(f.kubeconfig)
 	if err != nil {
 		return failure(fmt.Errorf("kubeconfig: %w", err))
@@ -149,6 +161,22 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 	if err != nil {
 		return failure(err)
 	}
+	var failNotes []string
+	for _, fb := range failBoots {
+		commit := fb.commit
+		if fb.version > 0 {
+			commit = fleet.Commits()[fb.version-1]
+		}
+		if err := fleet.FailBoot(commit, fb.nodes...); err != nil {
+			_ = fleet.Stop()
+			return usageError("--fail-boot: %v", err)
+		}
+		where := "every node"
+		if len(fb.nodes) > 0 {
+			where = strings.Join(fb.nodes, ", ")
+		}
+		failNotes = append(failNotes, fmt.Sprintf("OS commit %s fails to boot on %s", commit, where))
+	}
 	info := simInfo{RepoURL: fleet.RepoURL(), Ref: fleet.Ref(), Remote: fleet.Remote(), Commits: fleet.Commits(), KeyPath: fleet.KeyPath(), Nodes: map[string][]string{}}
 	for _, n := range fleet.Nodes() {
 		p := fleet.Pool(n)
@@ -171,6 +199,9 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 		}
 		fmt.Fprintf(stdout, "  v%d %s%s\n", i+1, c, note)
 	}
+	for _, note := range failNotes {
+		fmt.Fprintln(stdout, note)
+	}
 	if f.info != "" {
 		data, _ := json.MarshalIndent(info, "", "  ")
 		if err := os.WriteFile(f.info, append(data, '\n'), 0o644); err != nil {
@@ -182,10 +213,46 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 	<-ctx.Done()
 
 	t := fleet.Total()
-	fmt.Fprintf(stdout, "herd sim: stopping; %d reboots, %d pulls, %d deploys (%d without a pull), %d refusals\n",
-		t.Boots, t.Pulls, t.Deploys, t.FastPaths, t.Refusals)
+	fmt.Fprintf(stdout, "herd sim: stopping; %d reboots (%d failed), %d pulls (%d pre-staging), %d deploys (%d of a commit already on disk), %d refusals\n",
+		t.Boots, t.BootFailures, t.Pulls, t.Prestaged, t.Deploys, t.FastPaths, t.Refusals)
 	if err := fleet.Stop(); err != nil {
 		return failure(err)
 	}
 	return nil
+}
+
+// failBoot is one --fail-boot: a version (1-based) or a commit, and nodes.
+type failBoot struct {
+	version int
+	commit  string
+	nodes   []string
+}
+
+// parseFailBoots parses --fail-boot values, VERSION[:NODE,...], where
+// VERSION is v1..v<versions> or a commit checksum.
+func parseFailBoots(values []string, versions int) ([]failBoot, error) {
+	var out []failBoot
+	for _, v := range values {
+		what, nodes, _ := strings.Cut(strings.TrimSpace(v), ":")
+		var fb failBoot
+		var n int
+		switch {
+		case len(what) == 64 && strings.Trim(what, "0123456789abcdef") == "":
+			fb.commit = what
+		case len(what) > 1 && what[0] == 'v':
+			if _, err := fmt.Sscanf(what[1:], "%d", &n); err != nil || fmt.Sprint(n) != what[1:] || n < 1 || n > versions {
+				return nil, fmt.Errorf("%q: the version must be v1..v%d or a commit checksum", v, versions)
+			}
+			fb.version = n
+		default:
+			return nil, fmt.Errorf("%q: want VERSION[:NODE,...], VERSION v1..v%d or a commit checksum", v, versions)
+		}
+		for node := range strings.SplitSeq(nodes, ",") {
+			if node = strings.TrimSpace(node); node != "" {
+				fb.nodes = append(fb.nodes, node)
+			}
+		}
+		out = append(out, fb)
+	}
+	return out, nil
 }

@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"herd.dev/herd/schema"
 )
 
 // kubelet plays the kubelet for all simulated nodes at once: it registers
@@ -63,7 +65,7 @@ func startKubelet(ctx context.Context, f *Fleet) (*kubelet, error) {
 	}
 	enqueue := func(obj any) {
 		p, ok := obj.(*corev1.Pod)
-		if !ok || f.nodes[p.Spec.NodeName] == nil {
+		if !ok || f.node(p.Spec.NodeName) == nil {
 			return
 		}
 		if key, err := cache.MetaNamespaceKeyFunc(p); err == nil {
@@ -112,7 +114,9 @@ func (k *kubelet) loop(ctx context.Context, every time.Duration, f func(context.
 }
 
 // register creates (or adopts) the Node, posts its status Ready and
-// creates its Lease.
+// creates its Lease. A converging node registers with the taint
+// herd.dev/converging, as a kubelet started with
+// --register-with-taints=herd.dev/converging=:NoSchedule does.
 func (k *kubelet) register(ctx context.Context, n *simNode) error {
 	labels := map[string]string{
 		LabelPool:            n.pool,
@@ -121,9 +125,20 @@ func (k *kubelet) register(ctx context.Context, n *simNode) error {
 		"kubernetes.io/os":   "linux",
 		"kubernetes.io/arch": "amd64",
 	}
-	no, err := k.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: labels}}, metav1.CreateOptions{})
+	var taints []corev1.Taint
+	if n.converging {
+		taints = []corev1.Taint{{Key: schema.TaintConverging, Effect: corev1.TaintEffectNoSchedule}}
+	}
+	no, err := k.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: labels},
+		Spec:       corev1.NodeSpec{Taints: taints},
+	}, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
-		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
+		patch := map[string]any{"metadata": map[string]any{"labels": labels}}
+		if n.converging {
+			patch["spec"] = map[string]any{"taints": taints}
+		}
+		body, _ := json.Marshal(patch)
 		no, err = k.cs.CoreV1().Nodes().Patch(ctx, n.name, types.MergePatchType, body, metav1.PatchOptions{})
 	}
 	if err != nil {
@@ -208,7 +223,12 @@ func (k *kubelet) setReady(n *simNode, ready bool) {
 
 func (k *kubelet) postStatus(ctx context.Context, name string) error {
 	k.mu.Lock()
-	st := *k.state[name]
+	sp := k.state[name]
+	if sp == nil { // not registered yet
+		k.mu.Unlock()
+		return nil
+	}
+	st := *sp
 	k.mu.Unlock()
 	body, err := json.Marshal(map[string]any{"status": map[string]any{
 		"conditions": conditions(st.ready, metav1.Now(), st.transition)[:1],
@@ -223,7 +243,7 @@ func (k *kubelet) postStatus(ctx context.Context, name string) error {
 // postStatuses re-posts the status of every node: the heartbeat in the Ready
 // condition, every StatusInterval.
 func (k *kubelet) postStatuses(ctx context.Context) {
-	for _, name := range k.f.names {
+	for _, name := range k.f.Nodes() {
 		if err := k.postStatus(ctx, name); err != nil && ctx.Err() == nil {
 			k.f.log.Warn("sim: post node status", "node", name, "err", err)
 		}
@@ -312,7 +332,7 @@ func (k *kubelet) syncPod(ctx context.Context, key string) error {
 		return err
 	}
 	pod := obj.(*corev1.Pod)
-	if k.f.nodes[pod.Spec.NodeName] == nil {
+	if k.f.node(pod.Spec.NodeName) == nil {
 		return nil
 	}
 	if pod.DeletionTimestamp != nil {

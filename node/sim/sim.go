@@ -11,6 +11,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -137,9 +138,14 @@ type Fleet struct {
 	shm     string
 	watch   *node.NodeWatch
 	kubelet *kubelet
-	nodes   map[string]*simNode
-	names   []string
 	started time.Duration
+
+	mu       sync.Mutex
+	nodes    map[string]*simNode
+	names    []string
+	poolSize map[string]int      // nodes created per pool: the next one's index
+	failBoot map[string]*failSet // by OS commit: where it fails to boot
+	stopping bool                // Stop began: no node starts any more
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -149,10 +155,19 @@ type Fleet struct {
 	stopErr  error
 }
 
-// NodeCounters is what a simulated node did.
+// NodeCounters is what a simulated node did: its agents' counters (see
+// node.Counters: Pulls, Prestaged, Deploys, FastPaths, Untainted, ...) and
+// the simulator's.
 type NodeCounters struct {
 	node.Counters
-	Boots int // simulated reboots completed
+	Boots        int // simulated reboots completed (failed boots included)
+	BootFailures int // boots that failed (FailBoot) and fell back to the previous deployment
+}
+
+// failSet is where a commit fails to boot: on every node, or on some.
+type failSet struct {
+	all   bool
+	nodes map[string]bool
 }
 
 // Start creates the OS repository, the nodes (Node objects, roots, sysroots
@@ -219,7 +234,7 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 		return nil, fmt.Errorf("sim: client: %w", err)
 	}
 
-	f := &Fleet{opts: opts, log: log, cs: cs, nodes: map[string]*simNode{}}
+	f := &Fleet{opts: opts, log: log, cs: cs, nodes: map[string]*simNode{}, poolSize: map[string]int{}, failBoot: map[string]*failSet{}}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -247,32 +262,78 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 	}
 
 	// Nodes in a stable order: pools by name, then index.
-	pools := slices.Sorted(maps.Keys(opts.Pools))
-	var todo []*simNode
-	for _, p := range pools {
-		for i := range opts.Pools[p] {
-			name := fmt.Sprintf("%s%s-%d", opts.NamePrefix, p, i)
-			n := &simNode{
-				name:    name,
-				pool:    p,
-				zone:    opts.Zones[i%len(opts.Zones)],
-				root:    filepath.Join(f.dir, "nodes", name),
-				sysroot: filepath.Join(f.shm, "nodes", name),
-				metrics: &node.Metrics{},
-				reboot:  make(chan struct{}, 1),
-			}
-			f.nodes[name] = n
-			f.names = append(f.names, name)
-			todo = append(todo, n)
-		}
+	var names []string
+	for _, p := range slices.Sorted(maps.Keys(opts.Pools)) {
+		names = append(names, f.newNodes(p, opts.Pools[p], false)...)
 	}
-	sem := make(chan struct{}, opts.Parallel)
+	if err := f.setupNodes(ctx, names); err != nil {
+		return nil, err
+	}
+	f.started = time.Since(t0)
+	log.Info("simulated fleet ready", "nodes", len(names), "took", f.started)
+	return f, nil
+}
+
+// AddNodes adds count nodes to pool (one of the fleet's, or a new one) of
+// the running simulation, set up as Start sets up its nodes, named on from
+// the pool's last index. With converging they register with the taint
+// herd.dev/converging (effect NoSchedule), as nodes joining a pool do; their
+// agents remove it once the nodes are at their targets. It returns the new
+// nodes' names once each is Ready and its agent has reported.
+func (f *Fleet) AddNodes(ctx context.Context, pool string, count int, converging bool) ([]string, error) {
+	if pool == "" || count <= 0 {
+		return nil, fmt.Errorf("sim: add nodes: invalid pool %q or count %d", pool, count)
+	}
+	f.mu.Lock()
+	stopping := f.stopping
+	f.mu.Unlock()
+	if stopping {
+		return nil, errors.New("sim: add nodes: the simulation is stopped")
+	}
+	names := f.newNodes(pool, count, converging)
+	if err := f.setupNodes(ctx, names); err != nil {
+		return names, err
+	}
+	f.log.Info("nodes added", "pool", pool, "nodes", names, "converging", converging)
+	return names, nil
+}
+
+// newNodes names and records count new nodes of pool.
+func (f *Fleet) newNodes(pool string, count int, converging bool) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var names []string
+	for range count {
+		i := f.poolSize[pool]
+		f.poolSize[pool]++
+		name := fmt.Sprintf("%s%s-%d", f.opts.NamePrefix, pool, i)
+		f.nodes[name] = &simNode{
+			name:       name,
+			pool:       pool,
+			zone:       f.opts.Zones[i%len(f.opts.Zones)],
+			converging: converging,
+			root:       filepath.Join(f.dir, "nodes", name),
+			sysroot:    filepath.Join(f.shm, "nodes", name),
+			metrics:    &node.Metrics{},
+			reboot:     make(chan struct{}, 1),
+		}
+		f.names = append(f.names, name)
+		names = append(names, name)
+	}
+	return names
+}
+
+// setupNodes sets the named nodes up, Parallel at a time, and waits until
+// their agents have reported.
+func (f *Fleet) setupNodes(ctx context.Context, names []string) error {
+	sem := make(chan struct{}, f.opts.Parallel)
 	var (
 		mu    sync.Mutex
 		errs  []error
 		setup sync.WaitGroup
 	)
-	for _, n := range todo {
+	for _, name := range names {
+		n := f.node(name)
 		setup.Add(1)
 		go func() {
 			defer setup.Done()
@@ -287,14 +348,16 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 	}
 	setup.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return err
 	}
-	if err := f.waitReported(ctx); err != nil {
-		return nil, err
-	}
-	f.started = time.Since(t0)
-	log.Info("simulated fleet ready", "nodes", len(f.names), "took", f.started)
-	return f, nil
+	return f.waitReported(ctx, names)
+}
+
+// node returns the node called name, or nil.
+func (f *Fleet) node(name string) *simNode {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.nodes[name]
 }
 
 const marker = ".herd-sim"
@@ -375,18 +438,24 @@ func (f *Fleet) setupNode(ctx context.Context, n *simNode) error {
 	if err := f.kubelet.register(ctx, n); err != nil {
 		return err
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopping {
+		return errors.New("the simulation is stopped")
+	}
 	f.wg.Add(1)
 	go f.runNode(n)
 	return nil
 }
 
-// waitReported waits until every agent has reported a state.
-func (f *Fleet) waitReported(ctx context.Context) error {
+// waitReported waits until the agents of the named nodes have reported a
+// state.
+func (f *Fleet) waitReported(ctx context.Context, names []string) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		missing := 0
-		for _, name := range f.names {
+		for _, name := range names {
 			obj, ok, _ := f.watch.Store().GetByKey(name)
 			if !ok || obj.(*corev1.Node).Annotations["herd.dev/state"] == "" {
 				missing++
@@ -404,8 +473,10 @@ func (f *Fleet) waitReported(ctx context.Context) error {
 }
 
 // runNode runs the node's agent, and plays its reboots: stop the agent, go
-// NotReady, wait RebootDelay, boot the staged deployment (SimulateBoot), new
-// boot ID, Ready, start a new agent from the same state directory.
+// NotReady, wait RebootDelay, boot the staged deployment (SimulateBoot) or,
+// when its commit fails to boot there (FailBoot), fall back to the
+// deployment booted before, new boot ID, Ready, start a new agent from the
+// same state directory.
 func (f *Fleet) runNode(n *simNode) {
 	defer f.wg.Done()
 	for {
@@ -455,7 +526,13 @@ func (f *Fleet) runNode(n *simNode) {
 			return
 		case <-t.C:
 		}
-		if err := n.os.SimulateBoot(f.ctx); err != nil && f.ctx.Err() == nil {
+		failed := f.bootFails(n)
+		if failed {
+			// An A/B fallback: the bootloader gives up on the new
+			// deployment and boots the one that ran before. ostree's
+			// default stays the failed deployment, as on a real node.
+			f.log.Warn("sim: the new deployment failed to boot; fell back to the previous one", "node", n.name)
+		} else if err := n.os.SimulateBoot(f.ctx); err != nil && f.ctx.Err() == nil {
 			f.log.Error("sim: boot", "node", n.name, "err", err)
 		}
 		if err := n.newBoot(); err != nil {
@@ -463,10 +540,81 @@ func (f *Fleet) runNode(n *simNode) {
 		}
 		n.mu.Lock()
 		n.boots++
+		if failed {
+			n.bootFailures++
+		}
 		n.mu.Unlock()
 		f.kubelet.setReady(n, true)
 	}
 }
+
+// bootFails reports whether the node's next boot fails: its default
+// deployment is not the booted one (a new deployment boots) and its commit
+// is set to fail there (FailBoot).
+func (f *Fleet) bootFails(n *simNode) bool {
+	f.mu.Lock()
+	none := len(f.failBoot) == 0
+	f.mu.Unlock()
+	if none {
+		return false // no status read in the common case
+	}
+	st, err := n.os.Status(f.ctx)
+	if err != nil {
+		if f.ctx.Err() == nil {
+			f.log.Error("sim: boot: OSTree status", "node", n.name, "err", err)
+		}
+		return false
+	}
+	def, ok := st.Default()
+	if !ok || def.Booted {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fs := f.failBoot[def.Checksum]
+	return fs != nil && (fs.all || fs.nodes[n.name])
+}
+
+// FailBoot makes OS commit fail to boot on the named nodes, or on every
+// node (those added later too) when none is named. A node that reboots
+// into a new deployment of that commit goes NotReady for the reboot delay
+// as usual, then comes back Ready booted into the deployment it ran before,
+// as a bootloader's A/B fallback does; its agent reports Degraded (the boot
+// fell back). A reboot that boots no new deployment is not affected, nor
+// are other commits. ClearFailBoot undoes it.
+func (f *Fleet) FailBoot(commit string, nodes ...string) error {
+	if !checksumRE.MatchString(commit) {
+		return fmt.Errorf("sim: fail boot: %q is not an OSTree commit checksum", commit)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, name := range nodes {
+		if f.nodes[name] == nil {
+			return fmt.Errorf("sim: fail boot: no node %q", name)
+		}
+	}
+	fs := f.failBoot[commit]
+	if fs == nil {
+		fs = &failSet{nodes: map[string]bool{}}
+		f.failBoot[commit] = fs
+	}
+	if len(nodes) == 0 {
+		fs.all = true
+	}
+	for _, name := range nodes {
+		fs.nodes[name] = true
+	}
+	return nil
+}
+
+// ClearFailBoot undoes FailBoot: every commit boots again everywhere.
+func (f *Fleet) ClearFailBoot() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.failBoot)
+}
+
+var checksumRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // Commits are the OS versions in the repository, oldest first; nodes boot
 // Commits()[0].
@@ -491,12 +639,17 @@ func (f *Fleet) Repo() *osfixture.Repo { return f.repo }
 // Dir is the directory of the nodes' roots.
 func (f *Fleet) Dir() string { return f.dir }
 
-// Nodes are the node names, by pool and index.
-func (f *Fleet) Nodes() []string { return slices.Clone(f.names) }
+// Nodes are the node names: Start's by pool and index, then those
+// AddNodes added, in the order added.
+func (f *Fleet) Nodes() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.names)
+}
 
 // Pool returns the pool of node name.
 func (f *Fleet) Pool(name string) string {
-	if n, ok := f.nodes[name]; ok {
+	if n := f.node(name); n != nil {
 		return n.pool
 	}
 	return ""
@@ -505,7 +658,7 @@ func (f *Fleet) Pool(name string) string {
 // Root is node name's root directory: rendered files, proc/sys, and the
 // agent's state in var/lib/herd.
 func (f *Fleet) Root(name string) string {
-	if n, ok := f.nodes[name]; ok {
+	if n := f.node(name); n != nil {
 		return n.root
 	}
 	return ""
@@ -513,7 +666,7 @@ func (f *Fleet) Root(name string) string {
 
 // Sysroot is node name's OSTree sysroot.
 func (f *Fleet) Sysroot(name string) *ostree.Sysroot {
-	if n, ok := f.nodes[name]; ok {
+	if n := f.node(name); n != nil {
 		return n.os
 	}
 	return nil
@@ -521,23 +674,24 @@ func (f *Fleet) Sysroot(name string) *ostree.Sysroot {
 
 // Counters returns what node name did so far.
 func (f *Fleet) Counters(name string) (NodeCounters, bool) {
-	n, ok := f.nodes[name]
-	if !ok {
+	n := f.node(name)
+	if n == nil {
 		return NodeCounters{}, false
 	}
 	n.mu.Lock()
-	boots := n.boots
+	boots, failures := n.boots, n.bootFailures
 	n.mu.Unlock()
-	return NodeCounters{Counters: n.metrics.Snapshot(), Boots: boots}, true
+	return NodeCounters{Counters: n.metrics.Snapshot(), Boots: boots, BootFailures: failures}, true
 }
 
 // Total adds up the counters of all nodes.
 func (f *Fleet) Total() NodeCounters {
 	var t NodeCounters
 	t.Restarts = map[string]int{}
-	for _, name := range f.names {
+	for _, name := range f.Nodes() {
 		c, _ := f.Counters(name)
 		t.Pulls += c.Pulls
+		t.Prestaged += c.Prestaged
 		t.FastPaths += c.FastPaths
 		t.Deploys += c.Deploys
 		t.Reboots += c.Reboots
@@ -545,7 +699,9 @@ func (f *Fleet) Total() NodeCounters {
 		t.Sysctls += c.Sysctls
 		t.Refusals += c.Refusals
 		t.Applied += c.Applied
+		t.Untainted += c.Untainted
 		t.Boots += c.Boots
+		t.BootFailures += c.BootFailures
 		for u, k := range c.Restarts {
 			t.Restarts[u] += k
 		}
@@ -561,13 +717,16 @@ func (f *Fleet) StartupTime() time.Duration { return f.started }
 // temporary Dir. It is safe to call more than once.
 func (f *Fleet) Stop() error {
 	f.stopOnce.Do(func() {
+		f.mu.Lock()
+		f.stopping = true
+		f.mu.Unlock()
 		f.cancel()
 		f.wg.Wait()
 		if f.kubelet != nil {
 			f.kubelet.wait()
 		}
 		var errs []error
-		if !f.opts.KeepNodes && len(f.names) > 0 {
+		if !f.opts.KeepNodes && len(f.Nodes()) > 0 {
 			errs = append(errs, f.deleteNodes())
 		}
 		if f.repo != nil {
@@ -591,7 +750,7 @@ func (f *Fleet) deleteNodes() error {
 	var errs []error
 	sem := make(chan struct{}, f.opts.Parallel)
 	var wg sync.WaitGroup
-	for _, name := range f.names {
+	for _, name := range f.Nodes() {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -615,15 +774,17 @@ func (f *Fleet) deleteNodes() error {
 // simNode is one simulated node.
 type simNode struct {
 	name, pool, zone string
+	converging       bool   // registers with the converging taint
 	root             string // files, proc/sys, state
 	sysroot          string
 	os               *ostree.Sysroot
 	metrics          *node.Metrics
 	reboot           chan struct{}
 
-	mu    sync.Mutex
-	boots int
-	bootN int
+	mu           sync.Mutex
+	boots        int
+	bootFailures int
+	bootN        int
 }
 
 func (n *simNode) keysDir() string { return filepath.Join(n.root, "etc/herd/trusted.gpg.d") }

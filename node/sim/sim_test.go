@@ -369,3 +369,195 @@ func TestExampleFleetOnSimulatedNodes(t *testing.T) {
 		t.Errorf("after the kubelet change: %+v; want 3 kubelet restarts, no reboot", tot)
 	}
 }
+
+// Pre-staging, joining nodes and boot failures on simulated nodes: a node
+// pre-stages the new commit and then rolls out without a pull; a node where
+// the new commit fails to boot comes back Ready on the previous deployment
+// and Degraded; a node added to the running fleet registers with the
+// converging taint, which its agent removes at the target.
+func TestFleetPrestageJoinFailBoot(t *testing.T) {
+	cp := controlplane.StartTest(t, controlplane.Options{})
+	cs, err := kubernetes.NewForConfig(cp.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	f, err := sim.Start(ctx, sim.Options{
+		Config:      cp.Config(),
+		Pools:       map[string]int{"general": 2},
+		RebootDelay: 300 * time.Millisecond,
+		Log:         slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+	v1, v2 := f.Commits()[0], f.Commits()[1]
+	failing, prestaged := f.Nodes()[0], f.Nodes()[1]
+
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedNamespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(commit string, maxPods int) string {
+		t.Helper()
+		r, err := schema.Render(schema.NodeConfig{
+			OS:      schema.OSConfig{Ref: f.Ref(), Commit: commit, Remote: &schema.RemoteConfig{Name: f.Remote(), URL: f.RepoURL(), GPGVerify: true}},
+			Kubelet: &schema.Kubelet{MaxPods: &maxPods},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := schema.MarshalRendered(r)
+		_, err = cs.CoreV1().ConfigMaps(schema.RenderedNamespace).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedName(r.Hash())},
+			Data:       map[string]string{schema.RenderedDataKey: string(data)},
+		}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		return r.Hash()
+	}
+	annotate := func(name string, ann map[string]any) {
+		t.Helper()
+		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
+		if _, err := cs.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, body, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(name string) *corev1.Node {
+		t.Helper()
+		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// waitFor polls the node until cond holds, noting whether it was ever NotReady.
+	waitFor := func(name, what string, cond func(n *corev1.Node) bool) (sawNotReady bool) {
+		t.Helper()
+		var last *corev1.Node
+		if !poll(t, 60*time.Second, func() bool {
+			n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			last = n
+			if !ready(n) {
+				sawNotReady = true
+			}
+			return cond(n)
+		}) {
+			t.Fatalf("node %s: not %s: annotations %v, taints %v", name, what, last.Annotations, last.Spec.Taints)
+		}
+		return sawNotReady
+	}
+	atTarget := func(config, commit string) func(n *corev1.Node) bool {
+		return func(n *corev1.Node) bool {
+			a := n.Annotations
+			return ready(n) && a[schema.AnnotationState] == string(schema.StateIdle) &&
+				a[schema.AnnotationCurrentConfig] == config && a[schema.AnnotationOSBooted] == commit
+		}
+	}
+	converging := func(n *corev1.Node) bool {
+		for _, t := range n.Spec.Taints {
+			if t.Key == schema.TaintConverging && t.Effect == corev1.TaintEffectNoSchedule {
+				return true
+			}
+		}
+		return false
+	}
+
+	if err := f.FailBoot("v2", failing); err == nil {
+		t.Error("FailBoot accepted a commit that is no checksum")
+	}
+	if err := f.FailBoot(v2, "no-such-node"); err == nil {
+		t.Error("FailBoot accepted an unknown node")
+	}
+	if err := f.FailBoot(v2, failing); err != nil {
+		t.Fatal(err)
+	}
+
+	// Pre-stage v2 on one node: pulled, nothing else.
+	h1 := publish(v1, 110)
+	for _, name := range f.Nodes() {
+		annotate(name, map[string]any{schema.AnnotationDesiredConfig: h1, schema.AnnotationDesiredOS: v1})
+		waitFor(name, "at h1", atTarget(h1, v1))
+	}
+	annotate(prestaged, map[string]any{schema.AnnotationPrestageOS: v2})
+	waitFor(prestaged, "pre-staged", func(n *corev1.Node) bool { return n.Annotations[schema.AnnotationOSPulled] == v2 })
+	if c, _ := f.Counters(prestaged); c.Prestaged != 1 || c.Pulls != 1 || c.Deploys != 0 || c.Boots != 0 {
+		t.Errorf("counters after the pre-stage: %+v", c)
+	}
+	if a := get(prestaged).Annotations; a[schema.AnnotationState] != string(schema.StateIdle) || a[schema.AnnotationOSStaged] != "" {
+		t.Errorf("annotations after the pre-stage: %v", a)
+	}
+
+	// The rollout of v2 to both.
+	st, err := f.Sysroot(failing).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootedBefore, _ := st.Booted()
+	h2 := publish(v2, 110)
+	for _, name := range f.Nodes() {
+		annotate(name, map[string]any{schema.AnnotationDesiredConfig: h2, schema.AnnotationDesiredOS: v2})
+	}
+	sawNotReady := waitFor(failing, "Degraded after the boot", func(n *corev1.Node) bool {
+		return ready(n) && n.Annotations[schema.AnnotationState] == string(schema.StateDegraded)
+	})
+	if !sawNotReady {
+		t.Error("the failing node never went NotReady")
+	}
+	a := get(failing).Annotations
+	if !strings.Contains(a[schema.AnnotationMessage], "fell back to the previous deployment") || a[schema.AnnotationOSBooted] != v1 ||
+		a[schema.AnnotationOSStaged] != v2 {
+		t.Errorf("the failing node's annotations: %v", a)
+	}
+	waitFor(prestaged, "at h2", atTarget(h2, v2))
+	if c, _ := f.Counters(prestaged); c.Prestaged != 1 || c.Pulls != 1 || c.FastPaths != 0 || c.Deploys != 1 || c.Boots != 1 || c.BootFailures != 0 {
+		t.Errorf("counters of the pre-staged node after the rollout: %+v; want no pull but the pre-stage's", c)
+	}
+	st, err = f.Sysroot(failing).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := st.Booted(); b.ID() != bootedBefore.ID() {
+		t.Errorf("booted %s after the failed boot, want the previous deployment %s", b.ID(), bootedBefore.ID())
+	}
+	if c, _ := f.Counters(failing); c.Boots != 1 || c.BootFailures != 1 || c.Refusals != 1 || c.Pulls != 1 {
+		t.Errorf("counters of the failing node: %+v", c)
+	}
+
+	// A node joins: registered with the converging taint, which goes at the target.
+	added, err := f.AddNodes(ctx, "general", 1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(added) != 1 || added[0] != "general-2" || f.Pool(added[0]) != "general" || len(f.Nodes()) != 3 {
+		t.Fatalf("added %v; nodes %v", added, f.Nodes())
+	}
+	joined := get(added[0])
+	if !ready(joined) || !converging(joined) || joined.Annotations[schema.AnnotationState] != string(schema.StateIdle) ||
+		joined.Labels[sim.LabelPool] != "general" || joined.Labels[sim.LabelZone] != "c" {
+		t.Errorf("joined node: ready %v, taints %v, labels %v, annotations %v", ready(joined), joined.Spec.Taints, joined.Labels, joined.Annotations)
+	}
+	annotate(added[0], map[string]any{schema.AnnotationDesiredConfig: h2, schema.AnnotationDesiredOS: v2})
+	waitFor(added[0], "at h2 and untainted", func(n *corev1.Node) bool { return atTarget(h2, v2)(n) && !converging(n) })
+	if c, _ := f.Counters(added[0]); c.Untainted != 1 || c.Boots != 1 {
+		t.Errorf("counters of the joined node: %+v", c)
+	}
+
+	// Undo: the failing node goes back to h1, then boots v2 fine.
+	f.ClearFailBoot()
+	annotate(failing, map[string]any{schema.AnnotationDesiredConfig: h1, schema.AnnotationDesiredOS: v1})
+	waitFor(failing, "back at h1", func(n *corev1.Node) bool {
+		return atTarget(h1, v1)(n) && n.Annotations[schema.AnnotationOSStaged] == ""
+	})
+	annotate(failing, map[string]any{schema.AnnotationDesiredConfig: h2, schema.AnnotationDesiredOS: v2})
+	waitFor(failing, "at h2", atTarget(h2, v2))
+
+	tot := f.Total()
+	if tot.BootFailures != 1 || tot.Prestaged != 1 || tot.Untainted != 1 || tot.Boots != 4 {
+		t.Errorf("totals %+v", tot)
+	}
+}
