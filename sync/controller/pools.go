@@ -98,13 +98,14 @@ var nodeChanged = predicate.Funcs{
 }
 
 // specChanged passes NodePool events where someone changed the spec, so the
-// controller puts Git's back.
+// controller puts Git's back, or asked for a resume.
 var specChanged = predicate.Funcs{
 	CreateFunc:  func(event.CreateEvent) bool { return false },
 	DeleteFunc:  func(event.DeleteEvent) bool { return true },
 	GenericFunc: func(event.GenericEvent) bool { return false },
 	UpdateFunc: func(e event.UpdateEvent) bool {
-		return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration()
+		return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
+			e.ObjectOld.GetAnnotations()[nodepool.AnnotationResume] != e.ObjectNew.GetAnnotations()[nodepool.AnnotationResume]
 	},
 }
 

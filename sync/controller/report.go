@@ -83,12 +83,19 @@ func (r *Reconciler) advanceRollout(st *run, pp *planner.PoolPlan, np *nodepool.
 	}
 	resume := false
 	if asked != ro.ResumedBy {
-		// A new request lifts the halt in force; one made while nothing
-		// is halted is only recorded, and lifts nothing later.
-		resume = asked != "" && (prev.Halted != "" || prev.RollingBack)
+		// A new request lifts the halt in force and retries the failed
+		// nodes. The first one seen (a resume already in Git when the
+		// pool appears) is only recorded.
+		resume = asked != "" && ro.ResumedBy != ""
+		if prev.Halted != "" || prev.RollingBack {
+			resume = asked != ""
+		}
 		ro.ResumedBy = asked
 	}
 	next := planner.Next(prev, *pp, resume)
+	if next.Halted != prev.Halted || next.RollingBack != prev.RollingBack || len(next.Forgiven) != len(prev.Forgiven) {
+		st.requeue = true // the next plan differs: make it now
+	}
 	ro.Halted, ro.RollingBack, ro.Forgiven = next.Halted, next.RollingBack, next.Forgiven
 	if next.LastGood.Hash != "" {
 		np.Status.LastGood = &nodepool.PreviousTarget{Hash: next.LastGood.Hash, OSCommit: next.LastGood.OSCommit, Revision: st.rev.Commit}

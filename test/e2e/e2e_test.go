@@ -232,7 +232,10 @@ func watchBudget(t *testing.T, s *story.Story, pool string) *budgetWatch {
 					continue
 				}
 				b.mu.Lock()
-				b.unavailable[n.Name] = !cluster.IsReady(n) || n.Spec.Unschedulable || schema.NodeState(n.Annotations[schema.AnnotationState]).Busy()
+				// A joining node takes no work until it is at its target:
+				// it is outside the budget while it carries the taint.
+				b.unavailable[n.Name] = !cluster.HasTaint(n, schema.TaintConverging) &&
+					(!cluster.IsReady(n) || n.Spec.Unschedulable || schema.NodeState(n.Annotations[schema.AnnotationState]).Busy())
 				count := 0
 				for _, u := range b.unavailable {
 					if u {

@@ -67,6 +67,7 @@ type Story struct {
 	Token      string // the webhook's bearer token
 	Cluster    string // the controller's cluster name
 
+	opts       Options
 	daemon     *exec.Cmd
 	controller context.CancelFunc
 	ctrlDone   chan error
@@ -97,7 +98,7 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	s = &Story{Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig"), Work: filepath.Join(dir, "fleet"), Cluster: "demo"}
+	s = &Story{Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig"), Work: filepath.Join(dir, "fleet"), Cluster: "demo", opts: opts}
 	defer func() {
 		if err != nil {
 			_ = s.Stop()
@@ -144,11 +145,29 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 	}
 
 	step("herd controller, following %s", s.Remote)
-	if err := s.startController(opts); err != nil {
-		return s, err
-	}
+	s.StartController()
 	return s, nil
 }
+
+// StopController stops the controller at once, as a crash would: whatever
+// it was doing is cut short.
+func (s *Story) StopController() error {
+	if s.controller == nil {
+		return nil
+	}
+	s.controller()
+	s.controller = nil
+	select {
+	case err := <-s.ctrlDone:
+		return err
+	case <-time.After(30 * time.Second):
+		return errors.New("the controller did not stop within 30s")
+	}
+}
+
+// StartController starts a new controller: it knows nothing but what the
+// cluster and the Git remote hold.
+func (s *Story) StartController() { s.startController(s.opts) }
 
 // makeFleetRepo writes the example fleet with the simulator's OS commits and
 // repository, commits it into git/fleet.git, and installs a push hook that
@@ -223,7 +242,7 @@ func (s *Story) startGitDaemon(ctx context.Context) error {
 	})
 }
 
-func (s *Story) startController(opts Options) error {
+func (s *Story) startController(opts Options) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.controller, s.ctrlDone = cancel, make(chan error, 1)
 	log := logr.Discard()
@@ -243,7 +262,6 @@ func (s *Story) startController(opts Options) error {
 		Log:            log,
 	}
 	go func() { s.ctrlDone <- controller.Run(ctx, cfg) }()
-	return nil
 }
 
 // WaitUpToDate waits until every pool's NodePool reports UpToDate at the
@@ -281,13 +299,8 @@ func (s *Story) Git(args ...string) (string, error) { return git(s.Work, args...
 // Stop stops everything the story started.
 func (s *Story) Stop() error {
 	var errs []error
-	if s.controller != nil {
-		s.controller()
-		select {
-		case <-s.ctrlDone:
-		case <-time.After(30 * time.Second):
-			errs = append(errs, errors.New("the controller did not stop within 30s"))
-		}
+	if err := s.StopController(); err != nil && !errors.Is(err, context.Canceled) {
+		errs = append(errs, err)
 	}
 	if s.daemon != nil && s.daemon.Process != nil {
 		_ = syscall.Kill(-s.daemon.Process.Pid, syscall.SIGKILL)

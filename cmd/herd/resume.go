@@ -1,0 +1,56 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"herd.dev/herd/sync/controller"
+	"herd.dev/herd/sync/nodepool"
+)
+
+func newResumeCmd() *cobra.Command {
+	var kubeconfig string
+	cmd := &cobra.Command{
+		Use:   "resume POOL",
+		Short: "Lift a pool's halt (or stop its rollback) and retry its failed nodes",
+		Long: `Resume asks the controller to lift the halt of POOL, or to stop its
+rollback, and to try its failed nodes again; their failures so far no
+longer count against rollout.maxFailures. It sets the herd.dev/resume
+annotation on the NodePool. In Git, a new value of rollout.resume does
+the same.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rc, err := restConfig(kubeconfig)
+			if err != nil {
+				return failure(err)
+			}
+			c, err := client.New(rc, client.Options{Scheme: controller.Scheme()})
+			if err != nil {
+				return failure(err)
+			}
+			var np nodepool.NodePool
+			if err := c.Get(cmd.Context(), client.ObjectKey{Name: args[0]}, &np); err != nil {
+				return failure(fmt.Errorf("pool %s: %w", args[0], err))
+			}
+			patch := client.MergeFrom(np.DeepCopy())
+			if np.Annotations == nil {
+				np.Annotations = map[string]string{}
+			}
+			np.Annotations[nodepool.AnnotationResume] = time.Now().UTC().Format(time.RFC3339Nano)
+			if err := c.Patch(cmd.Context(), &np, patch); err != nil {
+				return failure(err)
+			}
+			if np.Status.Rollout.Halted == "" && !np.Status.Rollout.RollingBack {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s is not halted; its failed nodes, if any, will be tried again\n", args[0])
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "asked the controller to resume %s (halted: %s)\n", args[0], np.Status.Rollout.Halted)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+	return cmd
+}
