@@ -219,7 +219,7 @@ func TestControlPlane(t *testing.T) {
 		}
 		kubectl := cp.KubectlPath()
 		if _, err := os.Stat(kubectl); err != nil {
-			t.Skipf("no kubectl: %v", err)
+			t.Fatalf("no kubectl beside the control plane (test/k8s/build.sh builds it): %v", err)
 		}
 		cmd := exec.CommandContext(t.Context(), kubectl, "--kubeconfig", cp.KubeconfigPath(), "get", "namespace", "default", "-o", "name")
 		cmd.Env = append(os.Environ(), "KUBECONFIG=")

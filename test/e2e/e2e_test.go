@@ -86,11 +86,17 @@ func TestUserStory(t *testing.T) {
 		t.Errorf("at most %d general nodes were unavailable at once; maxUnavailable is 1 (and the rollout needs 1)", got)
 	}
 	after := counters(s.Fleet, general)
+	prestaged := 0
 	for _, n := range general {
 		d := after[n].diff(before[n])
 		if d.Pulls != 1 || d.Reboots != 1 || booted(t, s.Fleet, n) != v2 {
 			t.Errorf("%s: %d pulls, %d reboots, booted %s; want 1, 1, %s", n, d.Pulls, d.Reboots, short(booted(t, s.Fleet, n)), short(v2))
 		}
+		prestaged += d.Prestaged
+	}
+	// Nodes of later batches pulled the commit ahead (rollout.prestage).
+	if prestaged == 0 {
+		t.Errorf("no general node pre-staged the new OS ahead of its batch")
 	}
 
 	// 2. Status commits on herd/status name the spec commit.
@@ -171,17 +177,17 @@ func nodesOf(f *sim.Fleet, pool string) []string {
 	return out
 }
 
-type count struct{ Pulls, FastPaths, Reboots, Sysctls int }
+type count struct{ Pulls, FastPaths, Reboots, Sysctls, Prestaged int }
 
 func (c count) diff(d count) count {
-	return count{c.Pulls - d.Pulls, c.FastPaths - d.FastPaths, c.Reboots - d.Reboots, c.Sysctls - d.Sysctls}
+	return count{c.Pulls - d.Pulls, c.FastPaths - d.FastPaths, c.Reboots - d.Reboots, c.Sysctls - d.Sysctls, c.Prestaged - d.Prestaged}
 }
 
 func counters(f *sim.Fleet, nodes []string) map[string]count {
 	out := map[string]count{}
 	for _, n := range nodes {
 		c, _ := f.Counters(n)
-		out[n] = count{c.Pulls, c.FastPaths, c.Reboots, c.Sysctls}
+		out[n] = count{c.Pulls, c.FastPaths, c.Reboots, c.Sysctls, c.Prestaged}
 	}
 	return out
 }
