@@ -3,10 +3,8 @@ package node_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,10 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"herd.dev/herd/node"
-	"herd.dev/herd/node/systemd"
 	"herd.dev/herd/os/ostree"
 	"herd.dev/herd/os/ostree/osfixture"
 	"herd.dev/herd/schema"
@@ -119,52 +115,16 @@ func BenchmarkStageOS(b *testing.B) {
 	}
 }
 
-// Environment of the agent child process BenchmarkAgentIdle starts.
-const (
-	childKubeconfig = "HERD_NODE_TEST_KUBECONFIG"
-	childNode       = "HERD_NODE_TEST_NODE"
-	childRoot       = "HERD_NODE_TEST_ROOT"
-	childSysroot    = "HERD_NODE_TEST_SYSROOT"
-)
-
-// agentChild runs one agent as `herd agent` would (its own Node watch,
-// systemd services and logind reboots, which an idle agent never calls),
-// until SIGTERM.
-func agentChild() int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	cfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv(childKubeconfig))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+// buildHerd builds the herd binary as make build does (static).
+func buildHerd(tb testing.TB) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "herd")
+	build := exec.Command("go", "build", "-o", bin, "herd.dev/herd/cmd/herd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		tb.Fatalf("build herd: %v\n%s", err, out)
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	units := &systemd.Units{}
-	defer units.Close()
-	root := os.Getenv(childRoot)
-	a, err := node.New(node.Options{
-		NodeName: os.Getenv(childNode),
-		Client:   cs,
-		Sysroot:  &ostree.Sysroot{Path: os.Getenv(childSysroot), OSName: osfixture.DefaultOSName, Env: osfixture.Env},
-		Root:     root,
-		StateDir: filepath.Join(root, "var/lib/herd"),
-		Services: units,
-		Rebooter: systemd.Logind{},
-		Log:      slog.New(slog.NewTextHandler(os.Stderr, nil)),
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := a.Run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
+	return bin
 }
 
 // procStatus reads a field of /proc/<pid>/status in MiB.
@@ -197,8 +157,8 @@ func cpuTicks(tb testing.TB, pid int) int64 {
 	return u + s
 }
 
-// BenchmarkAgentIdle runs one agent in its own process (this test binary,
-// re-executed), lets it apply a config and reach Idle, then measures its
+// BenchmarkAgentIdle runs one `herd agent` (the real binary, built as make
+// build builds it), lets it apply a config and reach Idle, then measures its
 // RSS and the CPU it uses while idle for HERD_AGENT_IDLE (default 30s):
 //
 //	go test -run '^$' -bench AgentIdle -benchtime 1x ./node/
@@ -212,6 +172,7 @@ func BenchmarkAgentIdle(b *testing.B) {
 		idle = d
 	}
 	c := cluster(b)
+	herd := buildHerd(b)
 	for b.Loop() {
 		repo, err := osfixture.NewRepo(b.Context(), shmDir(b), osfixture.Options{Versions: 1})
 		if err != nil {
@@ -235,9 +196,10 @@ func BenchmarkAgentIdle(b *testing.B) {
 			sysctl: map[string]string{"vm.max_map_count": "262144"}}))
 		setAnnotations(b, cs, name, map[string]any{schema.AnnotationDesiredConfig: h, schema.AnnotationDesiredOS: repo.Commits[0]})
 
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"=1", childKubeconfig+"="+c.KubeconfigPath(),
-			childNode+"="+name, childRoot+"="+root, childSysroot+"="+s.Path)
+		cmd := exec.Command(herd, "agent", "--kubeconfig", c.KubeconfigPath(), "--node", name,
+			"--root", root, "--sysroot", s.Path, "--osname", osfixture.DefaultOSName,
+			"--state-dir", filepath.Join(root, "var/lib/herd"))
+		cmd.Env = append(os.Environ(), osfixture.Env...)
 		var logs strings.Builder
 		cmd.Stderr = &logs
 		if err := cmd.Start(); err != nil {

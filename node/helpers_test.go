@@ -42,9 +42,6 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "FAIL: node tests need root: ostree admin deploy refuses to run otherwise")
 		os.Exit(1)
 	}
-	if os.Getenv(childEnv) != "" {
-		os.Exit(agentChild())
-	}
 	code := m.Run()
 	if cp != nil {
 		if err := cp.Stop(); err != nil {
@@ -510,7 +507,3 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
-
-// childEnv, when set, makes the test binary run one agent instead of the
-// tests (see BenchmarkAgentIdle).
-const childEnv = "HERD_NODE_TEST_AGENT_CHILD"

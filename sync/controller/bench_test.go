@@ -41,7 +41,9 @@ func BenchmarkController1000Nodes(b *testing.B) {
 	defer stopBeats()
 
 	herdBin := filepath.Join(b.TempDir(), "herd")
-	if out, err := exec.Command("go", "build", "-o", herdBin, "herd.dev/herd/cmd/herd").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-o", herdBin, "herd.dev/herd/cmd/herd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
+	if out, err := build.CombinedOutput(); err != nil {
 		b.Fatalf("build herd: %v\n%s", err, out)
 	}
 	hook := freeAddr(b)

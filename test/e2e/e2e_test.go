@@ -160,7 +160,9 @@ func TestUserStory(t *testing.T) {
 func buildHerd(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "herd")
-	out, err := exec.Command("go", "build", "-o", bin, "herd.dev/herd/cmd/herd").CombinedOutput()
+	build := exec.Command("go", "build", "-o", bin, "herd.dev/herd/cmd/herd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
+	out, err := build.CombinedOutput()
 	if err != nil {
 		t.Fatalf("build herd: %v\n%s", err, out)
 	}
