@@ -38,17 +38,9 @@ func (s *Source) checkHead(ctx context.Context) (plumbing.Hash, *session, error)
 	s.status.LastFetchTime = time.Now()
 	s.mu.Unlock()
 
-	ep, err := transport.NewEndpoint(s.opts.URL)
+	sess, err := s.uploadPack(ctx)
 	if err != nil {
-		return plumbing.ZeroHash, nil, fmt.Errorf("parse URL: %w", err)
-	}
-	cli, err := client.NewClient(ep)
-	if err != nil {
-		return plumbing.ZeroHash, nil, fmt.Errorf("transport: %w", err)
-	}
-	sess, err := cli.NewUploadPackSession(ep, s.auth)
-	if err != nil {
-		return plumbing.ZeroHash, nil, fmt.Errorf("connect: %w", err)
+		return plumbing.ZeroHash, nil, err
 	}
 	adv, err := sess.AdvertisedReferencesContext(ctx)
 	if err != nil {
@@ -71,6 +63,32 @@ func (s *Source) checkHead(ctx context.Context) (plumbing.Hash, *session, error)
 		return plumbing.ZeroHash, nil, fmt.Errorf("branch %q not found on the remote", s.opts.Branch)
 	}
 	return ref.Hash(), &session{UploadPackSession: sess, adv: adv}, nil
+}
+
+// uploadPack starts an upload-pack session with the remote: on the kept
+// SSH connection for ssh:// with a key, through go-git's transports
+// otherwise.
+func (s *Source) uploadPack(ctx context.Context) (transport.UploadPackSession, error) {
+	ep, err := transport.NewEndpoint(s.opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("parse URL: %w", err)
+	}
+	if s.ssh != nil {
+		sess, err := s.ssh.uploadPack(ctx, ep.Path)
+		if err != nil {
+			return nil, fmt.Errorf("connect: %w", err)
+		}
+		return sess, nil
+	}
+	cli, err := client.NewClient(ep)
+	if err != nil {
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	sess, err := cli.NewUploadPackSession(ep, s.auth)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return sess, nil
 }
 
 // fetch brings head into the cache over sess (incrementally: the cache's

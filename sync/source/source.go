@@ -36,6 +36,7 @@ type Source struct {
 	opts     Options
 	log      *slog.Logger
 	auth     transport.AuthMethod
+	ssh      *sshConn // kept open between checks; nil unless ssh:// with a key
 	verifier *gitutil.Verifier
 	repoPtr  atomic.Pointer[git.Repository] // replaced after a repack
 	fetchRef plumbing.ReferenceName
@@ -88,6 +89,11 @@ func New(opts Options) (*Source, error) {
 	if s.auth, err = opts.Auth.Method(opts.URL); err != nil {
 		return nil, fmt.Errorf("source: auth for %s: %w", opts.URL, err)
 	}
+	if ep, err := transport.NewEndpoint(opts.URL); err == nil {
+		if s.ssh, err = newSSHConn(ep, s.auth); err != nil {
+			return nil, fmt.Errorf("source: %s: %w", opts.URL, err)
+		}
+	}
 	if opts.Verify != nil {
 		if s.verifier, err = gitutil.LoadVerifier(opts.Verify.PGPKeyRings, opts.Verify.AllowedSigners); err != nil {
 			return nil, fmt.Errorf("source: %w", err)
@@ -138,6 +144,9 @@ func (s *Source) repo() *git.Repository { return s.repoPtr.Load() }
 // Run checks the remote now, then every Interval (jittered) and on each
 // Trigger, until ctx is cancelled. It returns nil on cancellation.
 func (s *Source) Run(ctx context.Context) error {
+	if s.ssh != nil {
+		defer s.ssh.close()
+	}
 	for {
 		s.Reconcile(ctx)
 		timer := time.NewTimer(s.nextWait())

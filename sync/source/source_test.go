@@ -440,6 +440,54 @@ func TestSSH(t *testing.T) {
 	}
 }
 
+// TestSSHKeepsConnection checks that checks over ssh:// share one
+// connection, and that a connection that broke is replaced at the next
+// check without losing it.
+func TestSSHKeepsConnection(t *testing.T) {
+	f := newFixture(t)
+	head := f.push("first", "pool: general: nodes: 1\n")
+	sshd := gitserver.StartSSHD(t, f.root)
+	auth := gitutil.Auth{SSHPrivateKeyFile: sshd.ClientKey.PrivatePath, KnownHostsFile: sshd.KnownHostsFile}
+	s := f.start(Options{URL: sshd.URL("fleet.git"), Auth: auth})
+	waitUpdate(t, s, head)
+	dials := func() int {
+		s.ssh.mu.Lock()
+		defer s.ssh.mu.Unlock()
+		return s.ssh.dials
+	}
+	for i := 2; i <= 4; i++ {
+		head = f.push(fmt.Sprintf("c%d", i), fmt.Sprintf("pool: general: nodes: %d\n", i))
+		s.Trigger()
+		waitUpdate(t, s, head)
+		s.MarkApplied(head)
+	}
+	// A check with nothing new uses the connection too; the next update
+	// arrives after it (checks run one at a time).
+	checks := s.Status().Checks
+	s.Trigger()
+	waitStatus(t, s, "a check", func(st Status) bool { return st.Checks > checks })
+	head = f.push("c5", "pool: general: nodes: 5\n")
+	s.Trigger()
+	waitUpdate(t, s, head)
+	if n := dials(); n != 1 {
+		t.Fatalf("%d SSH connections for 6 checks, want 1", n)
+	}
+
+	// The connection drops (as a NAT or a server restart drops it).
+	s.ssh.mu.Lock()
+	_ = s.ssh.conn.Close()
+	s.ssh.mu.Unlock()
+	head = f.push("after the drop", "pool: general: nodes: 9\n")
+	s.Trigger()
+	waitUpdate(t, s, head)
+	if n := dials(); n != 2 {
+		t.Fatalf("%d SSH connections after one drop, want 2", n)
+	}
+	if st := s.Status(); st.Reason == SourceUnavailable {
+		t.Fatalf("source unavailable after a dropped connection: %s", st.Message)
+	}
+}
+
 func TestRepackKeepsHistory(t *testing.T) {
 	old := repackThreshold
 	repackThreshold = 3
