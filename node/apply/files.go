@@ -93,17 +93,8 @@ type backupEntry struct {
 // Manifest reads the manifest of the last Apply; empty when there was none.
 func (f *Files) Manifest() (Manifest, error) {
 	var m Manifest
-	data, err := os.ReadFile(f.manifestPath())
-	if errors.Is(err, os.ErrNotExist) {
-		return m, nil
-	}
-	if err != nil {
-		return m, fmt.Errorf("read manifest: %w", err)
-	}
-	if err := json.Unmarshal(data, &m); err != nil {
-		return m, fmt.Errorf("read manifest %s: %w", f.manifestPath(), err)
-	}
-	return m, nil
+	err := readJSON(f.manifestPath(), "manifest", &m)
+	return m, err
 }
 
 // CheckPath reports whether a rendered file may be written at p: one of the
@@ -311,17 +302,8 @@ func (f *Files) saveBackups(root *os.Root, hash string, m Manifest, changes []Ch
 
 func (f *Files) readBackup() (backup, error) {
 	var b backup
-	data, err := os.ReadFile(f.backupIndex())
-	if errors.Is(err, os.ErrNotExist) {
-		return b, nil
-	}
-	if err != nil {
-		return b, fmt.Errorf("read previous versions: %w", err)
-	}
-	if err := json.Unmarshal(data, &b); err != nil {
-		return b, fmt.Errorf("read previous versions %s: %w", f.backupIndex(), err)
-	}
-	return b, nil
+	err := readJSON(f.backupIndex(), "previous versions", &b)
+	return b, err
 }
 
 // Previous returns the hash of the render the kept copies belong to (the
@@ -546,6 +528,22 @@ func writeFileSynced(p string, data []byte, mode fs.FileMode) error {
 
 // WriteState writes v as JSON to the state file p atomically.
 func WriteState(p string, v any) error { return writeJSON(p, v) }
+
+// readJSON decodes the JSON file p into v; a missing file leaves v as it
+// is. what names the file in errors.
+func readJSON(p, what string, v any) error {
+	data, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", what, err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("read %s %s: %w", what, p, err)
+	}
+	return nil
+}
 
 func writeJSON(p string, v any) error {
 	data, err := json.MarshalIndent(v, "", "  ")
