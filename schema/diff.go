@@ -100,13 +100,20 @@ func flattenValue(out map[string]string, path string, v any) {
 }
 
 func joinPath(path, key string) string {
-	if !isIdent(key) {
-		key = strconv.Quote(key)
-	}
+	key = PathLabel(key)
 	if path == "" {
 		return key
 	}
 	return path + "." + key
+}
+
+// PathLabel writes one label of a config path as CUE does: an identifier
+// as is, anything else quoted.
+func PathLabel(s string) string {
+	if isIdent(s) {
+		return s
+	}
+	return strconv.Quote(s)
 }
 
 func isIdent(s string) bool {

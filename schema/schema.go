@@ -1,10 +1,12 @@
+// Package schema is Herd's API in plain Go: the node-pool types a fleet repo
+// declares, their render into node config and its hash, the annotations and
+// disruption classes controller and agent share. It links no CUE and no CEL:
+// the node agent imports it (schema/loader evaluates CUE).
 package schema
 
 import (
 	"embed"
 	"io/fs"
-	"path"
-	"slices"
 )
 
 // ImportPath is the CUE import path of the schema package.
@@ -27,15 +29,3 @@ func Files() map[string][]byte {
 	}
 	return out
 }
-
-// fileNames returns the schema's file names, sorted.
-func fileNames() []string {
-	var names []string
-	for name := range Files() {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
-}
-
-func vendorPath(name string) string { return path.Join(VendorDir, name) }

@@ -1,7 +1,6 @@
 package schema
 
 import (
-	"strings"
 	"testing"
 	"time"
 )
@@ -37,41 +36,5 @@ func TestWindows(t *testing.T) {
 	}
 	if !(Windows{}).Open(at("2026-11-28T12:00:00Z")) {
 		t.Error("no windows means always open")
-	}
-}
-
-func TestRolloutPolicyChecks(t *testing.T) {
-	files := exampleFiles(t)
-	files["pools/batch.cue"] = []byte(strings.Replace(string(files["pools/batch.cue"]), `maxFailures:    2`, `maxFailures: 2
-		windows: [{start: "22:00", end: "22:00"}, {start: "01:00", end: "05:00", timeZone: "Mars/Olympus"}]
-		healthChecks: cel: "conditions.Ready.status"`, 1))
-	_, err := Load(files)
-	got := strings.Join(diagStrings(err), "\n")
-	for _, want := range []string{
-		"pools.batch.rollout.healthChecks.cel: the CEL expression is a string, not a bool",
-		"pools.batch.rollout.windows.0: window 22:00-22:00 is empty",
-		`pools.batch.rollout.windows.1: unknown time zone "Mars/Olympus"`,
-	} {
-		if !strings.Contains(got, want) {
-			t.Errorf("diagnostics lack %q:\n%s", want, got)
-		}
-	}
-}
-
-func TestCELCheck(t *testing.T) {
-	c, err := CompileCEL(`conditions.Ready.status == "True" && conditions.MemoryPressure.status != "True" && labels["herd.dev/pool"] == "general"`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ok, err := c.Eval(map[string]map[string]string{"Ready": {"status": "True"}, "MemoryPressure": {"status": "False"}}, map[string]string{"herd.dev/pool": "general"})
-	if !ok || err != nil {
-		t.Errorf("healthy node: %v, %v", ok, err)
-	}
-	ok, _ = c.Eval(map[string]map[string]string{"Ready": {"status": "True"}, "MemoryPressure": {"status": "True"}}, map[string]string{"herd.dev/pool": "general"})
-	if ok {
-		t.Error("memory pressure passes the check")
-	}
-	if ok, err := c.Eval(map[string]map[string]string{"Ready": {"status": "True"}}, nil); ok || err == nil {
-		t.Errorf("a missing condition: %v, %v; want a failed check with an error", ok, err)
 	}
 }

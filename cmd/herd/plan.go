@@ -7,11 +7,12 @@ import (
 	"os"
 	"strings"
 
+	"herd.dev/herd/schema/loader"
+
 	"github.com/spf13/cobra"
 
 	"herd.dev/herd/planner"
 	"herd.dev/herd/planner/report"
-	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/revisions"
 )
@@ -68,9 +69,9 @@ func runPlan(stdout, stderr io.Writer, stdin io.Reader, args []string, nodesFile
 	if err != nil {
 		return err
 	}
-	res, err := schema.LoadDir(dir)
+	res, err := loader.LoadDir(dir)
 	if err != nil {
-		var diags schema.Diagnostics
+		var diags loader.Diagnostics
 		if errors.As(err, &diags) {
 			for _, d := range diags {
 				fmt.Fprintln(stderr, d)
@@ -112,7 +113,7 @@ func validFormat(f string) bool {
 }
 
 // planInput builds the planner's input from an evaluated fleet and a node list.
-func planInput(res *schema.Result, stdin io.Reader, nodesFile string) (planner.Input, error) {
+func planInput(res *loader.Result, stdin io.Reader, nodesFile string) (planner.Input, error) {
 	var r io.Reader = stdin
 	if nodesFile != "-" {
 		f, err := os.Open(nodesFile)

@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/spf13/cobra"
+	"herd.dev/herd/schema/loader"
 
-	"herd.dev/herd/schema"
+	"github.com/spf13/cobra"
 )
 
 func newRollbackCmd() *cobra.Command {
@@ -58,7 +58,7 @@ an earlier one, and nodes take the OSTree rollback fast path.`,
 				_, _ = git("revert", "--abort")
 				return failure(fmt.Errorf("cannot revert %s cleanly; nothing changed: %w", commit[:8], err))
 			}
-			if _, err := schema.LoadDir(filepath.Join(dir, path)); err != nil {
+			if _, err := loader.LoadDir(filepath.Join(dir, path)); err != nil {
 				_, _ = git("revert", "--abort")
 				return failure(fmt.Errorf("reverting %s leaves an invalid fleet; nothing changed:\n%w", commit[:8], err))
 			}

@@ -7,9 +7,9 @@ import (
 	"io"
 	"os"
 
-	"github.com/spf13/cobra"
+	"herd.dev/herd/schema/loader"
 
-	"herd.dev/herd/schema"
+	"github.com/spf13/cobra"
 )
 
 func newValidateCmd() *cobra.Command {
@@ -32,7 +32,7 @@ to DIR. Exit status: 0 valid, 1 invalid, 2 usage error.`,
 			if err != nil {
 				return err
 			}
-			res, err := schema.LoadDir(dir)
+			res, err := loader.LoadDir(dir)
 			return reportValidation(cmd.OutOrStdout(), cmd.ErrOrStderr(), output, res, err)
 		},
 	}
@@ -59,18 +59,18 @@ func fleetDir(args []string) (string, error) {
 type validation struct {
 	Valid    bool               `json:"valid"`
 	Pools    []string           `json:"pools"`
-	Errors   schema.Diagnostics `json:"errors"`
-	Warnings schema.Diagnostics `json:"warnings"`
+	Errors   loader.Diagnostics `json:"errors"`
+	Warnings loader.Diagnostics `json:"warnings"`
 }
 
-func reportValidation(stdout, stderr io.Writer, output string, res *schema.Result, err error) error {
-	v := validation{Valid: err == nil, Pools: []string{}, Errors: schema.Diagnostics{}, Warnings: schema.Diagnostics{}}
-	var diags schema.Diagnostics
+func reportValidation(stdout, stderr io.Writer, output string, res *loader.Result, err error) error {
+	v := validation{Valid: err == nil, Pools: []string{}, Errors: loader.Diagnostics{}, Warnings: loader.Diagnostics{}}
+	var diags loader.Diagnostics
 	switch {
 	case errors.As(err, &diags):
 		v.Errors = diags
 	case err != nil:
-		v.Errors = schema.Diagnostics{{Message: err.Error()}}
+		v.Errors = loader.Diagnostics{{Message: err.Error()}}
 	default:
 		v.Pools = res.PoolNames()
 		v.Warnings = res.Warnings

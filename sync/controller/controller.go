@@ -23,6 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"herd.dev/herd/schema/loader"
+
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -87,7 +89,7 @@ type Reconciler struct {
 	log    logr.Logger
 
 	mu       sync.Mutex
-	loaded   map[string]*schema.Result // evaluated fleets by commit
+	loaded   map[string]*loader.Result // evaluated fleets by commit
 	stored   map[string]bool           // rendered ConfigMaps known to exist
 	seenRevs map[string]time.Time      // when each revision was first seen
 }
@@ -110,7 +112,7 @@ func New(mgr ctrl.Manager, opts Options) *Reconciler {
 		nodes:    &cluster.Nodes{Client: mgr.GetClient(), Pods: mgr.GetAPIReader()},
 		health:   newHealth(),
 		log:      mgr.GetLogger().WithName("herd"),
-		loaded:   map[string]*schema.Result{},
+		loaded:   map[string]*loader.Result{},
 		stored:   map[string]bool{},
 		seenRevs: map[string]time.Time{},
 	}
@@ -153,7 +155,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, updates <-chan source.Re
 type run struct {
 	now       time.Time
 	rev       source.Revision
-	fleet     *schema.Result
+	fleet     *loader.Result
 	pools     []planner.Pool
 	nodes     []corev1.Node
 	byName    map[string]*corev1.Node
@@ -222,11 +224,11 @@ func (r *Reconciler) validate(_ context.Context, st *run) error {
 	r.mu.Unlock()
 	if !ok {
 		var err error
-		if res, err = schema.LoadDir(st.rev.Dir); err != nil {
+		if res, err = loader.LoadDir(st.rev.Dir); err != nil {
 			return fmt.Errorf("evaluate fleet at %s: %w", short(st.rev.Commit), err)
 		}
 		r.mu.Lock()
-		r.loaded = map[string]*schema.Result{st.rev.Commit: res} // keep only the current one
+		r.loaded = map[string]*loader.Result{st.rev.Commit: res} // keep only the current one
 		r.mu.Unlock()
 	}
 	st.fleet = res

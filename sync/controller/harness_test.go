@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"herd.dev/herd/schema/loader"
+
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
@@ -86,7 +88,7 @@ func (e *env) push(msg string) string {
 func (e *env) edit(file, old, new string) { fleettest.Edit(e.t, e.work, file, old, new) }
 
 // fleet evaluates the working clone.
-func (e *env) fleet() *schema.Result { return fleettest.Load(e.t, e.work) }
+func (e *env) fleet() *loader.Result { return fleettest.Load(e.t, e.work) }
 
 // addNodes creates Ready nodes of a pool, at the pool's current target.
 func (e *env) addNodes(pool string, n int) []string {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"herd.dev/herd/schema/healthcheck"
+
 	corev1 "k8s.io/api/core/v1"
 
 	"herd.dev/herd/schema"
@@ -18,12 +20,12 @@ import (
 // health evaluates pools' health checks for nodes in their soak.
 type health struct {
 	mu   sync.Mutex
-	cel  map[string]*schema.CELCheck // by expression
+	cel  map[string]*healthcheck.CELCheck // by expression
 	http *http.Client
 }
 
 func newHealth() *health {
-	return &health{cel: map[string]*schema.CELCheck{}, http: &http.Client{Timeout: 5 * time.Second}}
+	return &health{cel: map[string]*healthcheck.CELCheck{}, http: &http.Client{Timeout: 5 * time.Second}}
 }
 
 // check says why the node fails its pool's health checks, or "".
@@ -56,13 +58,13 @@ func (h *health) check(ctx context.Context, hc *schema.HealthCheck, node *corev1
 	return ""
 }
 
-func (h *health) compiled(expr string) (*schema.CELCheck, error) {
+func (h *health) compiled(expr string) (*healthcheck.CELCheck, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if c, ok := h.cel[expr]; ok {
 		return c, nil
 	}
-	c, err := schema.CompileCEL(expr)
+	c, err := healthcheck.CompileCEL(expr)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"herd.dev/herd/schema/loader"
+
 	"github.com/fluxcd/pkg/runtime/events"
 	"github.com/fluxcd/pkg/runtime/leaderelection"
 	fluxmetrics "github.com/fluxcd/pkg/runtime/metrics"
@@ -236,7 +238,7 @@ func appliedRevision(ctx context.Context, c client.Reader) (string, error) {
 
 // validateFleet is the source's validation hook: `herd validate`.
 func validateFleet(_ context.Context, dir string) error {
-	_, err := schema.LoadDir(dir)
+	_, err := loader.LoadDir(dir)
 	return err
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"herd.dev/herd/schema/loader"
+
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
 
@@ -128,7 +130,7 @@ func specEntries(revs []revisions.Revision, opts Options) []Entry {
 			out = append(out, e)
 			continue
 		}
-		var prev *schema.Result
+		var prev *loader.Result
 		if i+1 < len(revs) {
 			prev = revs[i+1].Result
 		}
@@ -418,9 +420,9 @@ func shorten(v string) string {
 	return v
 }
 
-func poolNames(a, b *schema.Result) []string {
+func poolNames(a, b *loader.Result) []string {
 	names := map[string]bool{}
-	for _, r := range []*schema.Result{a, b} {
+	for _, r := range []*loader.Result{a, b} {
 		if r != nil {
 			for n := range r.Fleet.Pools {
 				names[n] = true

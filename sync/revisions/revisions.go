@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"herd.dev/herd/schema/loader"
+
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
@@ -20,7 +22,7 @@ import (
 // Revision is the fleet as one commit had it.
 type Revision struct {
 	Commit  *object.Commit
-	Result  *schema.Result // nil when the fleet did not evaluate at this commit
+	Result  *loader.Result // nil when the fleet did not evaluate at this commit
 	Invalid error          // why it did not
 }
 
@@ -93,7 +95,7 @@ func (r *Repo) Walk(limit int, fn func(Revision) bool) (truncated bool, err erro
 			rev := Revision{Commit: c}
 			files, err := ReadTree(tree)
 			if err == nil {
-				rev.Result, err = schema.Load(files)
+				rev.Result, err = loader.Load(files)
 			}
 			rev.Invalid = err
 			if !fn(rev) {
@@ -132,7 +134,7 @@ func (r *Repo) fleetTree(c *object.Commit) (*object.Tree, error) {
 	return sub, nil
 }
 
-// ReadTree reads the fleet files schema.Load needs from a Git tree.
+// ReadTree reads the fleet files loader.Load needs from a Git tree.
 func ReadTree(tree *object.Tree) (map[string][]byte, error) {
 	files := map[string][]byte{}
 	var total int64
@@ -140,11 +142,11 @@ func ReadTree(tree *object.Tree) (map[string][]byte, error) {
 		if !strings.HasSuffix(f.Name, ".cue") || hidden(f.Name) || !f.Mode.IsFile() {
 			return nil
 		}
-		if f.Size > schema.MaxFileSize {
-			return fmt.Errorf("%s is %d bytes; the limit is %d", f.Name, f.Size, schema.MaxFileSize)
+		if f.Size > loader.MaxFileSize {
+			return fmt.Errorf("%s is %d bytes; the limit is %d", f.Name, f.Size, loader.MaxFileSize)
 		}
-		if total += f.Size; total > schema.MaxTotalSize {
-			return fmt.Errorf("fleet holds more than %d bytes of CUE", schema.MaxTotalSize)
+		if total += f.Size; total > loader.MaxTotalSize {
+			return fmt.Errorf("fleet holds more than %d bytes of CUE", loader.MaxTotalSize)
 		}
 		rd, err := f.Reader()
 		if err != nil {

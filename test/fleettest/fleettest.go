@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"herd.dev/herd/schema/loader"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -120,9 +122,9 @@ func Edit(t testing.TB, dir, name, old, new string) {
 }
 
 // Load evaluates the fleet at dir.
-func Load(t testing.TB, dir string) *schema.Result {
+func Load(t testing.TB, dir string) *loader.Result {
 	t.Helper()
-	res, err := schema.LoadDir(dir)
+	res, err := loader.LoadDir(dir)
 	if err != nil {
 		t.Fatalf("load fleet %s: %v", dir, err)
 	}
@@ -138,7 +140,7 @@ type Node struct {
 }
 
 // AtTarget returns annotations saying a node runs the given pool's render.
-func AtTarget(res *schema.Result, pool string) map[string]string {
+func AtTarget(res *loader.Result, pool string) map[string]string {
 	return map[string]string{
 		schema.AnnotationCurrentConfig: res.Hash(pool),
 		schema.AnnotationOSBooted:      res.Fleet.Pools[pool].OS.Commit,

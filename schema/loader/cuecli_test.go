@@ -1,4 +1,4 @@
-package schema
+package loader
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 // rather than skips without it.
 func cueCLI(t *testing.T) string {
 	t.Helper()
-	candidates := []string{os.Getenv("HERD_CUE"), "../.cache/bin/cue"}
+	candidates := []string{os.Getenv("HERD_CUE"), "../../.cache/bin/cue"}
 	if p, err := exec.LookPath("cue"); err == nil {
 		candidates = append(candidates, p)
 	}

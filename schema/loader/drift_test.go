@@ -1,10 +1,12 @@
-package schema
+package loader
 
 import (
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	"herd.dev/herd/schema"
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/cuecontext"
@@ -18,10 +20,10 @@ func TestGoTypesMatchCUE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	compareType(t, "#Fleet", def, reflect.TypeFor[Fleet]())
+	compareType(t, "#Fleet", def, reflect.TypeFor[schema.Fleet]())
 }
 
-var intOrPercent = reflect.TypeFor[IntOrPercent]()
+var intOrPercent = reflect.TypeFor[schema.IntOrPercent]()
 
 func compareType(t *testing.T, path string, v cue.Value, typ reflect.Type) {
 	t.Helper()
@@ -89,21 +91,21 @@ func compareType(t *testing.T, path string, v cue.Value, typ reflect.Type) {
 // TestVendoredSchemaIsIdentical keeps the example fleet's vendored schema
 // byte-identical to the schema herd is built with.
 func TestVendoredSchemaIsIdentical(t *testing.T) {
-	files, err := ReadDir("../examples/fleet-repo")
+	files, err := ReadDir("../../examples/fleet-repo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var vendored []string
 	for name := range files {
-		if strings.HasPrefix(name, VendorDir+"/") {
-			vendored = append(vendored, strings.TrimPrefix(name, VendorDir+"/"))
+		if strings.HasPrefix(name, schema.VendorDir+"/") {
+			vendored = append(vendored, strings.TrimPrefix(name, schema.VendorDir+"/"))
 		}
 	}
 	slices.Sort(vendored)
 	if diff := cmp.Diff(fileNames(), vendored); diff != "" {
 		t.Errorf("vendored files (-want +got):\n%s", diff)
 	}
-	for name, src := range Files() {
+	for name, src := range schema.Files() {
 		if got := string(files[vendorPath(name)]); got != string(src) {
 			t.Errorf("%s differs from schema/%s: run `herd schema vendor examples/fleet-repo`", vendorPath(name), name)
 		}

@@ -1,4 +1,6 @@
-package schema
+// Package healthcheck compiles and evaluates the CEL expressions of a
+// pool's health checks over a node's conditions and labels.
+package healthcheck
 
 import (
 	"fmt"

@@ -1,4 +1,7 @@
-package schema
+// Package loader evaluates a fleet repo: it loads its CUE under a size and
+// nesting budget, validates it against the schema and Herd's own rules, and
+// renders every pool. Errors are Diagnostics with a file and line.
+package loader
 
 import (
 	"bytes"
@@ -11,6 +14,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"herd.dev/herd/schema"
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/ast"
@@ -38,10 +43,10 @@ var notModule = Diagnostics{{File: moduleFile, Message: "not found: the fleet ro
 
 // Result is an evaluated, valid fleet.
 type Result struct {
-	Fleet    *Fleet
-	Package  string               // the fleet's CUE package name
-	Rendered map[string]*Rendered // by pool name
-	Warnings Diagnostics          // problems that do not make the fleet invalid
+	Fleet    *schema.Fleet
+	Package  string                      // the fleet's CUE package name
+	Rendered map[string]*schema.Rendered // by pool name
+	Warnings Diagnostics                 // problems that do not make the fleet invalid
 }
 
 // Hash returns the config hash of a pool.
@@ -159,12 +164,12 @@ func Load(files map[string][]byte) (*Result, error) {
 	defer os.Remove(root)
 	overlay := map[string]load.Source{}
 	for name, src := range files {
-		if strings.HasPrefix(name, VendorDir+"/") {
+		if strings.HasPrefix(name, schema.VendorDir+"/") {
 			continue
 		}
 		overlay[filepath.Join(root, filepath.FromSlash(name))] = load.FromBytes(src)
 	}
-	for name, src := range Files() {
+	for name, src := range schema.Files() {
 		overlay[filepath.Join(root, filepath.FromSlash(vendorPath(name)))] = load.FromBytes(src)
 	}
 
@@ -189,7 +194,7 @@ func Load(files map[string][]byte) (*Result, error) {
 	if len(diags) > 0 {
 		return nil, diags.sorted()
 	}
-	res.Rendered = map[string]*Rendered{}
+	res.Rendered = map[string]*schema.Rendered{}
 	for _, name := range sortedKeys(res.Fleet.Pools) {
 		r, err := res.Fleet.RenderPool(name)
 		if err != nil {
@@ -202,8 +207,8 @@ func Load(files map[string][]byte) (*Result, error) {
 
 // decode turns the fleet's remotes and pools into Go values, one by one,
 // reporting each that does not evaluate to a concrete, valid value.
-func decode(v cue.Value, root string) (*Fleet, Diagnostics) {
-	fleet := &Fleet{Pools: map[string]NodePool{}}
+func decode(v cue.Value, root string) (*schema.Fleet, Diagnostics) {
+	fleet := &schema.Fleet{Pools: map[string]schema.NodePool{}}
 	var diags Diagnostics
 	each := func(field string, into func(name string, fv cue.Value) error) {
 		iter, err := v.LookupPath(cue.ParsePath(field)).Fields()
@@ -224,18 +229,18 @@ func decode(v cue.Value, root string) (*Fleet, Diagnostics) {
 		}
 	}
 	each("remotes", func(name string, fv cue.Value) error {
-		var r Remote
+		var r schema.Remote
 		err := decodeJSON(fv, &r)
 		if err == nil {
 			if fleet.Remotes == nil {
-				fleet.Remotes = map[string]Remote{}
+				fleet.Remotes = map[string]schema.Remote{}
 			}
 			fleet.Remotes[name] = r
 		}
 		return err
 	})
 	each("pools", func(name string, fv cue.Value) error {
-		var p NodePool
+		var p schema.NodePool
 		err := decodeJSON(fv, &p)
 		if err == nil {
 			fleet.Pools[name] = p
@@ -296,9 +301,9 @@ func evaluate(ctx *cue.Context, root string, overlay map[string]load.Source, pkg
 
 // fleetDefinition compiles Herd's schema and returns #Fleet.
 func fleetDefinition(ctx *cue.Context) (cue.Value, error) {
-	inst := build.NewContext().NewInstance(ImportPath, nil)
+	inst := build.NewContext().NewInstance(schema.ImportPath, nil)
 	for _, name := range fileNames() {
-		f, err := parser.ParseFile(vendorPath(name), Files()[name], parser.ParseComments)
+		f, err := parser.ParseFile(vendorPath(name), schema.Files()[name], parser.ParseComments)
 		if err != nil {
 			return cue.Value{}, fmt.Errorf("parse built-in schema: %w", err)
 		}
@@ -357,22 +362,22 @@ func rootPackage(files map[string][]byte) (string, Diagnostics) {
 func vendorDrift(files map[string][]byte) Diagnostics {
 	var vendored []string
 	for name := range files {
-		if strings.HasPrefix(name, VendorDir+"/") {
+		if strings.HasPrefix(name, schema.VendorDir+"/") {
 			vendored = append(vendored, name)
 		}
 	}
 	if len(vendored) == 0 {
-		return Diagnostics{{File: VendorDir, Message: "schema not vendored: `cue vet` cannot check this fleet; run `herd schema vendor`"}}
+		return Diagnostics{{File: schema.VendorDir, Message: "schema not vendored: `cue vet` cannot check this fleet; run `herd schema vendor`"}}
 	}
 	var diags Diagnostics
-	ours := Files()
+	ours := schema.Files()
 	for _, name := range fileNames() {
 		if b, ok := files[vendorPath(name)]; !ok || !bytes.Equal(b, ours[name]) {
 			diags = append(diags, Diagnostic{File: vendorPath(name), Message: "differs from the schema built into herd (herd evaluates with its own); run `herd schema vendor` to update it"})
 		}
 	}
 	for _, name := range vendored {
-		if _, ok := ours[path.Base(name)]; !ok || path.Dir(name) != VendorDir {
+		if _, ok := ours[path.Base(name)]; !ok || path.Dir(name) != schema.VendorDir {
 			diags = append(diags, Diagnostic{File: name, Message: "not part of the schema built into herd; run `herd schema vendor` to update the vendored schema"})
 		}
 	}
@@ -567,10 +572,10 @@ func cuePathString(sels []string) string {
 		if i > 0 {
 			b.WriteByte('.')
 		}
-		if isIdent(s) || i > 0 && listFields[sels[i-1]] {
+		if i > 0 && listFields[sels[i-1]] {
 			b.WriteString(s)
 		} else {
-			b.WriteString(fmt.Sprintf("%q", s))
+			b.WriteString(schema.PathLabel(s))
 		}
 	}
 	return b.String()

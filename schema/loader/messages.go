@@ -1,9 +1,11 @@
-package schema
+package loader
 
 import (
 	"regexp"
 	"strings"
 	"sync"
+
+	"herd.dev/herd/schema"
 
 	"cuelang.org/go/cue/ast"
 	"cuelang.org/go/cue/parser"
@@ -46,7 +48,7 @@ var words = sync.OnceValue(func() schemaWords {
 	w := schemaWords{bounds: map[string]string{}}
 	seen := map[string]bool{}
 	for _, name := range fileNames() {
-		f, err := parser.ParseFile(name, Files()[name])
+		f, err := parser.ParseFile(name, schema.Files()[name])
 		if err != nil {
 			continue
 		}

@@ -1,4 +1,4 @@
-package schema
+package loader
 
 import (
 	"flag"
@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"herd.dev/herd/schema"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -105,16 +107,16 @@ func TestDiffDisruption(t *testing.T) {
 	base := loadFiles(t, exampleFiles(t))
 	tests := []struct {
 		edit [2]string
-		want Disruption
+		want schema.Disruption
 	}{
-		{[2]string{`"vm.max_map_count":            "262144"`, `"vm.max_map_count": "1"`}, DisruptionNone},
-		{[2]string{`path:    "/etc/security/limits.d/50-batch.conf"`, `path: "/etc/security/limits.d/60-batch.conf"`}, DisruptionNone},
-		{[2]string{`path:    "/etc/security/limits.d/50-batch.conf"`, `path: "/etc/modules-load.d/batch.conf"`}, DisruptionReboot},
-		{[2]string{`maxPods:                     250`, `maxPods: 200`}, DisruptionRestartKubelet},
-		{[2]string{`maxConcurrentDownloads: 8`, `maxConcurrentDownloads: 4`}, DisruptionRestartContainerd},
-		{[2]string{`discardUnpackedLayers:  true`, `discardUnpackedLayers: true, registries: "docker.io": mirrors: ["https://m.example.com"]`}, DisruptionNone},
-		{[2]string{`os: commit:`, `kernelArgs: ["quiet"], os: commit:`}, DisruptionReboot},
-		{[2]string{`_releases["2026.10.1"]`, `_releases["2026.11.0"]`}, DisruptionReboot},
+		{[2]string{`"vm.max_map_count":            "262144"`, `"vm.max_map_count": "1"`}, schema.DisruptionNone},
+		{[2]string{`path:    "/etc/security/limits.d/50-batch.conf"`, `path: "/etc/security/limits.d/60-batch.conf"`}, schema.DisruptionNone},
+		{[2]string{`path:    "/etc/security/limits.d/50-batch.conf"`, `path: "/etc/modules-load.d/batch.conf"`}, schema.DisruptionReboot},
+		{[2]string{`maxPods:                     250`, `maxPods: 200`}, schema.DisruptionRestartKubelet},
+		{[2]string{`maxConcurrentDownloads: 8`, `maxConcurrentDownloads: 4`}, schema.DisruptionRestartContainerd},
+		{[2]string{`discardUnpackedLayers:  true`, `discardUnpackedLayers: true, registries: "docker.io": mirrors: ["https://m.example.com"]`}, schema.DisruptionNone},
+		{[2]string{`os: commit:`, `kernelArgs: ["quiet"], os: commit:`}, schema.DisruptionReboot},
+		{[2]string{`_releases["2026.10.1"]`, `_releases["2026.11.0"]`}, schema.DisruptionReboot},
 	}
 	for _, tt := range tests {
 		t.Run(tt.edit[1], func(t *testing.T) {
@@ -124,7 +126,7 @@ func TestDiffDisruption(t *testing.T) {
 				t.Fatalf("pools/batch.cue has no %q", tt.edit[0])
 			}
 			files["pools/batch.cue"] = []byte(strings.Replace(src, tt.edit[0], tt.edit[1], 1))
-			c := Diff(base.Rendered["batch"], loadFiles(t, files).Rendered["batch"])
+			c := schema.Diff(base.Rendered["batch"], loadFiles(t, files).Rendered["batch"])
 			if c.Disruption != tt.want {
 				t.Errorf("disruption %s, want %s (fields %v)", c.Disruption, tt.want, c.Fields)
 			}
@@ -150,7 +152,7 @@ func TestAllowedPath(t *testing.T) {
 		"etc/herd/files/a":                        false,
 		"/etc/herd/files/a b":                     false,
 	} {
-		if _, got := AllowedPath(path); got != want {
+		if _, got := schema.AllowedPath(path); got != want {
 			t.Errorf("AllowedPath(%q) = %v, want %v", path, got, want)
 		}
 	}
@@ -158,24 +160,24 @@ func TestAllowedPath(t *testing.T) {
 
 func TestParseRendered(t *testing.T) {
 	rd := loadFiles(t, exampleFiles(t)).Rendered["batch"]
-	data, err := MarshalRendered(rd)
+	data, err := schema.MarshalRendered(rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := ParseRendered(data, rd.Hash())
+	got, err := schema.ParseRendered(data, rd.Hash())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(rd, got); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
-	if _, err := ParseRendered(data, strings.Repeat("0", 64)); err == nil {
+	if _, err := schema.ParseRendered(data, strings.Repeat("0", 64)); err == nil {
 		t.Error("a render that does not match its hash is accepted")
 	}
 	evil := *rd
-	evil.Files = append(evil.Files[:len(evil.Files):len(evil.Files)], RenderedFile{Path: "/etc/passwd", Content: "root::0:0::/:/bin/sh\n"})
-	data, _ = MarshalRendered(&evil)
-	if _, err := ParseRendered(data, evil.Hash()); err == nil || !strings.Contains(err.Error(), "allowlist") {
+	evil.Files = append(evil.Files[:len(evil.Files):len(evil.Files)], schema.RenderedFile{Path: "/etc/passwd", Content: "root::0:0::/:/bin/sh\n"})
+	data, _ = schema.MarshalRendered(&evil)
+	if _, err := schema.ParseRendered(data, evil.Hash()); err == nil || !strings.Contains(err.Error(), "allowlist") {
 		t.Errorf("a render writing /etc/passwd is accepted: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package schema
+package loader
 
 import (
 	"errors"
@@ -13,7 +13,7 @@ import (
 // exampleFiles returns the example fleet's files, for tests to edit.
 func exampleFiles(t testing.TB) map[string][]byte {
 	t.Helper()
-	files, err := ReadDir("../examples/fleet-repo")
+	files, err := ReadDir("../../examples/fleet-repo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func diagStrings(err error) []string {
 }
 
 func TestExampleIsValid(t *testing.T) {
-	res, err := LoadDir("../examples/fleet-repo")
+	res, err := LoadDir("../../examples/fleet-repo")
 	if err != nil {
 		t.Fatalf("example fleet: %v", err)
 	}

@@ -1,4 +1,4 @@
-package schema
+package loader
 
 import (
 	"fmt"
@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"herd.dev/herd/schema"
+	"herd.dev/herd/schema/healthcheck"
 
 	"cuelang.org/go/cue"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -20,7 +23,7 @@ const (
 
 // check holds the rules the CUE schema cannot express. v is the evaluated
 // fleet, used only to find where each problem is written.
-func check(v cue.Value, root string, f *Fleet) Diagnostics {
+func check(v cue.Value, root string, f *schema.Fleet) Diagnostics {
 	c := checker{v: v, root: root}
 	names := sortedKeys(f.Pools)
 	for _, name := range names {
@@ -50,7 +53,7 @@ func (c *checker) errorf(path []string, format string, args ...any) {
 	c.diags = append(c.diags, d)
 }
 
-func (c *checker) pool(f *Fleet, name string, p NodePool) {
+func (c *checker) pool(f *schema.Fleet, name string, p schema.NodePool) {
 	at := func(rest ...string) []string { return append([]string{"pools", name}, rest...) }
 
 	for _, msg := range validation.IsDNS1123Label(name) {
@@ -71,13 +74,13 @@ func (c *checker) pool(f *Fleet, name string, p NodePool) {
 		}
 	}
 	for i, arg := range p.KernelArgs {
-		if why, denied := DeniedKernelArg(arg); denied {
+		if why, denied := schema.DeniedKernelArg(arg); denied {
 			c.errorf(at("kernelArgs", strconv.Itoa(i)), "kernel argument %q is not allowed: %s", arg, why)
 		}
 	}
 
 	for _, k := range sortedKeys(p.Sysctl) {
-		if why, ok := DeniedSysctl(k); ok {
+		if why, ok := schema.DeniedSysctl(k); ok {
 			c.errorf(at("sysctl", k), "sysctl %s is not allowed: %s", k, why)
 		}
 		if v := p.Sysctl[k]; strings.TrimSpace(v) == "" || strings.ContainsAny(v, "\n\r") {
@@ -89,7 +92,7 @@ func (c *checker) pool(f *Fleet, name string, p NodePool) {
 	total := 0
 	for i, file := range p.Files {
 		path := at("files", strconv.Itoa(i), "path")
-		if _, ok := AllowedPath(file.Path); !ok {
+		if _, ok := schema.AllowedPath(file.Path); !ok {
 			c.errorf(path, "file %s is outside the allowlist: paths must be plain names below one of %s", file.Path, allowlistText())
 		}
 		if j, ok := seen[file.Path]; ok {
@@ -123,7 +126,7 @@ func (c *checker) pool(f *Fleet, name string, p NodePool) {
 	}
 	if ctr := p.Containerd; ctr != nil {
 		for _, host := range sortedKeys(ctr.Registries) {
-			if _, ok := seen[RegistryHostsDir+"/"+host+"/hosts.toml"]; ok {
+			if _, ok := seen[schema.RegistryHostsDir+"/"+host+"/hosts.toml"]; ok {
 				c.errorf(at("containerd", "registries", host), "registry %s: its hosts.toml is also written by files", host)
 			}
 		}
@@ -137,7 +140,7 @@ func (c *checker) pool(f *Fleet, name string, p NodePool) {
 	c.duration(at("rollout", "nodeTimeout"), r.NodeTimeout)
 	c.windows(at("rollout", "windows"), r.Windows)
 	if h := r.HealthChecks; h != nil && h.CEL != "" {
-		if _, err := CompileCEL(h.CEL); err != nil {
+		if _, err := healthcheck.CompileCEL(h.CEL); err != nil {
 			c.errorf(at("rollout", "healthChecks", "cel"), "%v", err)
 		}
 	}
@@ -153,7 +156,7 @@ func (c *checker) duration(path []string, s string) {
 	}
 }
 
-func (c *checker) windows(path []string, ws []Window) {
+func (c *checker) windows(path []string, ws []schema.Window) {
 	for i, w := range ws {
 		if _, err := w.Compile(); err != nil {
 			c.errorf(append(slices.Clone(path), strconv.Itoa(i)), "%v", err)
@@ -163,7 +166,7 @@ func (c *checker) windows(path []string, ws []Window) {
 
 // selectors rejects pools whose selectors make some node match both: equal
 // selectors, or one that holds every label of another.
-func (c *checker) selectors(f *Fleet, names []string) {
+func (c *checker) selectors(f *schema.Fleet, names []string) {
 	for i, a := range names {
 		for _, b := range names[i+1:] {
 			sa, sb := f.Pools[a].Selector, f.Pools[b].Selector
@@ -181,7 +184,7 @@ func (c *checker) selectors(f *Fleet, names []string) {
 
 func allowlistText() string {
 	var prefixes []string
-	for _, r := range FileAllowlist {
+	for _, r := range schema.FileAllowlist {
 		prefixes = append(prefixes, r.Prefix)
 	}
 	return strings.Join(prefixes, ", ")

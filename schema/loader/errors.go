@@ -1,10 +1,14 @@
-package schema
+package loader
 
 import (
 	"cmp"
 	"fmt"
+	"maps"
+	"path"
 	"slices"
 	"strings"
+
+	"herd.dev/herd/schema"
 )
 
 // Diagnostic is one problem in a fleet, at a position in one of its files.
@@ -60,3 +64,12 @@ func (ds Diagnostics) sorted() Diagnostics {
 	})
 	return slices.Compact(out)
 }
+
+// sortedKeys returns the keys of m in order.
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// fileNames returns the schema's CUE file names, sorted.
+func fileNames() []string { return sortedKeys(schema.Files()) }
+
+// vendorPath is where a fleet repo vendors one of the schema's files.
+func vendorPath(name string) string { return path.Join(schema.VendorDir, name) }
