@@ -3,7 +3,7 @@ package planner
 import "slices"
 
 // Next is the rollout state after a plan has been carried out: what the
-// controller keeps (in the NodePool status) for the next plan. resume lifts
+// controller keeps (in the HerdPool status) for the next plan. resume lifts
 // a halt or a rollback and forgives the failures so far.
 func Next(prev Rollout, pp PoolPlan, resume bool) Rollout {
 	st := prev

@@ -83,7 +83,7 @@ type Input struct {
 }
 
 // Rollout is the state of a pool's rollout that outlives one plan: the
-// controller keeps it in the NodePool status, so decisions survive restarts.
+// controller keeps it in the HerdPool status, so decisions survive restarts.
 type Rollout struct {
 	Hash string // the config hash the rollout goes to
 	Done int    // nodes it has brought to the target so far

@@ -31,7 +31,7 @@ func newControllerCmd() *cobra.Command {
 		Long: `The controller follows a branch of the fleet repo (poll and webhook),
 verifies and validates each new head, and rolls it out batch by batch:
 cordon, PDB-aware drain, the agent applies, uncordon. It mirrors each pool
-as a NodePool and writes status to the status branch of the same remote.`,
+as a HerdPool and writes status to the status branch of the same remote.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Repo == "" {

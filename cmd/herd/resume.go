@@ -8,7 +8,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"herd.dev/herd/sync/controller"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 )
 
 func newResumeCmd() *cobra.Command {
@@ -19,7 +19,7 @@ func newResumeCmd() *cobra.Command {
 		Long: `Resume asks the controller to lift the halt of POOL, or to stop its
 rollback, and to try its failed nodes again; their failures so far no
 longer count against rollout.maxFailures. It sets the herd.dev/resume
-annotation on the NodePool. In Git, a new value of rollout.resume does
+annotation on the HerdPool. In Git, a new value of rollout.resume does
 the same.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -31,7 +31,7 @@ the same.`,
 			if err != nil {
 				return failure(err)
 			}
-			var np nodepool.NodePool
+			var np herdpool.HerdPool
 			if err := c.Get(cmd.Context(), client.ObjectKey{Name: args[0]}, &np); err != nil {
 				return failure(fmt.Errorf("pool %s: %w", args[0], err))
 			}
@@ -39,7 +39,7 @@ the same.`,
 			if np.Annotations == nil {
 				np.Annotations = map[string]string{}
 			}
-			np.Annotations[nodepool.AnnotationResume] = time.Now().UTC().Format(time.RFC3339Nano)
+			np.Annotations[herdpool.AnnotationResume] = time.Now().UTC().Format(time.RFC3339Nano)
 			if err := c.Patch(cmd.Context(), &np, patch); err != nil {
 				return failure(err)
 			}

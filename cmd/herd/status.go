@@ -27,7 +27,7 @@ func newStatusCmd() *cobra.Command {
 		Short: "One line per pool: progress, batch, phase, and why it halted",
 		Long: `Status shows every pool: nodes at target (with a progress bar), the current
 batch, the phase and its message (the halt or block reason). It reads the
-cluster's NodePools, or, with --from-git DIR, the status branch of the fleet
+cluster's HerdPools, or, with --from-git DIR, the status branch of the fleet
 repo cloned at DIR (fetched from origin first). --watch redraws it until
 interrupted.`,
 		Args: cobra.NoArgs,

@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"herd.dev/herd/schema"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/test/fleettest"
 )
 
@@ -70,9 +70,9 @@ func BenchmarkController1000Nodes(b *testing.B) {
 
 	// Steady state: every pool mirrored and up to date.
 	e.waitForB(b, "pools up to date", 2*time.Minute, func() bool {
-		var np nodepool.NodePool
+		var np herdpool.HerdPool
 		err := e.c.Get(b.Context(), client.ObjectKey{Name: "general"}, &np)
-		return err == nil && np.Status.Phase == nodepool.PhaseUpToDate && np.Status.Nodes == nodes
+		return err == nil && np.Status.Phase == herdpool.PhaseUpToDate && np.Status.Nodes == nodes
 	})
 	cpu0, wall0 := cpuSeconds(b, cmd.Process.Pid), time.Now()
 	if addr := os.Getenv("HERD_BENCH_PPROF"); addr != "" {

@@ -8,11 +8,11 @@
 //	render   → store each pool's render as an immutable ConfigMap
 //	plan     → the planner, on the nodes as the cache sees them
 //	dispatch → uncordon finished nodes, drive the current batch, start the next
-//	report   → NodePool status, events, metrics, the Git status branch
+//	report   → HerdPool status, events, metrics, the Git status branch
 //
 // Nothing lives only in memory: per-node progress is in node annotations
 // (herd.dev/cordoned, drain-started, dispatched, desired-*), each rollout's
-// start in its NodePool's status, so a controller killed at any moment picks
+// start in its HerdPool's status, so a controller killed at any moment picks
 // up where the cluster says it is.
 package controller
 
@@ -44,7 +44,7 @@ import (
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/cluster"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/source"
 )
 
@@ -119,7 +119,7 @@ func New(mgr ctrl.Manager, opts Options) *Reconciler {
 }
 
 // SetupWithManager registers the controller. updates carries new revisions
-// from the source; node and NodePool changes that matter trigger it too.
+// from the source; node and HerdPool changes that matter trigger it too.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, updates <-chan source.Revision) error {
 	events := make(chan event.GenericEvent)
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
@@ -146,7 +146,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, updates <-chan source.Re
 		Named("herd").
 		WithOptions(ctrlcontroller.Options{SkipNameValidation: &skip}).
 		Watches(&corev1.Node{}, toFleet, builder.WithPredicates(nodeChanged)).
-		Watches(&nodepool.NodePool{}, toFleet, builder.WithPredicates(specChanged)).
+		Watches(&herdpool.HerdPool{}, toFleet, builder.WithPredicates(specChanged)).
 		WatchesRawSource(ctrlsource.Channel(events, toFleet)).
 		Complete(r)
 }
@@ -161,8 +161,8 @@ type run struct {
 	byName    map[string]*corev1.Node
 	plan      *planner.Plan
 	unhealthy map[string]string             // nodes failing their health checks, and why
-	rollouts  map[string]*nodepool.NodePool // NodePool objects by pool
-	original  map[string]*nodepool.NodePool // the same, as read
+	rollouts  map[string]*herdpool.HerdPool // HerdPool objects by pool
+	original  map[string]*herdpool.HerdPool // the same, as read
 	outcomes  map[string]*outcome           // what dispatch did, by pool
 	requeue   bool
 }
@@ -263,7 +263,7 @@ func (r *Reconciler) render(ctx context.Context, st *run) error {
 	return nil
 }
 
-// planStep mirrors the pools as NodePools and plans on the cached nodes.
+// planStep mirrors the pools as HerdPools and plans on the cached nodes.
 func (r *Reconciler) planStep(ctx context.Context, st *run) error {
 	if err := r.mirrorPools(ctx, st); err != nil {
 		return err

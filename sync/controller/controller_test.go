@@ -12,7 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"herd.dev/herd/schema"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/test/fleettest"
 )
 
@@ -35,10 +35,10 @@ func TestRolloutHonoursBudget(t *testing.T) {
 	ctrl := e.startController("herd", false)
 	defer ctrl.stop(t)
 
-	e.waitFor("NodePool general up to date at the first revision", time.Minute, func() (bool, error) {
-		var np nodepool.NodePool
+	e.waitFor("HerdPool general up to date at the first revision", time.Minute, func() (bool, error) {
+		var np herdpool.HerdPool
 		err := e.c.Get(t.Context(), client.ObjectKey{Name: "general"}, &np)
-		return err == nil && np.Status.Phase == nodepool.PhaseUpToDate, client.IgnoreNotFound(err)
+		return err == nil && np.Status.Phase == herdpool.PhaseUpToDate, client.IgnoreNotFound(err)
 	})
 
 	e.bumpGeneral("3")
@@ -48,12 +48,12 @@ func TestRolloutHonoursBudget(t *testing.T) {
 	if got := budget.maxUnavailable(); got > 3 || got == 0 {
 		t.Errorf("at most %d nodes were unavailable at once; want between 1 and 3", got)
 	}
-	e.waitFor("NodePool general up to date", 30*time.Second, func() (bool, error) {
-		return e.nodePool("general").Status.Phase == nodepool.PhaseUpToDate, nil
+	e.waitFor("HerdPool general up to date", 30*time.Second, func() (bool, error) {
+		return e.nodePool("general").Status.Phase == herdpool.PhaseUpToDate, nil
 	})
 	np := e.nodePool("general")
 	if !strings.HasPrefix(np.Status.Message, "20/20 nodes at 7a3283c6") || np.Status.Progress != "20/20" {
-		t.Errorf("NodePool status: %+v", np.Status)
+		t.Errorf("HerdPool status: %+v", np.Status)
 	}
 	budget.mu.Lock()
 	defer budget.mu.Unlock()
@@ -112,7 +112,7 @@ func TestDrainBlockedByPDB(t *testing.T) {
 	e.push("general: 2026.11.0, 2s drain timeout")
 
 	e.waitFor("general reported DrainBlocked", time.Minute, func() (bool, error) {
-		var np nodepool.NodePool
+		var np herdpool.HerdPool
 		err := e.c.Get(ctx, client.ObjectKey{Name: "general"}, &np)
 		return err == nil && strings.Contains(np.Status.Message, "DrainBlocked: general-00: shop/db-0"), client.IgnoreNotFound(err)
 	})

@@ -28,7 +28,7 @@ import (
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/controller"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/test/controlplane"
 	"herd.dev/herd/test/fleettest"
 )
@@ -356,8 +356,8 @@ func (e *env) poolAtTarget(pool string) func() (bool, error) {
 	}
 }
 
-func (e *env) nodePool(name string) *nodepool.NodePool {
-	var np nodepool.NodePool
+func (e *env) nodePool(name string) *herdpool.HerdPool {
+	var np herdpool.HerdPool
 	if err := e.c.Get(e.t.Context(), client.ObjectKey{Name: name}, &np); err != nil {
 		e.t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 
 	"herd.dev/herd/planner"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 )
 
 // Herd's own metrics, beside the Flux-compatible gotk_reconcile_* ones.
@@ -48,7 +48,7 @@ func init() {
 var inFlight sync.Map // node name → config hash
 
 // recordMetrics updates a pool's metrics after a reconcile.
-func (r *Reconciler) recordMetrics(st *run, pp *planner.PoolPlan, np *nodepool.NodePool, out *outcome) {
+func (r *Reconciler) recordMetrics(st *run, pp *planner.PoolPlan, np *herdpool.HerdPool, out *outcome) {
 	s := np.Status
 	for state, n := range map[string]int{
 		"upToDate":    s.UpToDate,
@@ -75,7 +75,7 @@ func (r *Reconciler) recordMetrics(st *run, pp *planner.PoolPlan, np *nodepool.N
 		}
 	}
 	if r.Metrics != nil {
-		ref := corev1.ObjectReference{Kind: nodepool.Kind, Name: np.Name, APIVersion: nodepool.GroupVersion.String()}
+		ref := corev1.ObjectReference{Kind: herdpool.Kind, Name: np.Name, APIVersion: herdpool.GroupVersion.String()}
 		for _, t := range []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition} {
 			if c := conditions.Get(np, t); c != nil {
 				r.Metrics.RecordCondition(ref, *c)

@@ -16,57 +16,57 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"herd.dev/herd/schema"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 )
 
-// mirrorPools makes one NodePool per pool of the revision, its spec copied
-// from Git (an edit in the cluster is overwritten), and deletes NodePools of
+// mirrorPools makes one HerdPool per pool of the revision, its spec copied
+// from Git (an edit in the cluster is overwritten), and deletes HerdPools of
 // pools that left the fleet. A pool whose target changed starts a new
 // rollout in its status.
 func (r *Reconciler) mirrorPools(ctx context.Context, st *run) error {
 	// Read uncached: the rollout state in the status must be this
 	// controller's last write, which the cache may not show yet.
-	var list nodepool.NodePoolList
+	var list herdpool.HerdPoolList
 	if err := r.api.List(ctx, &list); err != nil {
-		return fmt.Errorf("list NodePools: %w", err)
+		return fmt.Errorf("list HerdPools: %w", err)
 	}
-	existing := map[string]*nodepool.NodePool{}
+	existing := map[string]*herdpool.HerdPool{}
 	for i := range list.Items {
 		existing[list.Items[i].Name] = &list.Items[i]
 	}
-	st.rollouts = map[string]*nodepool.NodePool{}
-	st.original = map[string]*nodepool.NodePool{}
+	st.rollouts = map[string]*herdpool.HerdPool{}
+	st.original = map[string]*herdpool.HerdPool{}
 	for _, p := range st.pools {
-		spec := nodepool.Spec{NodePool: p.Spec, Revision: st.rev.Commit}
+		spec := herdpool.Spec{NodePool: p.Spec, Revision: st.rev.Commit}
 		np, ok := existing[p.Name]
 		delete(existing, p.Name)
 		switch {
 		case !ok:
-			np = &nodepool.NodePool{ObjectMeta: metav1.ObjectMeta{Name: p.Name}, Spec: spec}
+			np = &herdpool.HerdPool{ObjectMeta: metav1.ObjectMeta{Name: p.Name}, Spec: spec}
 			if err := r.client.Create(ctx, np); err != nil {
-				return fmt.Errorf("create NodePool %s: %w", p.Name, err)
+				return fmt.Errorf("create HerdPool %s: %w", p.Name, err)
 			}
 		case !sameSpec(np.Spec, spec):
 			np.Spec = spec
 			if err := r.client.Update(ctx, np); err != nil {
-				return fmt.Errorf("update NodePool %s: %w", p.Name, err)
+				return fmt.Errorf("update HerdPool %s: %w", p.Name, err)
 			}
 		}
 		st.original[p.Name] = np.DeepCopy()
 		if np.Status.Rollout.Hash != p.Hash {
 			if old := np.Status.Rollout; old.Hash != "" {
-				prev := slices.DeleteFunc(slices.Clone(np.Status.Previous), func(t nodepool.PreviousTarget) bool { return t.Hash == old.Hash })
-				prev = append([]nodepool.PreviousTarget{{Hash: old.Hash, Revision: old.Revision, OSCommit: np.Status.OSCommit}}, prev...)
-				np.Status.Previous = prev[:min(len(prev), nodepool.MaxPrevious)]
+				prev := slices.DeleteFunc(slices.Clone(np.Status.Previous), func(t herdpool.PreviousTarget) bool { return t.Hash == old.Hash })
+				prev = append([]herdpool.PreviousTarget{{Hash: old.Hash, Revision: old.Revision, OSCommit: np.Status.OSCommit}}, prev...)
+				np.Status.Previous = prev[:min(len(prev), herdpool.MaxPrevious)]
 			}
 			now := metav1.NewTime(st.now)
-			np.Status.Rollout = nodepool.RolloutStatus{Hash: p.Hash, Revision: st.rev.Commit, StartedAt: &now}
+			np.Status.Rollout = herdpool.RolloutStatus{Hash: p.Hash, Revision: st.rev.Commit, StartedAt: &now}
 		}
 		st.rollouts[p.Name] = np
 	}
 	for name, np := range existing {
 		if err := r.client.Delete(ctx, np); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete NodePool %s of a pool no longer in the fleet: %w", name, err)
+			return fmt.Errorf("delete HerdPool %s of a pool no longer in the fleet: %w", name, err)
 		}
 	}
 	return nil
@@ -74,7 +74,7 @@ func (r *Reconciler) mirrorPools(ctx context.Context, st *run) error {
 
 // sameSpec compares specs as the API server stores them (JSON), so empty
 // and absent maps are alike.
-func sameSpec(a, b nodepool.Spec) bool {
+func sameSpec(a, b herdpool.Spec) bool {
 	ja, errA := json.Marshal(a)
 	jb, errB := json.Marshal(b)
 	return errA == nil && errB == nil && bytes.Equal(ja, jb)
@@ -97,7 +97,7 @@ var nodeChanged = predicate.Funcs{
 	},
 }
 
-// specChanged passes NodePool events where someone changed the spec, so the
+// specChanged passes HerdPool events where someone changed the spec, so the
 // controller puts Git's back, or asked for a resume.
 var specChanged = predicate.Funcs{
 	CreateFunc:  func(event.CreateEvent) bool { return false },
@@ -105,7 +105,7 @@ var specChanged = predicate.Funcs{
 	GenericFunc: func(event.GenericEvent) bool { return false },
 	UpdateFunc: func(e event.UpdateEvent) bool {
 		return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
-			e.ObjectOld.GetAnnotations()[nodepool.AnnotationResume] != e.ObjectNew.GetAnnotations()[nodepool.AnnotationResume]
+			e.ObjectOld.GetAnnotations()[herdpool.AnnotationResume] != e.ObjectNew.GetAnnotations()[herdpool.AnnotationResume]
 	},
 }
 

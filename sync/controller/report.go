@@ -16,7 +16,7 @@ import (
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/cluster"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/source"
 	"herd.dev/herd/sync/writeback"
 )
@@ -29,7 +29,7 @@ type StatusSink interface {
 	RemovePool(name string)
 }
 
-// report writes what the reconcile found and did: NodePool status with
+// report writes what the reconcile found and did: HerdPool status with
 // kstatus conditions, events, metrics, and the Git status branch.
 func (r *Reconciler) report(ctx context.Context, st *run) error {
 	r.Source.MarkApplied(st.rev.Commit)
@@ -66,7 +66,7 @@ func (r *Reconciler) report(ctx context.Context, st *run) error {
 
 // advanceRollout moves the pool's rollout state on after the plan: a halt
 // or rollback decided now, a resume asked for, a target every node reached.
-func (r *Reconciler) advanceRollout(st *run, pp *planner.PoolPlan, np *nodepool.NodePool) {
+func (r *Reconciler) advanceRollout(st *run, pp *planner.PoolPlan, np *herdpool.HerdPool) {
 	ro := &np.Status.Rollout
 	prev := planner.Rollout{Hash: ro.Hash, Halted: ro.Halted, RollingBack: ro.RollingBack, Forgiven: ro.Forgiven}
 	if lg := np.Status.LastGood; lg != nil {
@@ -78,7 +78,7 @@ func (r *Reconciler) advanceRollout(st *run, pp *planner.PoolPlan, np *nodepool.
 	if t := np.Spec.Rollout.Resume; t != "" {
 		asked = "spec:" + t
 	}
-	if t := np.Annotations[nodepool.AnnotationResume]; t != "" {
+	if t := np.Annotations[herdpool.AnnotationResume]; t != "" {
 		asked += "|annotation:" + t
 	}
 	resume := false
@@ -98,7 +98,7 @@ func (r *Reconciler) advanceRollout(st *run, pp *planner.PoolPlan, np *nodepool.
 	}
 	ro.Halted, ro.RollingBack, ro.Forgiven = next.Halted, next.RollingBack, next.Forgiven
 	if next.LastGood.Hash != "" {
-		np.Status.LastGood = &nodepool.PreviousTarget{Hash: next.LastGood.Hash, OSCommit: next.LastGood.OSCommit, Revision: st.rev.Commit}
+		np.Status.LastGood = &herdpool.PreviousTarget{Hash: next.LastGood.Hash, OSCommit: next.LastGood.OSCommit, Revision: st.rev.Commit}
 		if prev.LastGood == next.LastGood && np.Status.LastGood != nil && st.original[pp.Name].Status.LastGood != nil {
 			np.Status.LastGood.Revision = st.original[pp.Name].Status.LastGood.Revision
 		}
@@ -106,8 +106,8 @@ func (r *Reconciler) advanceRollout(st *run, pp *planner.PoolPlan, np *nodepool.
 	np.Status.Failed, np.Status.Quarantined = pp.Failed, pp.Quarantined
 }
 
-// poolStatus fills the NodePool's status from the plan and the outcome.
-func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *nodepool.NodePool, out *outcome) {
+// poolStatus fills the HerdPool's status from the plan and the outcome.
+func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *herdpool.HerdPool, out *outcome) {
 	s := &np.Status
 	s.ObservedGeneration = np.Generation
 	s.ObservedRevision = st.rev.Commit
@@ -148,48 +148,48 @@ func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *nodepool.Node
 	}
 	switch {
 	case s.Rollout.RollingBack:
-		s.Phase = nodepool.PhaseRollingBack
+		s.Phase = herdpool.PhaseRollingBack
 		s.Message = fmt.Sprintf("rolling back to %s: %s", short(lastGood(np)), pp.Halt+failedText(pp))
 		conditions.MarkReconciling(np, "RollingBack", "%s", s.Message)
 		conditions.MarkFalse(np, meta.ReadyCondition, "RollingBack", "%s", s.Message)
 		conditions.Delete(np, meta.StalledCondition)
 	case s.Rollout.Halted != "":
-		s.Phase = nodepool.PhaseHalted
+		s.Phase = herdpool.PhaseHalted
 		s.Message = "halted: " + s.Rollout.Halted + "; lift it with `herd resume " + np.Name + "` or a new rollout.resume" + quarantined
 		conditions.MarkStalled(np, "Halted", "%s", s.Message)
 		conditions.MarkFalse(np, meta.ReadyCondition, "Halted", "%s", s.Message)
 		conditions.Delete(np, meta.ReconcilingCondition)
 	case len(pp.Changes) == 0 && len(pp.Soaking) == 0:
-		s.Phase = nodepool.PhaseUpToDate
+		s.Phase = herdpool.PhaseUpToDate
 		s.Batch = ""
 		s.Message = fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit)) + quarantined
 		conditions.MarkTrue(np, meta.ReadyCondition, meta.SucceededReason, "%s", s.Message)
 		conditions.Delete(np, meta.ReconcilingCondition)
 		conditions.Delete(np, meta.StalledCondition)
 	case pp.Paused:
-		s.Phase = nodepool.PhasePaused
+		s.Phase = herdpool.PhasePaused
 		s.Message = fmt.Sprintf("paused with %d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
 		conditions.MarkFalse(np, meta.ReadyCondition, "Paused", "%s", s.Message)
 		conditions.Delete(np, meta.ReconcilingCondition)
 		conditions.Delete(np, meta.StalledCondition)
 	case len(blocked) > 0:
-		s.Phase = nodepool.PhaseProgressing
+		s.Phase = herdpool.PhaseProgressing
 		s.Message = "DrainBlocked: " + strings.Join(sortedStrings(blocked), "; ")
 		conditions.MarkStalled(np, "DrainBlocked", "%s", s.Message)
 		conditions.MarkFalse(np, meta.ReadyCondition, "DrainBlocked", "%s", s.Message)
 	case pp.Closed != "" && len(pp.Batches) == 0 || pp.Closed != "" && allInFlight(pp):
-		s.Phase = nodepool.PhaseWaiting
+		s.Phase = herdpool.PhaseWaiting
 		s.Message = fmt.Sprintf("%d/%d nodes at %s; %s", s.UpToDate, s.Nodes, short(pp.OSCommit), pp.Closed)
 		conditions.MarkReconciling(np, "OutsideWindow", "%s", s.Message)
 		conditions.MarkFalse(np, meta.ReadyCondition, "OutsideWindow", "%s", s.Message)
 		conditions.Delete(np, meta.StalledCondition)
 	case pp.Blocked != "":
-		s.Phase = nodepool.PhaseBlocked
+		s.Phase = herdpool.PhaseBlocked
 		s.Message = pp.Blocked
 		conditions.MarkStalled(np, "Blocked", "%s", s.Message)
 		conditions.MarkFalse(np, meta.ReadyCondition, "Blocked", "%s", s.Message)
 	default:
-		s.Phase = nodepool.PhaseProgressing
+		s.Phase = herdpool.PhaseProgressing
 		s.Message = fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
 		if s.Batch != "" {
 			s.Message += " (batch " + s.Batch + ")"
@@ -211,7 +211,7 @@ func failedText(pp *planner.PoolPlan) string {
 	return "; failed: " + strings.Join(pp.Failed, ", ")
 }
 
-func lastGood(np *nodepool.NodePool) string {
+func lastGood(np *herdpool.HerdPool) string {
 	if np.Status.LastGood == nil {
 		return ""
 	}
@@ -238,20 +238,20 @@ func batchPosition(pp *planner.PoolPlan, started int, startedNow bool) (current,
 	return started, started + remaining
 }
 
-func (r *Reconciler) patchStatus(ctx context.Context, np, before *nodepool.NodePool) error {
+func (r *Reconciler) patchStatus(ctx context.Context, np, before *herdpool.HerdPool) error {
 	a, _ := json.Marshal(before.Status)
 	b, _ := json.Marshal(np.Status)
 	if bytes.Equal(a, b) {
 		return nil
 	}
 	if err := r.client.Status().Patch(ctx, np, client.MergeFrom(before)); err != nil {
-		return fmt.Errorf("update NodePool %s status: %w", np.Name, err)
+		return fmt.Errorf("update HerdPool %s status: %w", np.Name, err)
 	}
 	return nil
 }
 
-// events records a pool's notable moments on its NodePool.
-func (r *Reconciler) events(np, before *nodepool.NodePool, pp *planner.PoolPlan, out *outcome) {
+// events records a pool's notable moments on its HerdPool.
+func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan, out *outcome) {
 	if r.Events == nil {
 		return
 	}
@@ -272,20 +272,20 @@ func (r *Reconciler) events(np, before *nodepool.NodePool, pp *planner.PoolPlan,
 	}
 	if before.Status.Phase != np.Status.Phase {
 		switch np.Status.Phase {
-		case nodepool.PhaseHalted:
+		case herdpool.PhaseHalted:
 			r.Events.Eventf(np, nil, corev1.EventTypeWarning, "RolloutHalted", "Rollout", "%s", np.Status.Message)
-		case nodepool.PhaseRollingBack:
+		case herdpool.PhaseRollingBack:
 			r.Events.Eventf(np, nil, corev1.EventTypeWarning, "RollbackStarted", "Rollout", "%s", np.Status.Message)
 		}
 	}
-	if before.Status.Phase != np.Status.Phase && np.Status.Phase == nodepool.PhaseUpToDate && before.Status.Phase != "" {
+	if before.Status.Phase != np.Status.Phase && np.Status.Phase == herdpool.PhaseUpToDate && before.Status.Phase != "" {
 		r.Events.Eventf(np, nil, corev1.EventTypeNormal, "RolloutComplete", "Rollout",
 			"all %d nodes at config %s, OS %s", pp.Nodes, short(pp.ConfigHash), short(pp.OSCommit))
 	}
 }
 
 // gitPoolStatus is the pool as the status branch records it.
-func (r *Reconciler) gitPoolStatus(st *run, pp *planner.PoolPlan, np *nodepool.NodePool, out *outcome) writeback.PoolStatus {
+func (r *Reconciler) gitPoolStatus(st *run, pp *planner.PoolPlan, np *herdpool.HerdPool, out *outcome) writeback.PoolStatus {
 	s := np.Status
 	ps := writeback.PoolStatus{
 		Name:         pp.Name,

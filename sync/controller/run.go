@@ -33,7 +33,7 @@ import (
 
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/gitutil"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/source"
 	"herd.dev/herd/sync/writeback"
 )
@@ -72,11 +72,11 @@ type Config struct {
 	Log            logr.Logger
 }
 
-// Scheme knows the Kubernetes types and NodePool.
+// Scheme knows the Kubernetes types and HerdPool.
 func Scheme() *runtime.Scheme {
 	s := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(s)
-	_ = nodepool.AddToScheme(s)
+	_ = herdpool.AddToScheme(s)
 	return s
 }
 
@@ -221,12 +221,12 @@ func slimNode(obj any) (any, error) {
 // registers with controller-runtime's registry once per process.
 var reconcileMetrics = sync.OnceValue(fluxmetrics.MustMakeRecorder)
 
-// appliedRevision reads the revision the fleet runs from the NodePools, so
+// appliedRevision reads the revision the fleet runs from the HerdPools, so
 // a restarted controller checks new commits against it.
 func appliedRevision(ctx context.Context, c client.Reader) (string, error) {
-	var list nodepool.NodePoolList
+	var list herdpool.HerdPoolList
 	if err := c.List(ctx, &list); err != nil {
-		return "", fmt.Errorf("read NodePools (is the CRD installed? `herd install --print | kubectl apply -f -`): %w", err)
+		return "", fmt.Errorf("read HerdPools (is the CRD installed? `herd install --print | kubectl apply -f -`): %w", err)
 	}
 	for _, np := range list.Items {
 		if np.Status.ObservedRevision != "" {

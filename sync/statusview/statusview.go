@@ -1,5 +1,5 @@
 // Package statusview shows where each pool stands, one line per pool with a
-// progress bar, from the cluster's NodePools or from the Git status branch.
+// progress bar, from the cluster's HerdPools or from the Git status branch.
 package statusview
 
 import (
@@ -15,7 +15,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/writeback"
 )
 
@@ -31,11 +31,11 @@ type Line struct {
 	Message  string
 }
 
-// FromCluster reads the NodePools.
+// FromCluster reads the HerdPools.
 func FromCluster(ctx context.Context, c client.Reader) ([]Line, error) {
-	var list nodepool.NodePoolList
+	var list herdpool.HerdPoolList
 	if err := c.List(ctx, &list); err != nil {
-		return nil, fmt.Errorf("list NodePools: %w", err)
+		return nil, fmt.Errorf("list HerdPools: %w", err)
 	}
 	var out []Line
 	for _, np := range list.Items {

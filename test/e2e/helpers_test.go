@@ -15,7 +15,7 @@ import (
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/cluster"
 
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/test/controlplane"
 	"herd.dev/herd/test/story"
 )
@@ -87,28 +87,28 @@ func (r *run) converge(what string) {
 	r.t.Logf("%s: converged in %s", what, time.Since(start).Round(100*time.Millisecond))
 }
 
-// pool reads a NodePool.
-func (r *run) pool(name string) *nodepool.NodePool {
+// pool reads a HerdPool.
+func (r *run) pool(name string) *herdpool.HerdPool {
 	r.t.Helper()
-	var np nodepool.NodePool
+	var np herdpool.HerdPool
 	if err := r.Client.Get(r.t.Context(), client.ObjectKey{Name: name}, &np); err != nil {
 		r.t.Fatal(err)
 	}
 	return &np
 }
 
-// waitPool polls a NodePool until cond holds.
-func (r *run) waitPool(name, what string, timeout time.Duration, cond func(*nodepool.NodePool) bool) *nodepool.NodePool {
+// waitPool polls a HerdPool until cond holds.
+func (r *run) waitPool(name, what string, timeout time.Duration, cond func(*herdpool.HerdPool) bool) *herdpool.HerdPool {
 	r.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		var np nodepool.NodePool
+		var np herdpool.HerdPool
 		err := r.Client.Get(r.t.Context(), client.ObjectKey{Name: name}, &np)
 		if err == nil && cond(&np) {
 			return &np
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("waiting %s for %s: NodePool %s is %s: %s", timeout, what, name, np.Status.Phase, np.Status.Message)
+			r.t.Fatalf("waiting %s for %s: HerdPool %s is %s: %s", timeout, what, name, np.Status.Phase, np.Status.Message)
 		}
 		select {
 		case <-r.t.Context().Done():
@@ -121,7 +121,7 @@ func (r *run) waitPool(name, what string, timeout time.Duration, cond func(*node
 // describe says where every pool and node stands, for failure messages.
 func (r *run) describe() string {
 	var b strings.Builder
-	var pools nodepool.NodePoolList
+	var pools herdpool.HerdPoolList
 	_ = r.Client.List(context.Background(), &pools)
 	for _, np := range pools.Items {
 		fmt.Fprintf(&b, "pool %s: %s: %s (rollout %+v)\n", np.Name, np.Status.Phase, np.Status.Message, np.Status.Rollout)

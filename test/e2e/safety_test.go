@@ -14,7 +14,7 @@ import (
 
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/cluster"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/test/story"
 )
 
@@ -61,7 +61,7 @@ func TestBootFailureHalts(t *testing.T) {
 	}
 	r.bump("maxFailures: 0")
 
-	np := r.waitPool("general", "a halt", 3*time.Minute, func(np *nodepool.NodePool) bool { return np.Status.Phase == nodepool.PhaseHalted })
+	np := r.waitPool("general", "a halt", 3*time.Minute, func(np *herdpool.HerdPool) bool { return np.Status.Phase == herdpool.PhaseHalted })
 	if !strings.Contains(np.Status.Message, "general-0") {
 		t.Errorf("the halt does not name the failed node: %s", np.Status.Message)
 	}
@@ -110,8 +110,8 @@ func TestBootFailureRollsBack(t *testing.T) {
 	before := counters(r.Fleet, []string{"general-0"})
 	r.bump(`maxFailures: 0, failurePolicy: "rollback"`)
 
-	np := r.waitPool("general", "the rollback to finish", 3*time.Minute, func(np *nodepool.NodePool) bool {
-		return np.Status.Phase == nodepool.PhaseHalted && strings.Contains(np.Status.Message, "rolled back")
+	np := r.waitPool("general", "the rollback to finish", 3*time.Minute, func(np *herdpool.HerdPool) bool {
+		return np.Status.Phase == herdpool.PhaseHalted && strings.Contains(np.Status.Message, "rolled back")
 	})
 	t.Logf("general: %s", np.Status.Message)
 	waitNode(t, r, "general-0", func(n *corev1.Node) bool {
@@ -175,7 +175,7 @@ func TestJoinAndNewCommitMidRollout(t *testing.T) {
 	v2 := r.Fleet.Commits()[1]
 	budget := watchBudget(t, r.Story, "general")
 	r.bump("")
-	r.waitPool("general", "the rollout to start", time.Minute, func(np *nodepool.NodePool) bool { return np.Status.Phase == nodepool.PhaseProgressing })
+	r.waitPool("general", "the rollout to start", time.Minute, func(np *herdpool.HerdPool) bool { return np.Status.Phase == herdpool.PhaseProgressing })
 
 	joined, err := r.Fleet.AddNodes(t.Context(), "general", 1, true)
 	if err != nil {
@@ -218,8 +218,8 @@ func TestWindowsAndQuarantine(t *testing.T) {
 	now := time.Now().UTC()
 	closed := fmt.Sprintf(`windows: [{start: %q, end: %q}]`, now.Add(2*time.Hour).Format("15:04"), now.Add(3*time.Hour).Format("15:04"))
 	r.bump("maxFailures: 0, quarantine: after: 1, " + closed)
-	np := r.waitPool("general", "the pool to wait for its window", time.Minute, func(np *nodepool.NodePool) bool {
-		return np.Status.Phase == nodepool.PhaseWaiting
+	np := r.waitPool("general", "the pool to wait for its window", time.Minute, func(np *herdpool.HerdPool) bool {
+		return np.Status.Phase == herdpool.PhaseWaiting
 	})
 	t.Logf("general: %s", np.Status.Message)
 	for _, n := range nodesOf(r.Fleet, "general") {

@@ -30,7 +30,7 @@ import (
 	"herd.dev/herd/node/sim"
 	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/controller"
-	"herd.dev/herd/sync/nodepool"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/test/controlplane"
 )
 
@@ -119,7 +119,7 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 	if s.Client, err = client.New(rc, client.Options{Scheme: sch}); err != nil {
 		return s, err
 	}
-	step("herd install: NodePool CRD, RBAC, admission policy")
+	step("herd install: HerdPool CRD, RBAC, admission policy")
 	manifests, err := config.Render()
 	if err != nil {
 		return s, err
@@ -264,7 +264,7 @@ func (s *Story) startController(opts Options) {
 	go func() { s.ctrlDone <- controller.Run(ctx, cfg) }()
 }
 
-// WaitUpToDate waits until every pool's NodePool reports UpToDate at the
+// WaitUpToDate waits until every pool's HerdPool reports UpToDate at the
 // fleet's current revision.
 func (s *Story) WaitUpToDate(ctx context.Context, timeout time.Duration) error {
 	head, err := git(s.Work, "rev-parse", "origin/main")
@@ -277,7 +277,7 @@ func (s *Story) WaitUpToDate(ctx context.Context, timeout time.Duration) error {
 			return false, fmt.Errorf("the controller stopped: %w", err)
 		default:
 		}
-		var list nodepool.NodePoolList
+		var list herdpool.HerdPoolList
 		if err := s.Client.List(ctx, &list); err != nil {
 			return false, nil
 		}
@@ -285,7 +285,7 @@ func (s *Story) WaitUpToDate(ctx context.Context, timeout time.Duration) error {
 			return false, nil
 		}
 		for _, np := range list.Items {
-			if np.Status.ObservedRevision != head || np.Status.Phase != nodepool.PhaseUpToDate {
+			if np.Status.ObservedRevision != head || np.Status.Phase != herdpool.PhaseUpToDate {
 				return false, nil
 			}
 		}

@@ -79,7 +79,7 @@ Herd is running: %d simulated nodes in pools %s, real OSTree sysroots,
 a real kube-apiserver, and a fleet repo at %s.
 
   export KUBECONFIG=$PWD/%s
-  %s get nodepools
+  %s get herdpools
   bin/herd status --watch
 
 Roll a new OS out to the general pool, batch by batch:

@@ -1,6 +1,6 @@
-// Package nodepool is the NodePool custom resource: the cluster's read-only
+// Package herdpool is the HerdPool custom resource: the cluster's read-only
 // mirror of a pool in Git, with its rollout's progress in the status.
-package nodepool
+package herdpool
 
 import (
 	"encoding/json"
@@ -13,21 +13,21 @@ import (
 	"herd.dev/herd/schema"
 )
 
-// GroupVersion of the NodePool API.
+// GroupVersion of the HerdPool API.
 var GroupVersion = k8sschema.GroupVersion{Group: "herd.dev", Version: "v1alpha1"}
 
 var (
 	schemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
-	// AddToScheme registers NodePool and NodePoolList.
+	// AddToScheme registers HerdPool and HerdPoolList.
 	AddToScheme = schemeBuilder.AddToScheme
 )
 
 func init() {
-	schemeBuilder.Register(&NodePool{}, &NodePoolList{})
+	schemeBuilder.Register(&HerdPool{}, &HerdPoolList{})
 }
 
 // Kind is the resource's kind.
-const Kind = "NodePool"
+const Kind = "HerdPool"
 
 // Phases of a pool.
 const (
@@ -40,9 +40,9 @@ const (
 	PhaseWaiting     = "Waiting"     // outside its maintenance windows, or the fleet is frozen
 )
 
-// NodePool mirrors one pool of the fleet repo. Git is the source of truth:
+// HerdPool mirrors one pool of the fleet repo. Git is the source of truth:
 // the controller overwrites any edit to the spec.
-type NodePool struct {
+type HerdPool struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
@@ -108,7 +108,7 @@ type RolloutStatus struct {
 	ResumedBy string `json:"resumedBy,omitempty"`
 }
 
-// AnnotationResume on a NodePool asks the controller to lift its halt;
+// AnnotationResume on a HerdPool asks the controller to lift its halt;
 // `herd resume POOL` sets it to the current time.
 const AnnotationResume = "herd.dev/resume"
 
@@ -123,27 +123,27 @@ type PreviousTarget struct {
 const MaxPrevious = 10
 
 // GetConditions returns the status conditions (for fluxcd/pkg/runtime/conditions).
-func (p *NodePool) GetConditions() []metav1.Condition { return p.Status.Conditions }
+func (p *HerdPool) GetConditions() []metav1.Condition { return p.Status.Conditions }
 
 // SetConditions sets the status conditions.
-func (p *NodePool) SetConditions(c []metav1.Condition) { p.Status.Conditions = c }
+func (p *HerdPool) SetConditions(c []metav1.Condition) { p.Status.Conditions = c }
 
-// NodePoolList is a list of NodePools.
-type NodePoolList struct {
+// HerdPoolList is a list of HerdPools.
+type HerdPoolList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
-	Items           []NodePool `json:"items"`
+	Items           []HerdPool `json:"items"`
 }
 
 // DeepCopyObject copies the object. Spec holds maps and pointers of the
 // schema's types; a JSON round trip copies them all without generated code.
-func (p *NodePool) DeepCopyObject() runtime.Object { return deepCopy(p) }
+func (p *HerdPool) DeepCopyObject() runtime.Object { return deepCopy(p) }
 
 // DeepCopy copies the object.
-func (p *NodePool) DeepCopy() *NodePool { return deepCopy(p) }
+func (p *HerdPool) DeepCopy() *HerdPool { return deepCopy(p) }
 
 // DeepCopyObject copies the list.
-func (l *NodePoolList) DeepCopyObject() runtime.Object { return deepCopy(l) }
+func (l *HerdPoolList) DeepCopyObject() runtime.Object { return deepCopy(l) }
 
 func deepCopy[T any](in *T) *T {
 	if in == nil {
