@@ -2,7 +2,6 @@ package planner
 
 import (
 	"cmp"
-	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -10,12 +9,15 @@ import (
 	"herd.dev/herd/schema"
 )
 
-// Compute turns an input into a plan.
+// Compute turns an input into a plan: every decision of every pool's
+// rollout, and the rollout state to keep.
 //
 // The rules, pool by pool:
 //   - A node belongs to the pool whose selector matches its labels; a node
 //     matching several pools is a Conflict and joins none.
-//   - It is up to date when herd.dev/os-booted is the pool's OS commit and
+//   - A new target starts a new rollout (rollout.go); a new resume request
+//     lifts a halt and forgives the failures so far.
+//   - A node is up to date when herd.dev/os-booted is the pool's OS commit and
 //     herd.dev/current-config is the pool's config hash.
 //   - It is unavailable when NotReady, cordoned (spec.unschedulable) or the
 //     agent reports Working, Rebooting or Degraded. Unavailable nodes count
@@ -29,6 +31,8 @@ import (
 //     `canary` nodes when set. When that leaves no room, the pool is Blocked.
 //   - A batch starts only when the one before it is done: while any node is
 //     in flight to the target, batch 1 holds only the nodes Herd works on.
+//   - Failures past maxFailures halt the rollout, or roll the nodes it
+//     touched back to the last good target, by the pool's failurePolicy.
 func Compute(in Input) *Plan {
 	plan := &Plan{Pools: make([]PoolPlan, 0, len(in.Pools)), Unmanaged: []string{}}
 	members, unmanaged, conflicts := assign(in.Pools, in.Nodes)
@@ -103,396 +107,573 @@ func minKey(m map[string]string) string {
 	return min
 }
 
-func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
-	pp := PoolPlan{
-		Name:        p.Name,
-		ConfigHash:  p.Hash,
-		OSCommit:    p.Spec.OS.Commit,
-		Paused:      p.Spec.Paused,
-		Unavailable: []Unavailable{},
-		Batches:     [][]string{},
-		Changes:     []Change{},
-		UpToDate:    []string{},
-	}
-	r := p.Spec.Rollout
-	prev := in.Rollouts[p.Name]
-	st := prev
-	if st.Hash != p.Hash {
-		// A new target: the last rollout's halt and rollback are over.
-		st = Rollout{Hash: p.Hash, LastGood: st.LastGood}
-	}
-	target := Target{Hash: p.Hash, OSCommit: p.Spec.OS.Commit}
-	goal := target // where nodes go: the target, or back to the last good
-	if st.RollingBack {
-		goal = st.LastGood
-		pp.RollingBack = true
-	}
-	forgiven := map[string]bool{} // "node#failures": a resume forgives one failure
-	for _, n := range st.Forgiven {
-		forgiven[n] = true
-	}
-	pp.failures = map[string]int{}
-	soak, timeout := r.SoakDuration(), r.NodeTimeoutDuration()
-	act := func(a Action) { pp.Actions = append(pp.Actions, a) }
+// poolPlanner decides one pool: the rollout state (st) moves on as it
+// goes, and pp collects the plan.
+type poolPlanner struct {
+	in     *Input
+	p      *Pool
+	nodes  []*Node
+	pp     PoolPlan
+	prev   Rollout // the state as kept
+	st     Rollout // the state being decided: pp.Next at the end
+	target Target  // the pool's target
+	goal   Target  // where nodes go: the target, or back to the last good one
 
-	var (
-		free       []*Node  // out of date, already Herd's: in flight or to retarget
-		settling   []*Node  // working toward an older target: wait for a safe point
-		candidates []*Node  // out of date and available
-		joining    []*Node  // joined the pool, converging: no budget
-		failed     []*Node  // failed this rollout
-		waiting    []Change // out of date, unavailable for other reasons
-		finishing  []string // at the goal, still unavailable because of Herd
-		inFlight   int      // dispatched or soaking: the batch is not done
-	)
-	stayUnavailable := 0
-	members := 0
-	for _, n := range nodes {
-		if n.Quarantined != "" {
+	soak, timeout time.Duration
+	quarantine    map[string]bool           // nodes quarantined now
+	startNow      map[*Node]bool            // the nodes of the batch that runs now
+	diffs         map[string]schema.Change // by current config hash
+}
+
+func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
+	pl := &poolPlanner{
+		in: in, p: p, nodes: nodes,
+		target:     Target{Hash: p.Hash, OSCommit: p.Spec.OS.Commit},
+		soak:       p.Spec.Rollout.SoakDuration(),
+		timeout:    p.Spec.Rollout.NodeTimeoutDuration(),
+		quarantine: map[string]bool{},
+	}
+	pl.pp = PoolPlan{
+		Name:       p.Name,
+		ConfigHash: p.Hash,
+		OSCommit:   p.Spec.OS.Commit,
+		Paused:     p.Spec.Paused,
+	}
+	pl.begin()
+	resumed := pl.resume()
+	pl.setGoal()
+	s := pl.sort()
+	if resumed {
+		pl.forgive(s)
+	}
+	if pl.judge(s) {
+		// A rollback starts now: plan the way back at once. The failures
+		// and quarantines found on the way to the target stand.
+		kept := slices.DeleteFunc(pl.pp.Actions, func(a Action) bool { return a.Kind != ActFail && a.Kind != ActQuarantine })
+		pl.pp.Actions = kept
+		pl.pp.Failed = nil
+		pl.setGoal()
+		s = pl.sort()
+		pl.judge(s)
+	}
+	pl.closed()
+	pl.join(s)
+	batches := pl.batch(s)
+	pl.changes(s, batches)
+	pl.prestage(batches)
+	pl.finish(s)
+	return pl.pp
+}
+
+func (pl *poolPlanner) act(a Action) { pl.pp.Actions = append(pl.pp.Actions, a) }
+
+func (pl *poolPlanner) event(e Event) { pl.pp.Events = append(pl.pp.Events, e) }
+
+// setGoal points the nodes at the target, or back at the last good target
+// while rolling back.
+func (pl *poolPlanner) setGoal() {
+	pl.goal = pl.target
+	pl.diffs = map[string]schema.Change{}
+	pl.pp.RollingBack = pl.st.RollingBack
+	if pl.st.RollingBack {
+		pl.goal = pl.st.LastGood
+	}
+}
+
+// sorted is the pool's nodes, sorted by where they stand.
+type sorted struct {
+	members    int
+	free       []*Node  // out of date, already Herd's: in flight, taken out, or to retarget
+	settling   []*Node  // busy toward an older target: wait for a safe point
+	candidates []*Node  // out of date and available
+	joining    []*Node  // joined the pool, converging: no budget
+	failed     []*Node  // failed this rollout
+	fails      []*Reason // why each failed node failed now (nil: earlier)
+	waiting    []Change // out of date, waiting
+	finishing  []string // at the goal (or settling), still unavailable because of Herd
+	inFlight   int      // dispatched or soaking: the batch is not done
+	// stayUnavailable counts nodes that stay unavailable whatever is
+	// started: they take room under maxUnavailable.
+	stayUnavailable int
+}
+
+// sort puts every node of the pool where it stands, and decides what
+// follows from that alone: soaks, finishes, failures found now.
+func (pl *poolPlanner) sort() *sorted {
+	s := &sorted{}
+	pp := &pl.pp
+	pp.Unavailable, pp.UpToDate, pp.Soaking, pp.Quarantined = []Unavailable{}, []string{}, nil, nil
+	goal := pl.goal
+	for _, n := range pl.nodes {
+		if n.Quarantined != "" || pl.quarantine[n.Name] {
 			pp.Quarantined = append(pp.Quarantined, n.Name)
 			continue
 		}
-		members++
-		reason := unavailableReason(n)
-		if reason != "" {
-			pp.Unavailable = append(pp.Unavailable, Unavailable{Node: n.Name, Reason: reason})
+		s.members++
+		u, unavailable := unavailability(n)
+		if unavailable {
+			pp.Unavailable = append(pp.Unavailable, u)
 		}
 		atGoal := n.CurrentConfig == goal.Hash && n.OSBooted == goal.OSCommit
-		toGoal := n.DesiredConfig == goal.Hash && n.DesiredOS == goal.OSCommit
-		if st.RollingBack && !atGoal && !toGoal && n.DesiredConfig != target.Hash && n.CurrentConfig != target.Hash {
+		toGoal := dispatchedTo(n, goal)
+		if pl.st.RollingBack && !atGoal && !toGoal && n.DesiredConfig != pl.target.Hash && n.CurrentConfig != pl.target.Hash {
 			// Rolling back: only the nodes the rollout touched go back.
-			if reason != "" {
-				stayUnavailable++
+			if unavailable {
+				s.stayUnavailable++
 			}
 			continue
 		}
-
-		if atGoal && !toGoal && n.DesiredConfig != "" {
-			// At the goal, but told another target (a revert overtook it):
-			// at a safe point, tell it the goal; its agent stands down.
-			if n.State == schema.StateWorking || n.State == schema.StateRebooting {
-				settling = append(settling, n)
-				stayUnavailable++
-				finishing = append(finishing, n.Name)
-				continue
-			}
-			act(Action{Kind: ActStart, Node: n.Name, Target: goal, Disruption: schema.DisruptionNone, Reason: "already there"})
-		}
-
 		if atGoal {
-			ready := n.Ready && n.State == schema.StateIdle
-			healthy := ready && n.Unhealthy == ""
-			soaked := soak == 0 || !n.AtTarget.IsZero() && !in.Now.Before(n.AtTarget.Add(soak))
-			if healthy && toGoal && n.AtTarget.IsZero() && soak > 0 {
-				act(Action{Kind: ActSoak, Node: n.Name, Target: goal})
-			}
-			if ready && n.Cordoned {
-				act(Action{Kind: ActFinish, Node: n.Name, Target: goal})
-			}
-			switch {
-			case healthy && soaked:
-				pp.UpToDate = append(pp.UpToDate, n.Name)
-			case ready && !healthy && toGoal && !soaked:
-				// A health check fails during the soak: a failure.
-				failed = append(failed, n)
-				if n.FailedTarget != goal.Hash {
-					act(Action{Kind: ActFail, Node: n.Name, Target: goal, Reason: "health check failed: " + n.Unhealthy})
-				}
-			case toGoal:
-				pp.Soaking = append(pp.Soaking, n.Name)
-				inFlight++
-			default:
-				pp.UpToDate = append(pp.UpToDate, n.Name) // there before this rollout
-			}
-			if reason != "" {
-				stayUnavailable++
-				if herdOwned(n) {
-					finishing = append(finishing, n.Name)
-				}
-			}
+			pl.sortAtGoal(s, n, toGoal, unavailable)
 			continue
 		}
+		pl.sortOutOfDate(s, n, u, toGoal, unavailable)
+	}
+	pp.Nodes = s.members + len(pp.Quarantined)
+	pp.MaxUnavailable = pl.p.Spec.Rollout.MaxUnavailable.Resolve(s.members)
+	return s
+}
 
-		// Out of date.
-		switch fail := failure(n, goal, in.Now, timeout); {
-		case n.Converging && n.State != schema.StateDegraded:
-			joining = append(joining, n)
-		case fail != "" || n.FailedTarget == goal.Hash && toGoal:
-			failed = append(failed, n)
-			if fail != "" && n.FailedTarget != goal.Hash {
-				act(Action{Kind: ActFail, Node: n.Name, Target: goal, Reason: fail})
-			}
-			if reason != "" {
-				stayUnavailable++ // a failed node keeps its slot
-			}
-		case toGoal:
-			free = append(free, n)
-			inFlight++
-		case herdOwned(n) && (n.State == schema.StateWorking || n.State == schema.StateRebooting):
-			settling = append(settling, n)
-			stayUnavailable++ // Herd's, and back soon: like a node finishing
-			finishing = append(finishing, n.Name)
-		case reason != "" && herdOwned(n), toAnyTarget(n):
-			free = append(free, n) // Herd's already: retarget it
-		case reason != "":
-			stayUnavailable++
-			waiting = append(waiting, Change{Node: n.Name, Reason: reason + ": waits until it is available again"})
-		default:
-			candidates = append(candidates, n)
+// sortAtGoal places a node that runs the goal: done, soaking, or failing
+// its health checks in its soak.
+func (pl *poolPlanner) sortAtGoal(s *sorted, n *Node, toGoal, unavailable bool) {
+	pp, goal := &pl.pp, pl.goal
+	if !toGoal && n.DesiredConfig != "" {
+		// At the goal, but told another target (a revert overtook it): at
+		// a safe point, tell it the goal; its agent stands down.
+		if n.State == schema.StateWorking || n.State == schema.StateRebooting {
+			s.settling = append(s.settling, n)
+			s.stayUnavailable++
+			s.finishing = append(s.finishing, n.Name)
+			return
+		}
+		pl.act(Action{Kind: ActRetarget, Node: n.Name, Target: goal})
+	}
+	ready := n.Ready && n.State == schema.StateIdle
+	healthy := ready && n.Unhealthy == ""
+	soaked := pl.soak == 0 || !n.AtTarget.IsZero() && !pl.in.Now.Before(n.AtTarget.Add(pl.soak))
+	if healthy && toGoal && n.AtTarget.IsZero() {
+		pl.act(Action{Kind: ActSoak, Node: n.Name, Target: goal})
+	}
+	if ready && (n.Cordoned || !n.DrainStarted.IsZero()) {
+		pl.act(Action{Kind: ActFinish, Node: n.Name, Target: goal})
+	}
+	switch {
+	case healthy && soaked:
+		pp.UpToDate = append(pp.UpToDate, n.Name)
+	case ready && !healthy && toGoal && !soaked:
+		// A health check fails during the soak: a failure.
+		var why *Reason
+		if n.FailedTarget != goal.Hash {
+			why = &Reason{Code: CodeHealthCheck, Detail: n.Unhealthy}
+		}
+		s.failed, s.fails = append(s.failed, n), append(s.fails, why)
+	case toGoal:
+		pp.Soaking = append(pp.Soaking, n.Name)
+		s.inFlight++
+	default:
+		pp.UpToDate = append(pp.UpToDate, n.Name) // there before this rollout
+	}
+	if unavailable {
+		s.stayUnavailable++
+		if herdOwned(n) {
+			s.finishing = append(s.finishing, n.Name)
 		}
 	}
-	pp.Nodes = members + len(pp.Quarantined)
-	pp.MaxUnavailable = r.MaxUnavailable.Resolve(members)
+}
 
-	// Failures: forgiven ones do not count; nodes that fail too often leave
-	// the rollout, when the pool allows it.
-	var counted []*Node
-	for _, n := range failed {
-		fails := n.Failures
-		if n.FailedTarget != goal.Hash {
-			fails++ // the failure recorded now
+// sortOutOfDate places a node that does not run the goal.
+func (pl *poolPlanner) sortOutOfDate(s *sorted, n *Node, u Unavailable, toGoal, unavailable bool) {
+	switch fail := failure(n, pl.goal, pl.in.Now, pl.timeout); {
+	case n.Converging && n.State != schema.StateDegraded:
+		s.joining = append(s.joining, n)
+	case fail != nil || n.FailedTarget == pl.goal.Hash && toGoal:
+		if n.FailedTarget == pl.goal.Hash {
+			fail = nil // recorded already
 		}
+		s.failed, s.fails = append(s.failed, n), append(s.fails, fail)
+		if unavailable {
+			s.stayUnavailable++ // a failed node keeps its slot
+		}
+	case toGoal:
+		s.free = append(s.free, n)
+		s.inFlight++
+	case herdOwned(n) && (n.State == schema.StateWorking || n.State == schema.StateRebooting):
+		s.settling = append(s.settling, n)
+		s.stayUnavailable++ // Herd's, and back soon: like a node finishing
+		s.finishing = append(s.finishing, n.Name)
+	case unavailable && herdOwned(n), toAnyTarget(n):
+		s.free = append(s.free, n) // Herd's already: go on, or retarget it
+	case unavailable:
+		s.stayUnavailable++
+		s.waiting = append(s.waiting, Change{Node: n.Name, Wait: &Reason{Code: CodeUnavailable, Detail: u.Message()}})
+	default:
+		s.candidates = append(s.candidates, n)
+	}
+}
+
+// forgive records the failures so far as forgiven: a resume asked for it.
+func (pl *poolPlanner) forgive(s *sorted) {
+	var names []string
+	for _, n := range s.failed {
+		f := Failure{Node: n.Name, Count: failureCount(n, pl.goal)}
+		if !slices.Contains(pl.st.Forgiven, f) {
+			pl.st.Forgiven = append(pl.st.Forgiven, f)
+		}
+		names = append(names, n.Name)
+	}
+	slices.SortFunc(pl.st.Forgiven, func(a, b Failure) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), cmp.Compare(a.Count, b.Count))
+	})
+	pl.event(Event{Kind: EventResumed, Nodes: names, Why: reason(CodeResumed)})
+}
+
+// failureCount is the node's failure count once its failure of goal is
+// recorded.
+func failureCount(n *Node, goal Target) int {
+	if n.FailedTarget != goal.Hash {
+		return n.Failures + 1
+	}
+	return n.Failures
+}
+
+// judge records the failures found now, quarantines nodes that failed too
+// often, and holds the rest against the failure budget: past it, the
+// rollout halts, or rolls back. It reports whether a rollback starts now.
+func (pl *poolPlanner) judge(s *sorted) bool {
+	r := pl.p.Spec.Rollout
+	var counted []string
+	for i, n := range s.failed {
+		if why := s.fails[i]; why != nil {
+			pl.act(Action{Kind: ActFail, Node: n.Name, Target: pl.goal, Why: why})
+		}
+		fails := failureCount(n, pl.goal)
 		if q := r.Quarantine; q != nil && fails >= q.After {
-			act(Action{Kind: ActQuarantine, Node: n.Name, Target: goal, Reason: fmt.Sprintf("failed %d targets, the last %s", fails, short(goal.Hash))})
+			pl.quarantine[n.Name] = true
+			pl.act(Action{Kind: ActQuarantine, Node: n.Name, Target: pl.goal, Why: &Reason{Code: CodeFailedTooOften, Count: fails, Hash: pl.goal.Hash}})
 			continue
 		}
-		pp.Failed = append(pp.Failed, n.Name)
-		pp.failures[n.Name] = fails
-		if !forgiven[failureKey(n.Name, fails)] {
-			counted = append(counted, n)
+		pl.pp.Failed = append(pl.pp.Failed, n.Name)
+		if !slices.Contains(pl.st.Forgiven, Failure{Node: n.Name, Count: fails}) {
+			counted = append(counted, n.Name)
 		} else if n.DesiredConfig != "" {
 			// A resume forgave it: try it again. Told nothing, its agent
 			// stands down; then it starts like any node.
-			act(Action{Kind: ActReset, Node: n.Name, Reason: "resumed: try again"})
+			pl.act(Action{Kind: ActReset, Node: n.Name, Why: reason(CodeResumed)})
 		}
 	}
-	switch {
-	case st.Halted != "":
-		pp.Halt = st.Halted
-	case st.RollingBack:
-	case len(counted) > r.MaxFailures:
-		why := fmt.Sprintf("%d nodes failed (%s), more than maxFailures %d", len(counted), nodeNames(counted), r.MaxFailures)
-		if r.FailurePolicy == schema.FailurePolicyRollback && st.LastGood.Hash != "" && st.LastGood.Hash != target.Hash {
-			pp.StartRollback = true
-		} else if r.FailurePolicy == schema.FailurePolicyRollback {
-			pp.Halt = why + "; no earlier target to roll back to"
-		} else {
-			pp.Halt = why
-		}
+	if pl.st.Halt != nil || pl.st.RollingBack || len(counted) <= r.MaxFailures {
+		return false
 	}
-	switch {
-	case in.Freeze:
-		pp.Closed = "the fleet is frozen (maintenance.freeze)"
-	case !p.Windows.Open(in.Now):
-		pp.Closed = "outside the pool's maintenance windows"
-		if next := p.Windows.NextOpen(in.Now); !next.IsZero() {
-			pp.Closed += "; the next opens at " + next.UTC().Format(time.RFC3339)
+	why := &Reason{Code: CodeFailureBudget, Nodes: counted, Count: len(counted), Limit: r.MaxFailures}
+	if r.FailurePolicy == schema.FailurePolicyRollback {
+		if lg := pl.st.LastGood; lg.Hash != "" && lg != pl.target {
+			pl.st.RollingBack = true
+			pl.event(Event{Kind: EventRollbackStarted, Nodes: counted, Why: why})
+			return true
 		}
+		why.Code = CodeNoRollbackTarget
 	}
+	pl.st.Halt = why
+	pl.event(Event{Kind: EventHalted, Nodes: counted, Why: why})
+	return false
+}
 
-	// Joining nodes converge at once, outside the budget: the taint keeps
-	// work off them, so there is nothing to drain. While the pool is halted
-	// they get its last good target, not the one that failed.
-	join := goal
-	if pp.Halt != "" && st.LastGood.Hash != "" {
-		join = st.LastGood
+// closed says whether the pool's windows or a freeze keep batches from
+// starting now.
+func (pl *poolPlanner) closed() {
+	switch {
+	case pl.in.Freeze:
+		pl.pp.Closed = reason(CodeFrozen)
+	case !pl.p.Windows.Open(pl.in.Now):
+		pl.pp.Closed = &Reason{Code: CodeOutsideWindow, Time: pl.p.Windows.NextOpen(pl.in.Now)}
 	}
-	for _, n := range joining {
-		pp.Joining = append(pp.Joining, n.Name)
-		if n.DesiredConfig != join.Hash || n.DesiredOS != join.OSCommit {
-			if n.State == schema.StateWorking || n.State == schema.StateRebooting {
-				continue // at a safe point, later
-			}
-			act(Action{Kind: ActStart, Node: n.Name, Target: join, Disruption: schema.DisruptionReboot, Reason: "joining"})
-		}
-	}
+}
 
-	room := pp.MaxUnavailable - stayUnavailable
-	external := stayUnavailable - len(finishing)
+// join gives joining nodes their target at once, outside the budget: the
+// taint keeps work off them, so there is nothing to drain. While the pool
+// is halted they get its last good target, not the one that failed.
+func (pl *poolPlanner) join(s *sorted) {
+	join := pl.goal
+	if pl.st.Halt != nil && pl.st.LastGood.Hash != "" {
+		join = pl.st.LastGood
+	}
+	for _, n := range s.joining {
+		pl.pp.Joining = append(pl.pp.Joining, n.Name)
+		if dispatchedTo(n, join) || n.State == schema.StateWorking || n.State == schema.StateRebooting {
+			continue // told already, or at a safe point later
+		}
+		pl.act(Action{Kind: ActJoin, Node: n.Name, Target: join, Disruption: schema.DisruptionReboot})
+	}
+}
+
+// stop says why no new node starts, or nil.
+func (pl *poolPlanner) stop() *Reason {
+	switch {
+	case pl.pp.Paused:
+		return reason(CodePaused)
+	case pl.st.Halt != nil:
+		return reason(CodeHalted)
+	case pl.pp.Closed != nil:
+		return pl.pp.Closed
+	}
+	return nil
+}
+
+// batch decides the batches: batch 1 runs now; the rest are a projection.
+// It returns them with batch 1 first.
+func (pl *poolPlanner) batch(s *sorted) [][]*Node {
+	pp, r := &pl.pp, pl.p.Spec.Rollout
+	room := pp.MaxUnavailable - s.stayUnavailable
+	external := s.stayUnavailable - len(s.finishing)
 	later := pp.MaxUnavailable - external
-	stop := ""
-	switch {
-	case pp.Paused:
-		stop = "pool is paused"
-	case pp.Halt != "":
-		stop = "halted: " + pp.Halt
-	case pp.StartRollback:
-		stop = "rolling back"
-	case pp.Closed != "":
-		stop = pp.Closed
-	}
 	var batches [][]*Node
-	startNow := map[*Node]bool{} // the nodes of the batch that runs now
+	pl.startNow = map[*Node]bool{}
 	current := func(ns []*Node) {
 		if len(ns) > 0 {
 			batches = append(batches, ns)
 			for _, n := range ns {
-				startNow[n] = true
+				pl.startNow[n] = true
 			}
 		}
 	}
-	switch {
-	case stop != "":
-		// Nodes in flight finish; nothing new starts, no node is retargeted.
-		var flying []*Node
-		for _, n := range free {
-			if n.DesiredConfig == goal.Hash && n.DesiredOS == goal.OSCommit {
-				flying = append(flying, n)
-			} else {
-				waiting = append(waiting, Change{Node: n.Name, Reason: stop})
+	wait := func(ns []*Node, why *Reason) {
+		for _, n := range ns {
+			s.waiting = append(s.waiting, Change{Node: n.Name, Wait: why})
+		}
+	}
+	switch stop := pl.stop(); {
+	case stop != nil:
+		// Nodes in flight finish, and nodes taken out go on, unless the
+		// rollout halted: then Herd gives them back. Nothing new starts.
+		var going []*Node
+		for _, n := range s.free {
+			switch {
+			case dispatchedTo(n, pl.goal):
+				going = append(going, n)
+			case toAnyTarget(n) || n.State.Busy():
+				s.waiting = append(s.waiting, Change{Node: n.Name, Wait: stop})
+			case pl.st.Halt != nil:
+				pl.act(Action{Kind: ActFinish, Node: n.Name, Target: pl.goal, Why: stop})
+				s.waiting = append(s.waiting, Change{Node: n.Name, Wait: stop})
+			default:
+				going = append(going, n) // taken out for this target: finish starting it
 			}
 		}
-		current(flying)
-		for _, n := range candidates {
-			waiting = append(waiting, Change{Node: n.Name, Reason: stop})
-		}
-	case later <= 0 && len(candidates) > 0:
-		current(free)
-		pp.Blocked = fmt.Sprintf("%d of %d nodes are unavailable for other reasons, which leaves no room under maxUnavailable %d", external, members, pp.MaxUnavailable)
-		for _, n := range candidates {
-			waiting = append(waiting, Change{Node: n.Name, Reason: "blocked: no room under maxUnavailable"})
-		}
-	case room <= 0 && len(candidates) > 0:
+		current(going)
+		wait(s.candidates, stop)
+	case later <= 0 && len(s.candidates) > 0:
+		current(s.free)
+		pp.Blocked = &Reason{Code: CodeNoRoom, Count: external, Total: s.members, Limit: pp.MaxUnavailable}
+		wait(s.candidates, reason(CodeNoRoom))
+	case room <= 0 && len(s.candidates) > 0:
 		// The last batch's nodes are at the target but not back to work yet.
-		current(free)
-		for _, n := range candidates {
-			waiting = append(waiting, Change{Node: n.Name, Reason: "waits for " + strings.Join(finishing, ", ") + " to finish the batch before"})
-		}
+		current(s.free)
+		wait(s.candidates, &Reason{Code: CodeBatchFinishing, Nodes: s.finishing})
 	default:
-		order := spreadByZone(candidates)
-		first := max(room-len(free), 0)
-		if c := r.Canary; c > 0 && !st.RollingBack {
+		order := spreadByZone(s.candidates)
+		first := max(room-len(s.free), 0)
+		if c := r.Canary; c > 0 && !pl.st.RollingBack {
 			// Until the canary batch is done, batch 1 is the canary batch.
-			done := 0
-			if prev.Hash == p.Hash {
-				done = prev.Done
-			}
-			if done < c {
+			if done := pl.done(); done < c {
 				pp.Canary = true
 				first = min(first, c-done)
 			}
 		}
-		if inFlight > 0 {
-			// A batch starts only when the one before it is done.
-			first = 0
+		if s.inFlight > 0 {
+			first = 0 // a batch starts only when the one before it is done
 		}
 		first = min(first, len(order))
-		current(append(free, order[:first]...))
+		current(append(s.free, order[:first]...))
 		for rest := order[first:]; len(rest) > 0; {
 			k := min(later, len(rest))
 			batches = append(batches, rest[:k])
 			rest = rest[k:]
 		}
 	}
-	for _, n := range settling {
-		waiting = append(waiting, Change{Node: n.Name, Reason: string(n.State) + " toward an earlier target: waits for a safe point"})
+	for _, n := range s.settling {
+		s.waiting = append(s.waiting, Change{Node: n.Name, Wait: &Reason{Code: CodeSafePoint, State: n.State}})
 	}
+	return batches
+}
 
-	diffs := map[string]schema.Change{} // by the node's current config hash
-	rollback := in.Rollbacks[p.Hash] || st.RollingBack
+// done counts the nodes at the target that Herd dispatched to it since the
+// rollout started: derived from the nodes, so it survives restarts.
+func (pl *poolPlanner) done() int {
+	d := 0
+	for _, n := range pl.nodes {
+		if n.CurrentConfig == pl.target.Hash && n.OSBooted == pl.target.OSCommit && dispatchedTo(n, pl.target) &&
+			!n.Dispatched.IsZero() && !n.Dispatched.Before(pl.st.Started.Add(-time.Second)) {
+			d++
+		}
+	}
+	return d
+}
+
+// changes lists every out-of-date node's change, and starts batch 1.
+func (pl *poolPlanner) changes(s *sorted, batches [][]*Node) {
+	pp, goal := &pl.pp, pl.goal
+	rollback := pl.in.Rollbacks[pl.p.Hash] || pl.st.RollingBack || slices.ContainsFunc(pl.st.Previous, func(p Previous) bool { return p.Hash == pl.p.Hash })
+	pp.Batches, pp.Changes = [][]string{}, []Change{}
+	var started []string
 	for bi, batch := range batches {
 		names := make([]string, len(batch))
 		for i, n := range batch {
 			names[i] = n.Name
-			c := change(in, p, n, goal, diffs)
+			c := pl.change(n)
 			c.Batch = bi + 1
-			c.InFlight = n.DesiredConfig == goal.Hash && n.DesiredOS == goal.OSCommit
+			c.InFlight = dispatchedTo(n, goal)
 			c.Rollback = rollback
 			pp.Changes = append(pp.Changes, c)
-			if startNow[n] && !c.InFlight {
-				act(Action{Kind: ActStart, Node: n.Name, Target: goal, Disruption: c.Disruption,
-					Cordon: c.Disruption >= schema.DisruptionRestartKubelet, Drain: c.Disruption == schema.DisruptionReboot})
+			if pl.startNow[n] && !c.InFlight {
+				a := Action{Kind: ActStart, Node: n.Name, Target: goal, Disruption: c.Disruption,
+					Cordon: c.Disruption >= schema.DisruptionRestartContainerd, Drain: c.Disruption == schema.DisruptionReboot,
+					New: !involved(n, goal)}
+				pl.act(a)
+				if a.New {
+					started = append(started, n.Name)
+				}
 			}
 		}
 		pp.Batches = append(pp.Batches, names)
 	}
-	slices.SortFunc(waiting, func(a, b Change) int { return strings.Compare(a.Node, b.Node) })
-	for _, w := range waiting {
-		c := change(in, p, nodeByName(nodes, w.Node), goal, diffs)
-		c.Reason = joinReasons(w.Reason, c.Reason)
-		c.Rollback = rollback
+	if len(started) > 0 {
+		pl.st.Batches++
+		pl.event(Event{Kind: EventBatchStarted, Nodes: started})
+	}
+	slices.SortFunc(s.waiting, func(a, b Change) int { return strings.Compare(a.Node, b.Node) })
+	for _, w := range s.waiting {
+		c := pl.change(nodeByName(pl.nodes, w.Node))
+		c.Wait, c.Rollback = w.Wait, rollback
 		pp.Changes = append(pp.Changes, c)
 	}
-	for _, n := range failed {
-		c := change(in, p, n, goal, diffs)
-		c.Reason = joinReasons("failed", c.Reason)
+	for _, n := range s.failed {
+		if pl.quarantine[n.Name] {
+			continue
+		}
+		c := pl.change(n)
+		c.Wait = reason(CodeFailed)
 		pp.Changes = append(pp.Changes, c)
 	}
-
-	// Pre-stage the OS of the nodes whose batches come later, a few at a time.
-	if r.Prestage > 0 && !st.RollingBack {
-		slots := r.Prestage
-		for _, n := range nodes {
-			if n.PrestageOS == goal.OSCommit && n.OSPulled != goal.OSCommit && n.OSBooted != goal.OSCommit {
-				slots-- // pulling now
-			}
-		}
-		for _, batch := range batches[min(1, len(batches)):] {
-			for _, n := range batch {
-				if slots <= 0 {
-					break
-				}
-				if n.OSBooted != goal.OSCommit && n.PrestageOS != goal.OSCommit && n.OSPulled != goal.OSCommit {
-					act(Action{Kind: ActPrestage, Node: n.Name, Target: goal})
-					slots--
-				}
-			}
-		}
-	}
-
-	pp.Complete = len(pp.UpToDate) == members && len(joining) == 0 && !st.RollingBack
-	if st.RollingBack && len(pp.Changes) == 0 && len(pp.Soaking) == 0 {
-		pp.Halt = fmt.Sprintf("rolled back to %s after failures of %s", short(goal.Hash), short(target.Hash))
-	}
-	slices.SortStableFunc(pp.Actions, func(a, b Action) int { return strings.Compare(a.Node, b.Node) })
-	return pp
 }
 
-// failureKey names one failure of a node: a resume forgives that one, not
-// the next.
-func failureKey(node string, failures int) string { return fmt.Sprintf("%s#%d", node, failures) }
+// prestage asks the nodes of later batches to pull the target's OS commit
+// ahead, a few at a time.
+func (pl *poolPlanner) prestage(batches [][]*Node) {
+	slots, goal := pl.p.Spec.Rollout.Prestage, pl.goal
+	if slots <= 0 || pl.st.RollingBack {
+		return
+	}
+	for _, n := range pl.nodes {
+		if n.PrestageOS == goal.OSCommit && n.OSPulled != goal.OSCommit && n.OSBooted != goal.OSCommit {
+			slots-- // pulling now
+		}
+	}
+	for _, batch := range batches[min(1, len(batches)):] {
+		for _, n := range batch {
+			if slots <= 0 {
+				return
+			}
+			if n.OSBooted != goal.OSCommit && n.PrestageOS != goal.OSCommit && n.OSPulled != goal.OSCommit {
+				pl.act(Action{Kind: ActPrestage, Node: n.Name, Target: goal})
+				slots--
+			}
+		}
+	}
+}
 
-// failure says why a node dispatched to goal has failed it, or "".
-func failure(n *Node, goal Target, now time.Time, timeout time.Duration) string {
-	if n.DesiredConfig != goal.Hash || n.DesiredOS != goal.OSCommit {
-		return ""
+// finish decides what the plan means for the rollout: a finished rollback
+// halts it, a complete one makes the target the last good one; and sums
+// the pool up.
+func (pl *poolPlanner) finish(s *sorted) {
+	pp, st := &pl.pp, &pl.st
+	if st.RollingBack && len(pp.Changes) == 0 && len(pp.Soaking) == 0 {
+		st.RollingBack = false
+		st.Halt = &Reason{Code: CodeRolledBack, Hash: pl.goal.Hash, From: pl.target.Hash}
+		pl.event(Event{Kind: EventHalted, Why: st.Halt})
+	}
+	pp.Complete = len(pp.UpToDate) == s.members && len(s.joining) == 0 && !st.RollingBack
+	if pp.Complete && st.LastGood != pl.target {
+		if pl.prev.LastGood.Hash != "" {
+			pl.event(Event{Kind: EventCompleted})
+		}
+		st.LastGood, st.LastGoodRevision = pl.target, st.Revision
+	}
+	pp.Halt = st.Halt
+	pp.Phase = pl.phase()
+	slices.SortStableFunc(pp.Actions, func(a, b Action) int { return strings.Compare(a.Node, b.Node) })
+	pp.Next = *st
+}
+
+// phase sums the pool up.
+func (pl *poolPlanner) phase() Phase {
+	pp := &pl.pp
+	switch {
+	case pl.st.RollingBack:
+		return PhaseRollingBack
+	case pl.st.Halt != nil:
+		return PhaseHalted
+	case len(pp.Changes) == 0 && len(pp.Soaking) == 0:
+		return PhaseUpToDate
+	case pp.Paused:
+		return PhasePaused
+	case pp.Closed != nil && allInFlight(pp):
+		return PhaseWaiting
+	case pp.Blocked != nil:
+		return PhaseBlocked
+	}
+	return PhaseProgressing
+}
+
+// allInFlight reports whether batch 1 holds only nodes already dispatched.
+func allInFlight(pp *PoolPlan) bool {
+	for _, c := range pp.Changes {
+		if c.Batch == 1 && !c.InFlight {
+			return false
+		}
+	}
+	return true
+}
+
+// failure says why a node dispatched to goal has failed it, or nil.
+func failure(n *Node, goal Target, now time.Time, timeout time.Duration) *Reason {
+	if !dispatchedTo(n, goal) {
+		return nil
 	}
 	switch {
 	case n.State == schema.StateDegraded:
-		return "degraded: " + n.Message
+		return &Reason{Code: CodeDegraded, Detail: n.Message}
 	case !n.Dispatched.IsZero() && now.Sub(n.Dispatched) > timeout:
-		return fmt.Sprintf("not done %s after it was dispatched (nodeTimeout)", timeout)
+		return &Reason{Code: CodeNodeTimeout, Duration: timeout}
 	}
-	return ""
+	return nil
 }
 
-func nodeNames(ns []*Node) string {
-	names := make([]string, len(ns))
-	for i, n := range ns {
-		names[i] = n.Name
-	}
-	return strings.Join(names, ", ")
-}
-
-// unavailableReason says why a node is unavailable, or "" when it is not.
-func unavailableReason(n *Node) string {
-	var why []string
-	if !n.Ready {
-		why = append(why, "NotReady")
-	}
-	if n.Unschedulable {
-		why = append(why, "cordoned")
-	}
+// unavailability says why a node is unavailable, and whether it is.
+func unavailability(n *Node) (Unavailable, bool) {
+	u := Unavailable{Node: n.Name, NotReady: !n.Ready, Cordoned: n.Unschedulable}
 	if n.State.Busy() {
-		why = append(why, string(n.State))
+		u.State = n.State
 	}
-	return strings.Join(why, ", ")
+	return u, u.NotReady || u.Cordoned || u.State != ""
+}
+
+// dispatchedTo reports whether the node was told the target.
+func dispatchedTo(n *Node, t Target) bool {
+	return n.DesiredConfig == t.Hash && n.DesiredOS == t.OSCommit
 }
 
 // herdOwned reports whether Herd is why the node is unavailable, or soon
-// will be: told a target it has not reached, its agent acts on it.
+// will be: taken out by Herd, or told a target it has not reached.
 func herdOwned(n *Node) bool {
-	return n.State.Busy() || n.Cordoned || toAnyTarget(n)
+	return n.State.Busy() || n.Cordoned || !n.DrainStarted.IsZero() || toAnyTarget(n)
+}
+
+// involved reports whether Herd already works on the node for target t:
+// told it, cordoned or draining it, or its agent is busy or failed.
+// Starting a node that is not involved takes one more node out.
+func involved(n *Node, t Target) bool {
+	return dispatchedTo(n, t) || n.Cordoned || !n.DrainStarted.IsZero() || n.State.Busy()
 }
 
 // toAnyTarget reports whether the node was told a target it does not run.
@@ -528,34 +709,32 @@ func spreadByZone(nodes []*Node) []*Node {
 	return out
 }
 
-// change works out the disruption a node needs to reach the pool's target,
-// exactly when its current config is known, and as a reboot otherwise.
-func change(in *Input, p *Pool, n *Node, goal Target, diffs map[string]schema.Change) Change {
+// change works out the disruption a node needs to reach the goal, exactly
+// when its current config is known, and as a reboot otherwise.
+func (pl *poolPlanner) change(n *Node) Change {
+	in, goal := pl.in, pl.goal
 	c := Change{Node: n.Name, Zone: n.Zone(), From: n.CurrentConfig}
 	osChange := n.OSBooted != goal.OSCommit
-	to := p.Rendered
-	if goal.Hash != p.Hash {
+	to := pl.p.Rendered
+	if goal.Hash != pl.p.Hash {
 		to = in.Earlier[goal.Hash] // rolling back
 	}
 	switch from, known := in.Earlier[n.CurrentConfig]; {
 	case n.CurrentConfig == goal.Hash:
 		c.Disruption = schema.DisruptionReboot
-		c.Reason = "config applied; the OS commit is not booted yet"
+		c.Assumed = reason(CodeOSNotBooted)
 		c.Fields = []schema.FieldChange{{Path: "os.booted", From: n.OSBooted, To: goal.OSCommit}}
 	case n.CurrentConfig == "":
 		c.Disruption = schema.DisruptionReboot
-		c.Reason = "node reports no herd.dev/current-config, so its config is unknown"
+		c.Assumed = reason(CodeNoCurrentConfig)
 	case !known || to == nil:
 		c.Disruption = schema.DisruptionReboot
-		c.Reason = fmt.Sprintf("current config %s is unknown", short(n.CurrentConfig))
-		if in.History != "" {
-			c.Reason += " (not the render of " + in.History + ")"
-		}
+		c.Assumed = &Reason{Code: CodeUnknownConfig, Hash: n.CurrentConfig, Detail: in.History}
 	default:
-		d, ok := diffs[n.CurrentConfig]
+		d, ok := pl.diffs[n.CurrentConfig]
 		if !ok {
 			d = schema.Diff(from, to)
-			diffs[n.CurrentConfig] = d
+			pl.diffs[n.CurrentConfig] = d
 		}
 		c.Disruption, c.Fields = d.Disruption, d.Fields
 		if osChange && from.Config.OS.Commit == goal.OSCommit {
@@ -572,18 +751,4 @@ func change(in *Input, p *Pool, n *Node, goal Target, diffs map[string]schema.Ch
 func nodeByName(nodes []*Node, name string) *Node {
 	i, _ := slices.BinarySearchFunc(nodes, name, func(n *Node, name string) int { return strings.Compare(n.Name, name) })
 	return nodes[i]
-}
-
-func joinReasons(a, b string) string {
-	if b == "" {
-		return a
-	}
-	return a + "; " + b
-}
-
-func short(hash string) string {
-	if len(hash) > 12 {
-		return hash[:12]
-	}
-	return hash
 }

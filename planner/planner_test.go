@@ -2,8 +2,9 @@ package planner
 
 import (
 	"fmt"
-	"strings"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -115,11 +116,11 @@ func TestDisruption(t *testing.T) {
 	}{{
 		name: "unknown config reboots and says why",
 		node: node("n", "p", "", "", osNew),
-		want: Change{Node: "n", Batch: 1, Disruption: schema.DisruptionReboot, Reason: "node reports no herd.dev/current-config, so its config is unknown"},
+		want: Change{Node: "n", Batch: 1, Disruption: schema.DisruptionReboot, Assumed: reason(CodeNoCurrentConfig)},
 	}, {
 		name: "config not in history",
 		node: node("n", "p", "", "abcdef0123456789", osNew),
-		want: Change{Node: "n", Batch: 1, Disruption: schema.DisruptionReboot, From: "abcdef0123456789", Reason: "current config abcdef012345 is unknown (not the render of the fleet's last 3 revisions)"},
+		want: Change{Node: "n", Batch: 1, Disruption: schema.DisruptionReboot, From: "abcdef0123456789", Assumed: &Reason{Code: CodeUnknownConfig, Hash: "abcdef0123456789", Detail: "the fleet's last 3 revisions"}},
 	}, {
 		name: "os and kubelet change: reboot with exact fields",
 		node: node("n", "p", "", old.Hash, osOld),
@@ -142,7 +143,7 @@ func TestDisruption(t *testing.T) {
 	}, {
 		name: "config applied, OS staged but not booted",
 		node: func() Node { n := node("n", "p", "", target.Hash, osOld); n.OSStaged = osNew; return n }(),
-		want: Change{Node: "n", Batch: 1, Disruption: schema.DisruptionReboot, From: target.Hash, Reason: "config applied; the OS commit is not booted yet", Fields: []schema.FieldChange{
+		want: Change{Node: "n", Batch: 1, Disruption: schema.DisruptionReboot, From: target.Hash, Assumed: reason(CodeOSNotBooted), Fields: []schema.FieldChange{
 			{Path: "os.booted", From: osOld, To: osNew},
 		}},
 	}}
@@ -238,8 +239,8 @@ func TestBatches(t *testing.T) {
 			if diff := cmp.Diff(tt.batches, pp.Batches, cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("batches (-want +got):\n%s", diff)
 			}
-			if (pp.Blocked != "") != tt.blocked {
-				t.Errorf("blocked = %q, want blocked %v", pp.Blocked, tt.blocked)
+			if (pp.Blocked != nil) != tt.blocked {
+				t.Errorf("blocked = %v, want blocked %v", pp.Blocked, tt.blocked)
 			}
 		})
 	}
@@ -264,7 +265,7 @@ func TestPausedPoolStartsNothing(t *testing.T) {
 	if len(pp.Batches) != 0 {
 		t.Errorf("paused pool has batches %v", pp.Batches)
 	}
-	if len(pp.Changes) != 1 || pp.Changes[0].Batch != 0 || pp.Changes[0].Reason == "" {
+	if len(pp.Changes) != 1 || pp.Changes[0].Batch != 0 || pp.Changes[0].Wait == nil || pp.Changes[0].Wait.Code != CodePaused {
 		t.Errorf("paused pool lists its node as waiting with a reason: %+v", pp.Changes)
 	}
 }
@@ -285,21 +286,26 @@ func TestCanaryGates(t *testing.T) {
 	ns := []Node{node("p-0", "p", "a", "", osOld), node("p-1", "p", "b", "", osOld), node("p-2", "p", "c", "", osOld), node("p-3", "p", "a", "", osOld)}
 	ns[0].DesiredConfig, ns[0].DesiredOS, ns[0].State = p.Hash, osNew, schema.StateWorking
 
-	pp := Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: map[string]Rollout{"p": {Hash: p.Hash}}}).Pools[0]
+	now := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)
+	state := map[string]Rollout{"p": {Target: Target{Hash: p.Hash, OSCommit: osNew}, Started: now.Add(-time.Hour)}}
+	pp := Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: state, Now: now}).Pools[0]
 	if diff := cmp.Diff([][]string{{"p-0"}, {"p-3", "p-1", "p-2"}}, pp.Batches); diff != "" || !pp.Canary {
 		t.Errorf("canary in flight: batches (-want +got):\n%s canary %v", diff, pp.Canary)
 	}
 
+	// The canary, dispatched in this rollout, is done.
 	ns[0] = node("p-0", "p", "a", p.Hash, osNew)
-	pp = Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: map[string]Rollout{"p": {Hash: p.Hash, Done: 1}}}).Pools[0]
+	ns[0].DesiredConfig, ns[0].DesiredOS, ns[0].Dispatched = p.Hash, osNew, now.Add(-30*time.Minute)
+	pp = Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: state, Now: now}).Pools[0]
 	if diff := cmp.Diff([][]string{{"p-3", "p-1", "p-2"}}, pp.Batches); diff != "" || pp.Canary {
 		t.Errorf("canary done: batches (-want +got):\n%s canary %v", diff, pp.Canary)
 	}
 
-	// A rollout toward another hash does not count.
-	pp = Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: map[string]Rollout{"p": {Hash: "other", Done: 5}}}).Pools[0]
+	// A node dispatched before this rollout started does not count.
+	state["p"] = Rollout{Target: Target{Hash: p.Hash, OSCommit: osNew}, Started: now.Add(-10 * time.Minute)}
+	pp = Compute(Input{Pools: []Pool{p}, Nodes: ns, Rollouts: state, Now: now}).Pools[0]
 	if len(pp.Batches[0]) != 1 || !pp.Canary {
-		t.Errorf("a new target starts with a canary again: %v", pp.Batches)
+		t.Errorf("a new rollout starts with a canary again: %v", pp.Batches)
 	}
 }
 
@@ -311,17 +317,17 @@ func TestFinishingBatchIsNotABlock(t *testing.T) {
 	ns := []Node{node("p-0", "p", "a", p.Hash, osNew), node("p-1", "p", "b", "", osOld), node("p-2", "p", "c", "", osOld)}
 	ns[0].Unschedulable, ns[0].Cordoned = true, true
 	pp := Compute(Input{Pools: []Pool{p}, Nodes: ns}).Pools[0]
-	if pp.Blocked != "" || len(pp.Batches) != 0 {
-		t.Errorf("blocked %q, batches %v; want no block and nothing started", pp.Blocked, pp.Batches)
+	if pp.Blocked != nil || len(pp.Batches) != 0 {
+		t.Errorf("blocked %v, batches %v; want no block and nothing started", pp.Blocked, pp.Batches)
 	}
 	for _, c := range pp.Changes {
-		if c.Batch != 0 || !strings.HasPrefix(c.Reason, "waits for p-0 to finish the batch before") {
-			t.Errorf("%s: batch %d, reason %q", c.Node, c.Batch, c.Reason)
+		if c.Batch != 0 || c.Wait == nil || c.Wait.Code != CodeBatchFinishing || !slices.Equal(c.Wait.Nodes, []string{"p-0"}) {
+			t.Errorf("%s: batch %d, wait %+v", c.Node, c.Batch, c.Wait)
 		}
 	}
 	// Cordoned by someone else, the same node does block.
 	ns[0].Cordoned = false
-	if pp := Compute(Input{Pools: []Pool{p}, Nodes: ns}).Pools[0]; pp.Blocked == "" {
+	if pp := Compute(Input{Pools: []Pool{p}, Nodes: ns}).Pools[0]; pp.Blocked == nil {
 		t.Errorf("a node cordoned by someone else leaves no room, but the pool is not blocked")
 	}
 }

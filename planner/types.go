@@ -1,6 +1,7 @@
-// Package planner decides, for desired pools and observed nodes, which nodes
-// change, in which batches, and how disruptive each change is. It is pure: no
-// I/O, no clock, no Kubernetes client; the same input gives the same Plan.
+// Package planner decides, for desired pools, observed nodes and each pool's
+// rollout state at a given time, what happens next: typed actions with
+// typed reasons, and the rollout state to keep. It is pure: no I/O, no
+// clock, no Kubernetes client; the same input gives the same Plan.
 package planner
 
 import (
@@ -15,6 +16,8 @@ type Pool struct {
 	Spec     schema.NodePool
 	Rendered *schema.Rendered
 	Hash     string // Rendered.Hash(), computed once by the caller
+	// Revision is the fleet commit the pool comes from ("" outside Git).
+	Revision string
 	// Windows are when the pool's batches may start; none means always.
 	Windows schema.Windows
 }
@@ -29,7 +32,8 @@ type Node struct {
 
 	DesiredConfig string
 	DesiredOS     string
-	Cordoned      bool // Herd cordoned it (herd.dev/cordoned)
+	Cordoned      bool      // Herd cordoned it (herd.dev/cordoned)
+	DrainStarted  time.Time // Herd began draining it (herd.dev/drain-started)
 
 	CurrentConfig string
 	OSBooted      string
@@ -62,8 +66,9 @@ type Input struct {
 	Pools []Pool
 	Nodes []Node
 
-	// Earlier maps config hashes of earlier revisions' renders to the
-	// renders, so a node still on one gets an exact diff.
+	// Earlier maps config hashes of earlier renders (the fleet's history,
+	// the renders the cluster stores) to the renders, so a node still on
+	// one gets an exact diff.
 	Earlier map[string]*schema.Rendered
 	// History says how Earlier was gathered, for messages about nodes whose
 	// config is not in it (for example "the fleet's last 50 revisions").
@@ -72,9 +77,13 @@ type Input struct {
 	// had before; nodes going there are marked Rollback.
 	Rollbacks map[string]bool
 
-	// Rollouts is what the controller keeps of each pool's rollout in
-	// progress, by pool name; empty for a plan made outside the cluster.
+	// Rollouts is each pool's rollout state as last kept (in the HerdPool
+	// status), by pool name; empty outside the cluster, where every pool
+	// starts afresh.
 	Rollouts map[string]Rollout
+	// Resume holds, by pool, the resume request made in the cluster: the
+	// herd.dev/resume annotation `herd resume` sets on the HerdPool.
+	Resume map[string]string
 	// Freeze stops every new batch of the fleet.
 	Freeze bool
 
@@ -83,17 +92,52 @@ type Input struct {
 }
 
 // Rollout is the state of a pool's rollout that outlives one plan: the
-// controller keeps it in the HerdPool status, so decisions survive restarts.
+// controller keeps it in the HerdPool status and hands it back, so
+// decisions survive restarts. Compute returns the next one in PoolPlan.Next.
 type Rollout struct {
-	Hash string // the config hash the rollout goes to
-	Done int    // nodes it has brought to the target so far
+	Target   Target    `json:"target,omitzero"`   // where the rollout goes
+	Revision string    `json:"revision,omitempty"` // the fleet commit that set the target
+	Started  time.Time `json:"started,omitzero"`   // when the target was first planned
+	Batches  int       `json:"batches"`            // batches started so far
 
-	Halted      string   // why the rollout to Hash is halted; "" when it is not
-	RollingBack bool     // its touched nodes go back to LastGood
-	Forgiven    []string // failures a resume forgave, as "node#count"
-	// LastGood is the pool's last target that every node reached: where a
+	// Halt says why the rollout to Target is halted; nil when it is not.
+	Halt *Reason `json:"halt,omitempty"`
+	// RollingBack is set while the nodes it touched go back to LastGood.
+	RollingBack bool `json:"rollingBack,omitempty"`
+	// Forgiven lists failures a resume forgave.
+	Forgiven []Failure `json:"forgiven,omitempty"`
+	// Resumed is the last resume request honoured.
+	Resumed Resume `json:"resumed,omitzero"`
+
+	// LastGood is the pool's last target every node reached: where a
 	// rollback goes. It outlives rollouts.
-	LastGood Target
+	LastGood         Target `json:"lastGood,omitzero"`
+	LastGoodRevision string `json:"lastGoodRevision,omitempty"`
+	// Previous lists the pool's earlier targets, newest first, at most
+	// MaxPrevious: going back to one of them is a rollback.
+	Previous []Previous `json:"previous,omitempty"`
+}
+
+// MaxPrevious bounds Rollout.Previous.
+const MaxPrevious = 10
+
+// Previous is a target the pool had before.
+type Previous struct {
+	Target
+	Revision string `json:"revision,omitempty"`
+}
+
+// Failure is one failure of a node: the count it brought the node to.
+type Failure struct {
+	Node  string `json:"node"`
+	Count int    `json:"count"`
+}
+
+// Resume is a request to lift a halt: the spec's rollout.resume and the
+// herd.dev/resume annotation. A value not seen before is a new request.
+type Resume struct {
+	Spec       string `json:"spec,omitempty"`
+	Annotation string `json:"annotation,omitempty"`
 }
 
 // Target is what a node runs: a config hash and an OS commit.
@@ -105,19 +149,27 @@ type Target struct {
 // ActionKind is what the controller does to a node.
 type ActionKind string
 
-// Actions.
+// Actions. Later kinds (a remediation) join this list; each is carried out
+// by the controller without deciding anything.
 const (
 	// ActStart takes the node out of service as its disruption needs
-	// (cordon; drain before a reboot) and tells it its target, which
+	// (Cordon; Drain before a reboot) and then tells it its target, which
 	// clears its failure mark: a new attempt.
 	ActStart ActionKind = "start"
+	// ActJoin tells a node that joined its pool (it carries the converging
+	// taint, so no work runs on it) its target: no cordon, no drain.
+	ActJoin ActionKind = "join"
+	// ActRetarget tells a node already at the goal that the goal is its
+	// target (a revert overtook it): its agent stands down.
+	ActRetarget ActionKind = "retarget"
 	// ActSoak records that the node is done at its target: its soak starts.
 	ActSoak ActionKind = "soak"
-	// ActFinish puts a node at its target back to work (uncordons it).
+	// ActFinish puts a node Herd took out back to work: uncordons it if
+	// Herd cordoned it, and forgets its drain.
 	ActFinish ActionKind = "finish"
 	// ActFail records that the node failed its target.
 	ActFail ActionKind = "fail"
-	// ActQuarantine takes the node out of rollouts.
+	// ActQuarantine takes the node out of rollouts (and out of service).
 	ActQuarantine ActionKind = "quarantine"
 	// ActPrestage asks the node to pull its target's OS commit ahead.
 	ActPrestage ActionKind = "prestage"
@@ -134,7 +186,10 @@ type Action struct {
 	Disruption schema.Disruption `json:"disruption"`
 	Cordon     bool              `json:"cordon,omitempty"` // start: cordon first
 	Drain      bool              `json:"drain,omitempty"`  // start: drain before telling it
-	Reason     string            `json:"reason,omitempty"`
+	// New is set on a start that takes a node Herd was not working on out
+	// of service: it opens a batch and needs room under maxUnavailable.
+	New bool    `json:"new,omitempty"`
+	Why *Reason `json:"why,omitempty"`
 }
 
 // Plan is what should happen: per pool, the batches and every node's change.
@@ -151,6 +206,20 @@ type Conflict struct {
 	Pools []string `json:"pools"`
 }
 
+// Phase sums a pool up.
+type Phase string
+
+// Phases of a pool.
+const (
+	PhaseUpToDate    Phase = "UpToDate"    // every node at the target
+	PhaseProgressing Phase = "Progressing" // batches running
+	PhaseBlocked     Phase = "Blocked"     // no room under maxUnavailable
+	PhasePaused      Phase = "Paused"      // spec.paused
+	PhaseHalted      Phase = "Halted"      // failures past the budget
+	PhaseRollingBack Phase = "RollingBack" // failures past the budget, going back
+	PhaseWaiting     Phase = "Waiting"     // outside its maintenance windows, or the fleet is frozen
+)
+
 // PoolPlan is the plan for one pool.
 type PoolPlan struct {
 	Name           string `json:"name"`
@@ -159,31 +228,30 @@ type PoolPlan struct {
 	Nodes          int    `json:"nodes"`
 	MaxUnavailable int    `json:"maxUnavailable"`
 	Paused         bool   `json:"paused,omitempty"`
+	Phase          Phase  `json:"phase"`
 
 	// Unavailable lists the pool's nodes that are unavailable now, and why.
 	Unavailable []Unavailable `json:"unavailable"`
 	// Batches are node names, batch by batch. Batch 1 is what starts now.
 	Batches [][]string `json:"batches"`
 	// Changes has one entry per out-of-date node, in batch order; nodes that
-	// cannot be batched yet come last, with Batch 0 and a reason.
+	// cannot be batched yet come last, with Batch 0 and the reason.
 	Changes []Change `json:"changes"`
 	// UpToDate lists nodes already at the target.
 	UpToDate []string `json:"upToDate"`
 	// Blocked says why no batch can start, when none can.
-	Blocked string `json:"blocked,omitempty"`
+	Blocked *Reason `json:"blocked,omitempty"`
 	// Canary is set while batch 1 is the canary batch: nothing else starts
 	// until it is done.
 	Canary bool `json:"canary,omitempty"`
 
 	// Halt says why no new batch starts: a halt in force, or one decided
-	// now because failures passed the budget.
-	Halt string `json:"halt,omitempty"`
-	// RollingBack is set while the nodes the rollout touched go back to
-	// the last good target; StartRollback when that is decided now.
-	RollingBack   bool `json:"rollingBack,omitempty"`
-	StartRollback bool `json:"startRollback,omitempty"`
+	// now. RollingBack is set while the nodes the rollout touched go back
+	// to the last good target.
+	Halt        *Reason `json:"halt,omitempty"`
+	RollingBack bool    `json:"rollingBack,omitempty"`
 	// Closed says why no batch starts now: outside the windows, or frozen.
-	Closed string `json:"closed,omitempty"`
+	Closed *Reason `json:"closed,omitempty"`
 	// Complete is set when every node (but quarantined ones) is done at
 	// the target: it becomes the pool's last good target.
 	Complete bool `json:"complete,omitempty"`
@@ -194,15 +262,19 @@ type PoolPlan struct {
 	Joining     []string `json:"joining,omitempty"`     // new nodes converging
 
 	// Actions are what the controller does now, node by node.
-	Actions []Action `json:"-"`
-
-	failures map[string]int // per failed node, its failure count
+	Actions []Action `json:"actions,omitempty"`
+	// Events are the rollout's notable moments decided now.
+	Events []Event `json:"events,omitempty"`
+	// Next is the rollout state to keep for the next plan.
+	Next Rollout `json:"next"`
 }
 
 // Unavailable is a node that does not count as available, and why.
 type Unavailable struct {
-	Node   string `json:"node"`
-	Reason string `json:"reason"`
+	Node     string           `json:"node"`
+	NotReady bool             `json:"notReady,omitempty"`
+	Cordoned bool             `json:"cordoned,omitempty"` // spec.unschedulable
+	State    schema.NodeState `json:"state,omitempty"`    // a busy agent state
 }
 
 // Change is what happens to one out-of-date node.
@@ -215,8 +287,31 @@ type Change struct {
 	Rollback   bool                 `json:"rollback,omitempty"` // back to an earlier render
 	From       string               `json:"from,omitempty"`     // config hash the node has now
 	Fields     []schema.FieldChange `json:"fields,omitempty"`
-	// Reason explains a disruption that is not exact, or why the node waits.
-	Reason string `json:"reason,omitempty"`
+	// Wait says why the node is not in a batch (Batch 0), or failed.
+	Wait *Reason `json:"wait,omitempty"`
+	// Assumed says why the disruption is assumed rather than computed
+	// from an exact diff.
+	Assumed *Reason `json:"assumed,omitempty"`
+}
+
+// EventKind names a rollout's notable moment.
+type EventKind string
+
+// Events.
+const (
+	EventRolloutStarted  EventKind = "RolloutStarted"  // a new target
+	EventBatchStarted    EventKind = "BatchStarted"    // nodes taken out for a new batch
+	EventHalted          EventKind = "RolloutHalted"   // failures past the budget, or a finished rollback
+	EventRollbackStarted EventKind = "RollbackStarted" // going back to the last good target
+	EventResumed         EventKind = "RolloutResumed"  // a resume lifted a halt or forgave failures
+	EventCompleted       EventKind = "RolloutComplete" // every node at the target
+)
+
+// Event is a notable moment of a pool's rollout, decided by the plan.
+type Event struct {
+	Kind  EventKind `json:"kind"`
+	Nodes []string  `json:"nodes,omitempty"`
+	Why   *Reason   `json:"why,omitempty"`
 }
 
 // HasChanges reports whether any node would change.

@@ -123,13 +123,13 @@ func TestPlanGolden(t *testing.T) {
 	repo, nodes := prReview(t)
 	for _, format := range []string{"text", "markdown", "json"} {
 		t.Run(format, func(t *testing.T) {
-			code, out, errOut := herd(t, "", "plan", repo, "--nodes", nodes, "--output", format)
+			code, out, errOut := herd(t, "", "plan", repo, "--nodes", nodes, "--output", format, "--now", "2026-11-02T10:00:00Z")
 			if code != 0 || errOut != "" {
 				t.Fatalf("exit %d, stderr %s", code, errOut)
 			}
 			golden(t, "plan."+format, out)
 
-			_, again, _ := herd(t, "", "plan", repo, "--nodes", nodes, "--output", format)
+			_, again, _ := herd(t, "", "plan", repo, "--nodes", nodes, "--output", format, "--now", "2026-11-02T10:00:00Z")
 			if again != out {
 				t.Errorf("the same input gave different output")
 			}

@@ -6,7 +6,9 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"herd.dev/herd/schema/loader"
 
 	"github.com/spf13/cobra"
@@ -14,6 +16,7 @@ import (
 	"herd.dev/herd/planner"
 	"herd.dev/herd/planner/report"
 	"herd.dev/herd/sync/cluster"
+	"herd.dev/herd/sync/planinput"
 	"herd.dev/herd/sync/revisions"
 )
 
@@ -23,6 +26,7 @@ func newPlanCmd() *cobra.Command {
 		output    string
 		detailed  bool
 		history   int
+		at        string
 	)
 	cmd := &cobra.Command{
 		Use:   "plan [DIR] --nodes FILE",
@@ -40,7 +44,15 @@ With --detailed-exitcode the exit status is 0 for no changes, 2 for
 changes and 1 for any error, as with terraform plan.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			err := runPlan(cmd.OutOrStdout(), cmd.ErrOrStderr(), cmd.InOrStdin(), args, nodesFile, output, history, detailed)
+			now := time.Now()
+			if at != "" {
+				t, err := time.Parse(time.RFC3339, at)
+				if err != nil {
+					return usageError("--now %q: want an RFC 3339 time such as 2026-11-02T22:00:00Z", at)
+				}
+				now = t
+			}
+			err := runPlan(cmd.OutOrStdout(), cmd.ErrOrStderr(), cmd.InOrStdin(), args, nodesFile, output, history, detailed, now)
 			var ee *exitError
 			if detailed && errors.As(err, &ee) && ee.code != exitFailure && ee.code != exitOK && ee.err != nil {
 				ee.code = exitFailure // 2 means "changes" here
@@ -51,11 +63,12 @@ changes and 1 for any error, as with terraform plan.`,
 	cmd.Flags().StringVar(&nodesFile, "nodes", "", `node list file (kubectl get nodes -o json|yaml), "-" for stdin (required)`)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: "+strings.Join(report.Formats, ", "))
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", false, "exit 0 for no changes, 2 for changes, 1 for errors")
+	cmd.Flags().StringVar(&at, "now", "", "plan for this time (RFC 3339) instead of now: maintenance windows depend on it")
 	cmd.Flags().IntVar(&history, "history", 50, "how many earlier fleet revisions to evaluate for exact diffs (0: none)")
 	return cmd
 }
 
-func runPlan(stdout, stderr io.Writer, stdin io.Reader, args []string, nodesFile, output string, history int, detailed bool) error {
+func runPlan(stdout, stderr io.Writer, stdin io.Reader, args []string, nodesFile, output string, history int, detailed bool, now time.Time) error {
 	if nodesFile == "" {
 		return usageError("--nodes is required: a node list as `kubectl get nodes -o json` prints it")
 	}
@@ -81,14 +94,19 @@ func runPlan(stdout, stderr io.Writer, stdin io.Reader, args []string, nodesFile
 		return failure(err)
 	}
 
-	in, err := planInput(res, stdin, nodesFile)
+	kubeNodes, err := readNodes(stdin, nodesFile)
 	if err != nil {
 		return failure(err)
 	}
+	src := planinput.Sources{Fleet: res, Nodes: kubeNodes, Now: now}
 	if history > 0 {
-		if err := addHistory(&in, dir, history); err != nil {
+		if src.Revision, src.History, err = gitHistory(dir, history); err != nil {
 			fmt.Fprintln(stderr, "warning: no exact diffs from Git history:", err)
 		}
+	}
+	in, err := planinput.Build(src)
+	if err != nil {
+		return failure(err)
 	}
 	plan := planner.Compute(in)
 	if err := report.Write(stdout, output, plan); err != nil {
@@ -112,52 +130,40 @@ func validFormat(f string) bool {
 	return false
 }
 
-// planInput builds the planner's input from an evaluated fleet and a node list.
-func planInput(res *loader.Result, stdin io.Reader, nodesFile string) (planner.Input, error) {
-	var r io.Reader = stdin
+// readNodes reads the node list, from stdin for "-".
+func readNodes(stdin io.Reader, nodesFile string) ([]corev1.Node, error) {
+	r := stdin
 	if nodesFile != "-" {
 		f, err := os.Open(nodesFile)
 		if err != nil {
-			return planner.Input{}, err
+			return nil, err
 		}
 		defer f.Close()
 		r = f
 	}
-	kubeNodes, err := cluster.ReadNodeList(r)
+	nodes, err := cluster.ReadNodeList(r)
 	if err != nil {
-		return planner.Input{}, fmt.Errorf("%s: %w", nodesFile, err)
+		return nil, fmt.Errorf("%s: %w", nodesFile, err)
 	}
-	in := planner.Input{Nodes: make([]planner.Node, len(kubeNodes))}
-	for i := range kubeNodes {
-		in.Nodes[i] = cluster.PlannerNode(&kubeNodes[i])
-	}
-	for _, name := range res.PoolNames() {
-		rd := res.Rendered[name]
-		in.Pools = append(in.Pools, planner.Pool{Name: name, Spec: res.Fleet.Pools[name], Rendered: rd, Hash: rd.Hash()})
-	}
-	return in, nil
+	return nodes, nil
 }
 
-// addHistory adds the renders of the fleet's earlier revisions, when the
-// fleet lives in a Git repository.
-func addHistory(in *planner.Input, dir string, limit int) error {
+// gitHistory evaluates the fleet's earlier revisions, when the fleet lives
+// in a Git repository, and names the commit it is at.
+func gitHistory(dir string, limit int) (string, *revisions.History, error) {
 	repo, err := revisions.Open(dir)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
-	h, err := repo.Load(limit)
+	head, err := repo.Git().Head()
 	if err != nil {
-		return err
+		return "", nil, fmt.Errorf("read HEAD: %w", err)
 	}
-	in.Earlier = h.Renders
-	in.History = h.Searched
-	in.Rollbacks = map[string]bool{}
-	for _, p := range in.Pools {
-		if h.Rollback(p.Name, p.Hash) {
-			in.Rollbacks[p.Hash] = true
-		}
+	h, err := repo.LoadFrom(head.Hash().String(), limit)
+	if err != nil {
+		return "", nil, err
 	}
-	return nil
+	return head.Hash().String(), h, nil
 }
 
 func joinOrNone(s []string) string {

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"herd.dev/herd/planner"
 	"herd.dev/herd/sync/controller"
 	"herd.dev/herd/sync/herdpool"
 )
@@ -43,14 +44,22 @@ the same.`,
 			if err := c.Patch(cmd.Context(), &np, patch); err != nil {
 				return failure(err)
 			}
-			if np.Status.Rollout.Halted == "" && !np.Status.Rollout.RollingBack {
+			halt := np.Status.Rollout.Halt
+			if halt == nil && !np.Status.Rollout.RollingBack {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s is not halted; its failed nodes, if any, will be tried again\n", args[0])
 				return nil
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "asked the controller to resume %s (halted: %s)\n", args[0], np.Status.Rollout.Halted)
+			fmt.Fprintf(cmd.OutOrStdout(), "asked the controller to resume %s (%s)\n", args[0], haltText(halt))
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
 	return cmd
+}
+
+func haltText(h *planner.Reason) string {
+	if h == nil {
+		return "rolling back"
+	}
+	return "halted: " + h.Message()
 }

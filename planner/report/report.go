@@ -43,12 +43,14 @@ func Text(w io.Writer, plan *planner.Plan) error {
 	for _, pp := range plan.Pools {
 		p.line("")
 		p.line("pool %s: %s", pp.Name, poolSummary(pp))
-		p.line("  target: config %s, os %s, maxUnavailable %d", short(pp.ConfigHash), short(pp.OSCommit), pp.MaxUnavailable)
-		if pp.Blocked != "" {
-			p.line("  blocked: %s", pp.Blocked)
+		p.line("  target: config %s, os %s, maxUnavailable %d", schema.Short(pp.ConfigHash), schema.Short(pp.OSCommit), pp.MaxUnavailable)
+		for _, why := range []*planner.Reason{pp.Halt, pp.Closed, pp.Blocked} {
+			if why != nil {
+				p.line("  %s: %s", strings.ToLower(string(why.Code)), why.Message())
+			}
 		}
 		for _, u := range pp.Unavailable {
-			p.line("  unavailable: %s (%s)", u.Node, u.Reason)
+			p.line("  unavailable: %s (%s)", u.Node, u.Message())
 		}
 		for _, c := range pp.Changes {
 			where := "waiting"
@@ -79,16 +81,18 @@ func Markdown(w io.Writer, plan *planner.Plan) error {
 		p.line("| %s | %d | %d | %d | %d | %d | %s |", pp.Name, pp.Nodes, len(pp.Changes), len(pp.UpToDate), len(pp.Batches), pp.MaxUnavailable, disruptionCounts(pp))
 	}
 	for _, pp := range plan.Pools {
-		if len(pp.Changes) == 0 && pp.Blocked == "" {
+		if len(pp.Changes) == 0 && pp.Blocked == nil {
 			continue
 		}
 		p.line("")
 		p.line("#### %s", pp.Name)
 		p.line("")
-		p.line("Target config `%s`, OS `%s`. %s.", short(pp.ConfigHash), short(pp.OSCommit), poolSummary(pp))
-		if pp.Blocked != "" {
-			p.line("")
-			p.line("> **Blocked:** %s", pp.Blocked)
+		p.line("Target config `%s`, OS `%s`. %s.", schema.Short(pp.ConfigHash), schema.Short(pp.OSCommit), poolSummary(pp))
+		for _, why := range []*planner.Reason{pp.Halt, pp.Closed, pp.Blocked} {
+			if why != nil {
+				p.line("")
+				p.line("> **%s:** %s", why.Code, why.Message())
+			}
 		}
 		p.line("")
 		p.line("| batch | node | zone | disruption | changes |")
@@ -166,8 +170,8 @@ func changeText(c planner.Change, quote, arrow string) string {
 	for _, f := range c.Fields {
 		parts = append(parts, fmt.Sprintf("%s%s%s %s%s%s", quote, f.Path, quote, value(f.From), arrow, value(f.To)))
 	}
-	if c.Reason != "" {
-		parts = append(parts, c.Reason)
+	if m := c.Message(); m != "" {
+		parts = append(parts, m)
 	}
 	return strings.Join(parts, "; ")
 }
@@ -180,16 +184,9 @@ func value(v string) string {
 	case v == "":
 		return "(unset)"
 	case fullHash.MatchString(v):
-		return v[:8]
+		return schema.Short(v)
 	}
 	return v
-}
-
-func short(hash string) string {
-	if len(hash) > 12 {
-		return hash[:12]
-	}
-	return hash
 }
 
 func mdEscape(s string) string { return strings.ReplaceAll(s, "|", `\|`) }

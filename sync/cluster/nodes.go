@@ -28,6 +28,7 @@ func PlannerNode(n *corev1.Node) planner.Node {
 		DesiredConfig: a[schema.AnnotationDesiredConfig],
 		DesiredOS:     a[schema.AnnotationDesiredOS],
 		Cordoned:      a[schema.AnnotationCordoned] == "true",
+		DrainStarted:  annotationTime(a, schema.AnnotationDrainStarted),
 		CurrentConfig: a[schema.AnnotationCurrentConfig],
 		OSBooted:      a[schema.AnnotationOSBooted],
 		OSStaged:      a[schema.AnnotationOSStaged],

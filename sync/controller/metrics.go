@@ -1,8 +1,6 @@
 package controller
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -43,12 +41,9 @@ func init() {
 	ctrlmetrics.Registry.MustRegister(nodesGauge, batchesTotal, revisionAge, sourceContactAge, commitToNode)
 }
 
-// inFlight remembers, per node, the target this process saw it moving to, so
-// that the commit-to-node latency is observed once, when it arrives.
-var inFlight sync.Map // node name → config hash
-
-// recordMetrics updates a pool's metrics after a reconcile.
-func (r *Reconciler) recordMetrics(st *run, pp *planner.PoolPlan, np *herdpool.HerdPool, out *outcome) {
+// recordMetrics updates a pool's metrics after a reconcile. The commit-to-node
+// latency is observed when a node is first seen at its target (act).
+func (r *Reconciler) recordMetrics(obs *observation, pp *planner.PoolPlan, np *herdpool.HerdPool, out *outcome) {
 	s := np.Status
 	for state, n := range map[string]int{
 		"upToDate":    s.UpToDate,
@@ -60,18 +55,9 @@ func (r *Reconciler) recordMetrics(st *run, pp *planner.PoolPlan, np *herdpool.H
 	} {
 		nodesGauge.WithLabelValues(pp.Name, state).Set(float64(n))
 	}
-	if len(out.started) > 0 {
-		batchesTotal.WithLabelValues(pp.Name).Inc()
-	}
-	for _, c := range pp.Changes {
-		if c.InFlight {
-			inFlight.Store(c.Node, pp.ConfigHash)
-		}
-	}
-	for _, name := range pp.UpToDate {
-		if h, ok := inFlight.Load(name); ok && h == pp.ConfigHash {
-			commitToNode.WithLabelValues(pp.Name).Observe(st.now.Sub(st.rev.Time).Seconds())
-			inFlight.Delete(name)
+	for _, e := range pp.Events {
+		if e.Kind == planner.EventBatchStarted {
+			batchesTotal.WithLabelValues(pp.Name).Inc()
 		}
 	}
 	if r.Metrics != nil {
@@ -83,6 +69,6 @@ func (r *Reconciler) recordMetrics(st *run, pp *planner.PoolPlan, np *herdpool.H
 				r.Metrics.DeleteCondition(ref, t)
 			}
 		}
-		r.Metrics.RecordDuration(ref, st.now)
+		r.Metrics.RecordDuration(ref, obs.now)
 	}
 }

@@ -4,77 +4,96 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
-	"slices"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	corev1 "k8s.io/api/core/v1"
 
+	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
+	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
 )
 
-// mirrorPools makes one HerdPool per pool of the revision, its spec copied
-// from Git (an edit in the cluster is overwritten), and deletes HerdPools of
-// pools that left the fleet. A pool whose target changed starts a new
-// rollout in its status.
-func (r *Reconciler) mirrorPools(ctx context.Context, st *run) error {
-	// Read uncached: the rollout state in the status must be this
-	// controller's last write, which the cache may not show yet.
-	var list herdpool.HerdPoolList
-	if err := r.api.List(ctx, &list); err != nil {
-		return fmt.Errorf("list HerdPools: %w", err)
-	}
-	existing := map[string]*herdpool.HerdPool{}
-	for i := range list.Items {
-		existing[list.Items[i].Name] = &list.Items[i]
-	}
-	st.rollouts = map[string]*herdpool.HerdPool{}
-	st.original = map[string]*herdpool.HerdPool{}
-	for _, p := range st.pools {
-		spec := herdpool.Spec{NodePool: p.Spec, Revision: st.rev.Commit}
-		np, ok := existing[p.Name]
-		delete(existing, p.Name)
-		switch {
-		case !ok:
-			np = &herdpool.HerdPool{ObjectMeta: metav1.ObjectMeta{Name: p.Name}, Spec: spec}
-			if err := r.client.Create(ctx, np); err != nil {
-				return fmt.Errorf("create HerdPool %s: %w", p.Name, err)
-			}
-		case !sameSpec(np.Spec, spec):
-			np.Spec = spec
-			if err := r.client.Update(ctx, np); err != nil {
-				return fmt.Errorf("update HerdPool %s: %w", p.Name, err)
-			}
+// mirror makes the pool's HerdPool match Git: created when missing, its
+// spec put back when someone edited it. Its status is persist's.
+func (r *Reconciler) mirror(ctx context.Context, obs *observation, np *herdpool.HerdPool) error {
+	p := obs.pool(np.Name)
+	spec := herdpool.Spec{NodePool: p.Spec, Revision: obs.rev.Commit}
+	switch {
+	case np.CreationTimestamp.IsZero():
+		np.Spec = spec
+		if err := r.client.Create(ctx, np); err != nil {
+			return fmt.Errorf("create HerdPool %s: %w", np.Name, err)
 		}
-		st.original[p.Name] = np.DeepCopy()
-		if np.Status.Rollout.Hash != p.Hash {
-			if old := np.Status.Rollout; old.Hash != "" {
-				prev := slices.DeleteFunc(slices.Clone(np.Status.Previous), func(t herdpool.PreviousTarget) bool { return t.Hash == old.Hash })
-				prev = append([]herdpool.PreviousTarget{{Hash: old.Hash, Revision: old.Revision, OSCommit: np.Status.OSCommit}}, prev...)
-				np.Status.Previous = prev[:min(len(prev), herdpool.MaxPrevious)]
-			}
-			now := metav1.NewTime(st.now)
-			np.Status.Rollout = herdpool.RolloutStatus{Hash: p.Hash, Revision: st.rev.Commit, StartedAt: &now}
-		}
-		st.rollouts[p.Name] = np
-	}
-	for name, np := range existing {
-		if err := r.client.Delete(ctx, np); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete HerdPool %s of a pool no longer in the fleet: %w", name, err)
+		obs.pools[np.Name] = np
+	case !sameSpec(np.Spec, spec):
+		np.Spec = spec
+		if err := r.client.Update(ctx, np); err != nil {
+			return fmt.Errorf("update HerdPool %s: %w", np.Name, err)
 		}
 	}
 	return nil
 }
 
+// store keeps the pool's render as its immutable ConfigMap before any node
+// is told its hash.
+func (r *Reconciler) store(ctx context.Context, obs *observation, p planner.Pool) error {
+	if obs.stored[p.Hash] {
+		return nil
+	}
+	return cluster.EnsureRendered(ctx, r.client, p.Rendered, p.Hash)
+}
+
+// removeGone deletes the HerdPools of pools no longer in the fleet.
+func (r *Reconciler) removeGone(ctx context.Context, obs *observation) error {
+	var errs []error
+	for name, np := range obs.pools {
+		if _, ok := obs.fleet.Fleet.Pools[name]; ok {
+			continue
+		}
+		if err := r.client.Delete(ctx, np); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete HerdPool %s of a pool no longer in the fleet: %w", name, err))
+		}
+		if r.Status != nil {
+			r.Status.RemovePool(name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// collect deletes rendered ConfigMaps that no node, pool target, last good
+// or recent target refers to.
+func (r *Reconciler) collect(ctx context.Context, obs *observation, plan *planner.Plan) error {
+	keep := map[string]bool{}
+	for _, pp := range plan.Pools {
+		keep[pp.ConfigHash] = true
+		keep[pp.Next.LastGood.Hash] = true
+		for _, prev := range pp.Next.Previous { // ready for a rollback
+			keep[prev.Hash] = true
+		}
+	}
+	for i := range obs.nodes {
+		a := obs.nodes[i].Annotations
+		keep[a[schema.AnnotationDesiredConfig]] = true
+		keep[a[schema.AnnotationCurrentConfig]] = true
+	}
+	_, err := cluster.CollectRendered(ctx, r.client, keep, 10*time.Minute, obs.now)
+	return err
+}
+
 // sameSpec compares specs as the API server stores them (JSON), so empty
 // and absent maps are alike.
-func sameSpec(a, b herdpool.Spec) bool {
+func sameSpec(a, b herdpool.Spec) bool { return jsonEqual(a, b) }
+
+// jsonEqual compares values as their JSON.
+func jsonEqual(a, b any) bool {
 	ja, errA := json.Marshal(a)
 	jb, errB := json.Marshal(b)
 	return errA == nil && errB == nil && bytes.Equal(ja, jb)

@@ -34,6 +34,7 @@ import (
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/gitutil"
 	"herd.dev/herd/sync/herdpool"
+	"herd.dev/herd/sync/revisions"
 	"herd.dev/herd/sync/source"
 	"herd.dev/herd/sync/writeback"
 )
@@ -189,8 +190,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("event recorder: %w", err)
 	}
 	r := New(mgr, Options{
-		Cluster: cfg.Cluster,
 		Source:  src,
+		History: gitHistory(src.GitDir(), cfg.Path),
 		Status:  sink,
 		Events:  recorder,
 		Metrics: reconcileMetrics(),
@@ -240,6 +241,22 @@ func appliedRevision(ctx context.Context, c client.Reader) (string, error) {
 func validateFleet(_ context.Context, dir string) error {
 	_, err := loader.LoadDir(dir)
 	return err
+}
+
+// gitHistory evaluates the fleet's earlier revisions from the source's copy
+// of the remote, keeping evaluated trees between calls.
+func gitHistory(gitDir, path string) func(commit string) (*revisions.History, error) {
+	cache := revisions.NewCache()
+	return func(commit string) (*revisions.History, error) {
+		// Opened for each new revision: go-git caches the list of packs,
+		// and the source fetches new ones.
+		repo, err := revisions.OpenGitDir(gitDir, path)
+		if err != nil {
+			return nil, err
+		}
+		repo.Cache = cache
+		return repo.LoadFrom(commit, HistoryDepth)
+	}
 }
 
 // serve runs an HTTP server until ctx ends.

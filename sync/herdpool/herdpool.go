@@ -10,6 +10,7 @@ import (
 	k8sschema "k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/scheme"
 
+	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
 )
 
@@ -29,15 +30,15 @@ func init() {
 // Kind is the resource's kind.
 const Kind = "HerdPool"
 
-// Phases of a pool.
+// Phases of a pool, as the planner sums it up.
 const (
-	PhaseUpToDate    = "UpToDate"    // every node at the target
-	PhaseProgressing = "Progressing" // batches running
-	PhaseBlocked     = "Blocked"     // no room under maxUnavailable
-	PhasePaused      = "Paused"      // spec.paused
-	PhaseHalted      = "Halted"      // failures past the budget
-	PhaseRollingBack = "RollingBack" // failures past the budget, going back
-	PhaseWaiting     = "Waiting"     // outside its maintenance windows, or the fleet is frozen
+	PhaseUpToDate    = string(planner.PhaseUpToDate)
+	PhaseProgressing = string(planner.PhaseProgressing)
+	PhaseBlocked     = string(planner.PhaseBlocked)
+	PhasePaused      = string(planner.PhasePaused)
+	PhaseHalted      = string(planner.PhaseHalted)
+	PhaseRollingBack = string(planner.PhaseRollingBack)
+	PhaseWaiting     = string(planner.PhaseWaiting)
 )
 
 // HerdPool mirrors one pool of the fleet repo. Git is the source of truth:
@@ -77,50 +78,29 @@ type Status struct {
 	Progress string `json:"progress,omitempty"`
 	Batch    string `json:"batch,omitempty"`
 
-	// Rollout is what outlives one reconcile: the target and the nodes
-	// brought to it so far.
-	Rollout RolloutStatus `json:"rollout,omitempty"`
-	// Previous lists the pool's earlier targets, newest first (at most
-	// MaxPrevious): going back to one of them is a rollback.
-	Previous []PreviousTarget `json:"previous,omitempty"`
-	// LastGood is the last target every node reached: where a rollback goes.
-	LastGood *PreviousTarget `json:"lastGood,omitempty"`
+	// Rollout is the rollout state that outlives a reconcile, as the
+	// planner decided it: the target, halt, rollback, forgiven failures,
+	// the last good target and earlier ones.
+	Rollout planner.Rollout `json:"rollout,omitzero"`
 	// Failed and Quarantined list nodes, for status readers.
 	Failed      []string `json:"failed,omitempty"`
 	Quarantined []string `json:"quarantined,omitempty"`
+	// DrainBlocked lists the nodes whose drain is blocked past its timeout,
+	// and by which pods.
+	DrainBlocked []BlockedDrain `json:"drainBlocked,omitempty"`
 
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// RolloutStatus is the state of the rollout in progress.
-type RolloutStatus struct {
-	Hash      string       `json:"hash,omitempty"`
-	Revision  string       `json:"revision,omitempty"`
-	StartedAt *metav1.Time `json:"startedAt,omitempty"`
-	Done      int          `json:"done"`
-	Batches   int          `json:"batches"` // batches started so far
-
-	Halted      string   `json:"halted,omitempty"`      // why it is halted
-	RollingBack bool     `json:"rollingBack,omitempty"` // going back to LastGood
-	Forgiven    []string `json:"forgiven,omitempty"`    // failures a resume forgave
-	// ResumedBy is the last resume honoured: the spec's rollout.resume, or
-	// the herd.dev/resume annotation `herd resume` sets.
-	ResumedBy string `json:"resumedBy,omitempty"`
+// BlockedDrain is a node whose drain is blocked, and the pods that block it.
+type BlockedDrain struct {
+	Node string   `json:"node"`
+	Pods []string `json:"pods"`
 }
 
 // AnnotationResume on a HerdPool asks the controller to lift its halt;
 // `herd resume POOL` sets it to the current time.
 const AnnotationResume = "herd.dev/resume"
-
-// PreviousTarget is a target the pool had before.
-type PreviousTarget struct {
-	Hash     string `json:"hash"`
-	Revision string `json:"revision"`
-	OSCommit string `json:"osCommit,omitempty"`
-}
-
-// MaxPrevious bounds Status.Previous.
-const MaxPrevious = 10
 
 // GetConditions returns the status conditions (for fluxcd/pkg/runtime/conditions).
 func (p *HerdPool) GetConditions() []metav1.Condition { return p.Status.Conditions }

@@ -30,6 +30,44 @@ type Revision struct {
 type Repo struct {
 	repo *git.Repository
 	Path string // slash-separated path of the fleet root inside the repository, "" at the top
+	// Cache, when set, keeps evaluated fleets by tree, so a walk evaluates
+	// only the revisions it has not seen before.
+	Cache *Cache
+}
+
+// Cache keeps evaluated fleets by Git tree hash. Safe for one walk at a time.
+type Cache struct {
+	trees map[plumbing.Hash]treeResult
+}
+
+type treeResult struct {
+	res *loader.Result
+	err error
+}
+
+// keepOnly forgets the trees not in keep (those the last walk did not visit).
+func (c *Cache) keepOnly(keep map[plumbing.Hash]bool) {
+	if c == nil {
+		return
+	}
+	for h := range c.trees {
+		if !keep[h] {
+			delete(c.trees, h)
+		}
+	}
+}
+
+// NewCache returns an empty cache.
+func NewCache() *Cache { return &Cache{trees: map[plumbing.Hash]treeResult{}} }
+
+// OpenGitDir opens a bare repository (the controller's cache of the fleet
+// remote) whose fleet lives below path.
+func OpenGitDir(gitDir, fleetPath string) (*Repo, error) {
+	repo, err := git.PlainOpen(gitDir)
+	if err != nil {
+		return nil, fmt.Errorf("open git repository at %s: %w", gitDir, err)
+	}
+	return &Repo{repo: repo, Path: strings.Trim(path.Clean("/"+filepath.ToSlash(fleetPath)), "/")}, nil
 }
 
 // Open finds the repository that holds dir (dir or one of its parents).
@@ -75,9 +113,14 @@ func (r *Repo) Walk(limit int, fn func(Revision) bool) (truncated bool, err erro
 	if err != nil {
 		return false, fmt.Errorf("read HEAD: %w", err)
 	}
-	c, err := r.repo.CommitObject(head.Hash())
+	return r.WalkFrom(head.Hash().String(), limit, fn)
+}
+
+// WalkFrom is Walk from the given commit instead of HEAD.
+func (r *Repo) WalkFrom(commit string, limit int, fn func(Revision) bool) (truncated bool, err error) {
+	c, err := r.repo.CommitObject(plumbing.NewHash(commit))
 	if err != nil {
-		return false, fmt.Errorf("read HEAD commit: %w", err)
+		return false, fmt.Errorf("read commit %s: %w", commit, err)
 	}
 	var lastTree plumbing.Hash
 	visited := 0
@@ -93,11 +136,7 @@ func (r *Repo) Walk(limit int, fn func(Revision) bool) (truncated bool, err erro
 			visited++
 			lastTree = tree.Hash
 			rev := Revision{Commit: c}
-			files, err := ReadTree(tree)
-			if err == nil {
-				rev.Result, err = loader.Load(files)
-			}
-			rev.Invalid = err
+			rev.Result, rev.Invalid = r.evaluate(tree)
 			if !fn(rev) {
 				return false, nil
 			}
@@ -113,6 +152,24 @@ func (r *Repo) Walk(limit int, fn func(Revision) bool) (truncated bool, err erro
 		}
 	}
 	return false, nil
+}
+
+// evaluate loads the fleet of a tree, once per tree when cached.
+func (r *Repo) evaluate(tree *object.Tree) (*loader.Result, error) {
+	if r.Cache != nil {
+		if tr, ok := r.Cache.trees[tree.Hash]; ok {
+			return tr.res, tr.err
+		}
+	}
+	files, err := ReadTree(tree)
+	var res *loader.Result
+	if err == nil {
+		res, err = loader.Load(files)
+	}
+	if r.Cache != nil {
+		r.Cache.trees[tree.Hash] = treeResult{res, err}
+	}
+	return res, err
 }
 
 // fleetTree returns the tree of the fleet root at c, or nil if it is absent.
@@ -205,10 +262,23 @@ func (h *History) Rollback(pool, hash string) bool {
 
 // Load evaluates the fleet's last limit revisions (those that changed it).
 func (r *Repo) Load(limit int) (*History, error) {
+	head, err := r.repo.Head()
+	if err != nil {
+		return nil, fmt.Errorf("read HEAD: %w", err)
+	}
+	return r.LoadFrom(head.Hash().String(), limit)
+}
+
+// LoadFrom evaluates the fleet's last limit revisions up to commit.
+func (r *Repo) LoadFrom(commit string, limit int) (*History, error) {
 	h := &History{Renders: map[string]*schema.Rendered{}, Pools: map[string][]string{}}
 	n := 0
-	truncated, err := r.Walk(limit, func(rev Revision) bool {
+	visited := map[plumbing.Hash]bool{}
+	truncated, err := r.WalkFrom(commit, limit, func(rev Revision) bool {
 		n++
+		if t, err := r.fleetTree(rev.Commit); err == nil && t != nil {
+			visited[t.Hash] = true
+		}
 		if rev.Result == nil {
 			return true
 		}
@@ -226,6 +296,7 @@ func (r *Repo) Load(limit int) (*History, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.Cache.keepOnly(visited)
 	h.Searched = fmt.Sprintf("the fleet's last %d revisions", n)
 	if truncated {
 		h.Searched += fmt.Sprintf("; the search stopped at its bound of %d, raise --history to look further", limit)

@@ -1,0 +1,169 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"herd.dev/herd/planner"
+	"herd.dev/herd/schema"
+	"herd.dev/herd/sync/cluster"
+)
+
+// outcome is what acting on one pool's plan did, for persist.
+type outcome struct {
+	mu           sync.Mutex                     // guards everything below
+	done         []planner.Action               // actions carried out
+	draining     map[string]cluster.DrainResult // nodes still being drained
+	drainBlocked map[string]cluster.DrainResult // drains past their timeout
+}
+
+func newOutcome() *outcome {
+	return &outcome{draining: map[string]cluster.DrainResult{}, drainBlocked: map[string]cluster.DrainResult{}}
+}
+
+// actWorkers is how many nodes of a pool are acted on at once: a batch of a
+// hundred nodes is a few hundred writes.
+const actWorkers = 16
+
+// act carries out the pool's actions: the planner decided them, so this
+// only does. A node's actions run in the plan's order; nodes run side by
+// side. A failed action does not stop the others: all errors are returned.
+// Each action checks the node first, so doing it again after a crash
+// finishes it and never repeats it.
+func (r *Reconciler) act(ctx context.Context, obs *observation, pp *planner.PoolPlan, out *outcome) error {
+	pool := obs.pool(pp.Name)
+	var byNode [][]planner.Action
+	for i, a := range pp.Actions { // sorted by node
+		if i == 0 || pp.Actions[i-1].Node != a.Node {
+			byNode = append(byNode, nil)
+		}
+		byNode[len(byNode)-1] = append(byNode[len(byNode)-1], a)
+	}
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, actWorkers)
+	)
+	for _, actions := range byNode {
+		node := obs.byName[actions[0].Node]
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			for _, a := range actions {
+				if err := r.do(ctx, obs, pool, node, a, out); err != nil {
+					if !errors.Is(err, errDrainPending) {
+						mu.Lock()
+						errs = append(errs, err)
+						mu.Unlock()
+					}
+					return // the node's later actions rest on this one
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(out.done, func(a, b planner.Action) int { return compareActions(a, b) })
+	return errors.Join(errs...)
+}
+
+func compareActions(a, b planner.Action) int {
+	if a.Node != b.Node {
+		if a.Node < b.Node {
+			return -1
+		}
+		return 1
+	}
+	return 0
+}
+
+// do carries out one action on one node.
+func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, node *corev1.Node, a planner.Action, out *outcome) error {
+	done := func() error {
+		out.mu.Lock()
+		out.done = append(out.done, a)
+		out.mu.Unlock()
+		return nil
+	}
+	switch a.Kind {
+	case planner.ActStart:
+		if a.Drain {
+			// Cordon before draining, so nothing new lands on the node.
+			if err := r.nodes.Cordon(ctx, node); err != nil {
+				return err
+			}
+			res, err := r.nodes.Drain(ctx, node, cluster.DrainPolicy{
+				Timeout: p.Spec.Rollout.DrainTimeout(),
+				Force:   p.Spec.Rollout.Drain.Force,
+			}, obs.now)
+			if err != nil {
+				return err
+			}
+			if !res.Done {
+				out.mu.Lock()
+				if res.TimedOut && len(res.Blocked) > 0 {
+					out.drainBlocked[a.Node] = res
+				} else {
+					out.draining[a.Node] = res
+				}
+				out.mu.Unlock()
+				return errDrainPending
+			}
+		}
+		if err := r.nodes.SetDesired(ctx, node, a.Target.Hash, a.Target.OSCommit, a.Cordon, obs.now); err != nil {
+			return err
+		}
+	case planner.ActJoin, planner.ActRetarget:
+		if err := r.nodes.SetDesired(ctx, node, a.Target.Hash, a.Target.OSCommit, false, obs.now); err != nil {
+			return err
+		}
+	case planner.ActSoak:
+		if err := r.nodes.Annotate(ctx, node, map[string]string{schema.AnnotationAtTarget: obs.now.UTC().Format(timeFormat)}); err != nil {
+			return err
+		}
+		commitToNode.WithLabelValues(p.Name).Observe(obs.now.Sub(obs.rev.Time).Seconds())
+	case planner.ActFinish:
+		if err := r.nodes.Uncordon(ctx, node); err != nil {
+			return err
+		}
+	case planner.ActFail:
+		n := cluster.PlannerNode(node).Failures + 1
+		if err := r.nodes.Annotate(ctx, node, map[string]string{
+			schema.AnnotationFailures:     fmt.Sprint(n),
+			schema.AnnotationFailedTarget: a.Target.Hash,
+		}); err != nil {
+			return err
+		}
+	case planner.ActQuarantine:
+		// A quarantined node stays out of service until someone acts.
+		if err := r.nodes.Cordon(ctx, node); err != nil {
+			return err
+		}
+		if err := r.nodes.Annotate(ctx, node, map[string]string{schema.AnnotationQuarantined: a.Why.Message()}); err != nil {
+			return err
+		}
+	case planner.ActPrestage:
+		if err := r.nodes.Annotate(ctx, node, map[string]string{schema.AnnotationPrestageOS: a.Target.OSCommit}); err != nil {
+			return err
+		}
+	case planner.ActReset:
+		if err := r.nodes.ClearDesired(ctx, node); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("node %s: unknown action %q", a.Node, a.Kind)
+	}
+	return done()
+}
+
+// errDrainPending ends a node's actions while its drain goes on; it is not
+// a failure.
+var errDrainPending = errors.New("drain in progress")
+
+const timeFormat = "2006-01-02T15:04:05Z07:00"

@@ -1,0 +1,247 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"herd.dev/herd/planner"
+	"herd.dev/herd/schema"
+	"herd.dev/herd/schema/loader"
+	"herd.dev/herd/sync/cluster"
+	"herd.dev/herd/sync/herdpool"
+	"herd.dev/herd/sync/planinput"
+	"herd.dev/herd/sync/revisions"
+	"herd.dev/herd/sync/source"
+)
+
+// observation is what one reconcile saw: everything its decision rests on.
+type observation struct {
+	now    time.Time
+	rev    source.Revision
+	fleet  *loader.Result
+	nodes  []corev1.Node
+	byName map[string]*corev1.Node
+	stored map[string]bool               // hashes of the rendered ConfigMaps in the cluster
+	pools  map[string]*herdpool.HerdPool // HerdPools as read, by name
+	input  planner.Input
+}
+
+// observe gathers what the plan depends on, as `herd plan` would with the
+// cluster's nodes: the revision in force and its earlier renders, the
+// nodes, the HerdPools' rollout state and the health of soaking nodes.
+func (r *Reconciler) observe(ctx context.Context, now time.Time) (*observation, error) {
+	rev, ok := r.Source.Current()
+	if !ok {
+		return nil, errNoRevision
+	}
+	obs := &observation{now: now, rev: rev}
+	var err error
+	if obs.fleet, err = r.load(rev); err != nil {
+		return obs, err
+	}
+	if obs.pools, err = r.readHerdPools(ctx); err != nil {
+		return obs, err
+	}
+	stored, err := r.readRendered(ctx)
+	if err != nil {
+		return obs, err
+	}
+	obs.stored = map[string]bool{}
+	for h := range stored {
+		obs.stored[h] = true
+	}
+	if err := r.readNodes(ctx, obs); err != nil {
+		return obs, err
+	}
+	obs.input, err = planinput.Build(planinput.Sources{
+		Fleet:     obs.fleet,
+		Revision:  rev.Commit,
+		Nodes:     obs.nodes,
+		History:   r.earlier(rev),
+		Stored:    stored,
+		Pools:     obs.pools,
+		Unhealthy: r.checkHealth(ctx, obs),
+		Now:       now,
+	})
+	return obs, err
+}
+
+// load evaluates the revision, once per commit.
+func (r *Reconciler) load(rev source.Revision) (*loader.Result, error) {
+	r.mu.Lock()
+	res, ok := r.loaded[rev.Commit]
+	r.mu.Unlock()
+	if ok {
+		return res, nil
+	}
+	res, err := loader.LoadDir(rev.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("evaluate fleet at %s: %w", short(rev.Commit), err)
+	}
+	r.mu.Lock()
+	r.loaded = map[string]*loader.Result{rev.Commit: res} // keep only the current one
+	r.mu.Unlock()
+	return res, nil
+}
+
+// earlier evaluates the fleet's earlier revisions, once per commit. Without
+// them the plan still knows every render the cluster stores; so a failure
+// is logged, not fatal.
+func (r *Reconciler) earlier(rev source.Revision) *revisions.History {
+	if r.History == nil {
+		return nil
+	}
+	r.mu.Lock()
+	h, ok := r.history[rev.Commit]
+	r.mu.Unlock()
+	if ok {
+		return h
+	}
+	h, err := r.History(rev.Commit)
+	if err != nil {
+		r.log.Error(err, "read the fleet's earlier revisions; planning with the renders the cluster stores", "commit", rev.Commit)
+		return nil
+	}
+	r.mu.Lock()
+	r.history = map[string]*revisions.History{rev.Commit: h}
+	r.mu.Unlock()
+	return h
+}
+
+// readHerdPools reads the HerdPools uncached: the rollout state in their
+// status must be this controller's last write, which the cache may not show.
+func (r *Reconciler) readHerdPools(ctx context.Context) (map[string]*herdpool.HerdPool, error) {
+	var list herdpool.HerdPoolList
+	if err := r.api.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("list HerdPools: %w", err)
+	}
+	out := make(map[string]*herdpool.HerdPool, len(list.Items))
+	for i := range list.Items {
+		out[list.Items[i].Name] = &list.Items[i]
+	}
+	return out, nil
+}
+
+// readRendered reads the renders the cluster stores, by hash. ConfigMaps
+// are immutable, so each is parsed (and its hash checked) once.
+func (r *Reconciler) readRendered(ctx context.Context) (map[string]*schema.Rendered, error) {
+	var list corev1.ConfigMapList
+	if err := r.client.List(ctx, &list, client.InNamespace(schema.RenderedNamespace), client.MatchingLabels{schema.LabelRendered: "true"}); err != nil {
+		return nil, fmt.Errorf("list rendered configs: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]*schema.Rendered, len(list.Items))
+	seen := map[string]bool{}
+	for i := range list.Items {
+		cm := &list.Items[i]
+		hash := strings.TrimPrefix(cm.Name, schema.RenderedPrefix)
+		seen[cm.Name] = true
+		rd, ok := r.renders[cm.Name]
+		if !ok {
+			var err error
+			if rd, err = schema.ParseRendered([]byte(cm.Data[schema.RenderedDataKey]), hash); err != nil {
+				r.log.Error(err, "ignoring a rendered ConfigMap", "name", cm.Name)
+				continue
+			}
+			r.renders[cm.Name] = rd
+		}
+		out[hash] = rd
+	}
+	for name := range r.renders {
+		if !seen[name] {
+			delete(r.renders, name)
+		}
+	}
+	return out, nil
+}
+
+// readNodes lists the nodes from the cache, and reads those this
+// controller wrote and the cache does not show yet from the API server:
+// a plan must see its own last actions, or it could start a node twice.
+func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
+	// The cache's own objects, not copies: planning only reads them, and
+	// every write (sync/cluster) works on a copy of the node.
+	var list corev1.NodeList
+	if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	nodes := list.Items[:0:0]
+	for i := range list.Items {
+		if !r.fresh.lags(&list.Items[i]) {
+			nodes = append(nodes, list.Items[i])
+			continue
+		}
+		var n corev1.Node
+		switch err := r.api.Get(ctx, client.ObjectKeyFromObject(&list.Items[i]), &n); {
+		case apierrors.IsNotFound(err): // deleted meanwhile
+		case err != nil:
+			return fmt.Errorf("read node %s: %w", n.Name, err)
+		default:
+			r.fresh.saw(&n)
+			nodes = append(nodes, n)
+		}
+	}
+	obs.nodes = nodes
+	obs.byName = make(map[string]*corev1.Node, len(nodes))
+	for i := range nodes {
+		obs.byName[nodes[i].Name] = &nodes[i]
+	}
+	r.fresh.forget(obs.byName)
+	return nil
+}
+
+// checkHealth runs the pools' health checks on the nodes in their soak:
+// at the target they were dispatched to, and not yet done.
+func (r *Reconciler) checkHealth(ctx context.Context, obs *observation) map[string]string {
+	unhealthy := map[string]string{}
+	for _, name := range obs.fleet.PoolNames() {
+		spec := obs.fleet.Fleet.Pools[name]
+		hc := spec.Rollout.HealthChecks
+		if hc == nil {
+			continue
+		}
+		hash, soak := obs.fleet.Rendered[name].Hash(), spec.Rollout.SoakDuration()
+		for i := range obs.nodes {
+			n := &obs.nodes[i]
+			pn := cluster.PlannerNode(n)
+			if !spec.Selector.Matches(n.Labels) || pn.DesiredConfig != hash || pn.CurrentConfig != hash || pn.OSBooted != spec.OS.Commit {
+				continue
+			}
+			if !pn.AtTarget.IsZero() && !obs.now.Before(pn.AtTarget.Add(soak)) {
+				continue // soaked: done
+			}
+			if why := r.health.check(ctx, hc, n); why != "" {
+				unhealthy[n.Name] = why
+			}
+		}
+	}
+	return unhealthy
+}
+
+// pool returns the planner's pool of the name.
+func (obs *observation) pool(name string) planner.Pool {
+	for _, p := range obs.input.Pools {
+		if p.Name == name {
+			return p
+		}
+	}
+	return planner.Pool{}
+}
+
+// herdPool returns the pool's HerdPool as read, or a new one to create,
+// its spec copied from Git.
+func (obs *observation) herdPool(name string) *herdpool.HerdPool {
+	np := obs.pools[name]
+	if np == nil {
+		np = &herdpool.HerdPool{}
+		np.Name = name
+	}
+	return np
+}
