@@ -120,8 +120,8 @@ type poolPlanner struct {
 	goal   Target  // where nodes go: the target, or back to the last good one
 
 	soak, timeout time.Duration
-	quarantine    map[string]bool           // nodes quarantined now
-	startNow      map[*Node]bool            // the nodes of the batch that runs now
+	quarantine    map[string]bool          // nodes quarantined now
+	startNow      map[*Node]bool           // the nodes of the batch that runs now
 	diffs         map[string]schema.Change // by current config hash
 }
 
@@ -183,15 +183,15 @@ func (pl *poolPlanner) setGoal() {
 // sorted is the pool's nodes, sorted by where they stand.
 type sorted struct {
 	members    int
-	free       []*Node  // out of date, already Herd's: in flight, taken out, or to retarget
-	settling   []*Node  // busy toward an older target: wait for a safe point
-	candidates []*Node  // out of date and available
-	joining    []*Node  // joined the pool, converging: no budget
-	failed     []*Node  // failed this rollout
+	free       []*Node   // out of date, already Herd's: in flight, taken out, or to retarget
+	settling   []*Node   // busy toward an older target: wait for a safe point
+	candidates []*Node   // out of date and available
+	joining    []*Node   // joined the pool, converging: no budget
+	failed     []*Node   // failed this rollout
 	fails      []*Reason // why each failed node failed now (nil: earlier)
-	waiting    []Change // out of date, waiting
-	finishing  []string // at the goal (or settling), still unavailable because of Herd
-	inFlight   int      // dispatched or soaking: the batch is not done
+	waiting    []Change  // out of date, waiting
+	finishing  []string  // at the goal (or settling), still unavailable because of Herd
+	inFlight   int       // dispatched or soaking: the batch is not done
 	// stayUnavailable counts nodes that stay unavailable whatever is
 	// started: they take room under maxUnavailable.
 	stayUnavailable int

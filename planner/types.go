@@ -95,7 +95,7 @@ type Input struct {
 // controller keeps it in the HerdPool status and hands it back, so
 // decisions survive restarts. Compute returns the next one in PoolPlan.Next.
 type Rollout struct {
-	Target   Target    `json:"target,omitzero"`   // where the rollout goes
+	Target   Target    `json:"target,omitzero"`    // where the rollout goes
 	Revision string    `json:"revision,omitempty"` // the fleet commit that set the target
 	Started  time.Time `json:"started,omitzero"`   // when the target was first planned
 	Batches  int       `json:"batches"`            // batches started so far

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"herd.dev/herd/schema/loader"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spf13/cobra"
 

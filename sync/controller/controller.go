@@ -100,7 +100,7 @@ type Reconciler struct {
 
 	// Derived from Git and the cluster, kept to save work; never state.
 	mu      sync.Mutex
-	loaded  map[string]*loader.Result    // the evaluated fleet, by commit (the current one)
+	loaded  map[string]*loader.Result     // the evaluated fleet, by commit (the current one)
 	history map[string]*revisions.History // its earlier revisions, by commit (the current one)
 	renders map[string]*schema.Rendered   // parsed rendered ConfigMaps, by name
 }
