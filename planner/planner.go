@@ -191,6 +191,7 @@ type sorted struct {
 	fails      []*Reason // why each failed node failed now (nil: earlier)
 	waiting    []Change  // out of date, waiting
 	finishing  []string  // at the goal (or settling), still unavailable because of Herd
+	held       []string  // failed and unavailable: they keep their slot, Herd's
 	inFlight   int       // dispatched or soaking: the batch is not done
 	// stayUnavailable counts nodes that stay unavailable whatever is
 	// started: they take room under maxUnavailable.
@@ -268,6 +269,18 @@ func (pl *poolPlanner) sortAtGoal(s *sorted, n *Node, toGoal, unavailable bool) 
 			why = &Reason{Code: CodeHealthCheck, Detail: n.Unhealthy}
 		}
 		s.failed, s.fails = append(s.failed, n), append(s.fails, why)
+	case !ready && toGoal && (n.FailedTarget == goal.Hash || timedOut(n, pl.in.Now, pl.timeout)):
+		// At the target, but never back: not done within nodeTimeout.
+		var why *Reason
+		if n.FailedTarget != goal.Hash {
+			why = &Reason{Code: CodeNodeTimeout, Duration: pl.timeout}
+		}
+		s.failed, s.fails = append(s.failed, n), append(s.fails, why)
+		if unavailable {
+			s.stayUnavailable++
+			s.held = append(s.held, n.Name)
+		}
+		return
 	case toGoal:
 		pp.Soaking = append(pp.Soaking, n.Name)
 		s.inFlight++
@@ -294,6 +307,7 @@ func (pl *poolPlanner) sortOutOfDate(s *sorted, n *Node, u Unavailable, toGoal, 
 		s.failed, s.fails = append(s.failed, n), append(s.fails, fail)
 		if unavailable {
 			s.stayUnavailable++ // a failed node keeps its slot
+			s.held = append(s.held, n.Name)
 		}
 	case toGoal:
 		s.free = append(s.free, n)
@@ -425,7 +439,7 @@ func (pl *poolPlanner) stop() *Reason {
 func (pl *poolPlanner) batch(s *sorted) [][]*Node {
 	pp, r := &pl.pp, pl.p.Spec.Rollout
 	room := pp.MaxUnavailable - s.stayUnavailable
-	external := s.stayUnavailable - len(s.finishing)
+	external := s.stayUnavailable - len(s.finishing) - len(s.held)
 	later := pp.MaxUnavailable - external
 	var batches [][]*Node
 	pl.startNow = map[*Node]bool{}
@@ -469,7 +483,7 @@ func (pl *poolPlanner) batch(s *sorted) [][]*Node {
 	case room <= 0 && len(s.candidates) > 0:
 		// The last batch's nodes are at the target but not back to work yet.
 		current(s.free)
-		wait(s.candidates, &Reason{Code: CodeBatchFinishing, Nodes: s.finishing})
+		wait(s.candidates, &Reason{Code: CodeBatchFinishing, Nodes: slices.Concat(s.finishing, s.held)})
 	default:
 		order := spreadByZone(s.candidates)
 		first := max(room-len(s.free), 0)
@@ -480,8 +494,11 @@ func (pl *poolPlanner) batch(s *sorted) [][]*Node {
 				first = min(first, c-done)
 			}
 		}
-		if s.inFlight > 0 {
-			first = 0 // a batch starts only when the one before it is done
+		if s.inFlight > 0 || len(s.finishing) > 0 {
+			// A batch starts only when the one before it is done: its
+			// nodes at the target and back to work. Starting some now, in
+			// the room the finishing nodes leave, would split the batch.
+			first = 0
 		}
 		first = min(first, len(order))
 		current(append(s.free, order[:first]...))
@@ -592,7 +609,8 @@ func (pl *poolPlanner) finish(s *sorted) {
 		st.Halt = &Reason{Code: CodeRolledBack, Hash: pl.goal.Hash, From: pl.target.Hash}
 		pl.event(Event{Kind: EventHalted, Why: st.Halt})
 	}
-	pp.Complete = len(pp.UpToDate) == s.members && len(s.joining) == 0 && !st.RollingBack
+	// Complete: every node at the target itself, not back at the last good.
+	pp.Complete = len(pp.UpToDate) == s.members && len(s.joining) == 0 && pl.goal == pl.target
 	if pp.Complete && st.LastGood != pl.target {
 		if pl.prev.LastGood.Hash != "" {
 			pl.event(Event{Kind: EventCompleted})
@@ -643,10 +661,15 @@ func failure(n *Node, goal Target, now time.Time, timeout time.Duration) *Reason
 	switch {
 	case n.State == schema.StateDegraded:
 		return &Reason{Code: CodeDegraded, Detail: n.Message}
-	case !n.Dispatched.IsZero() && now.Sub(n.Dispatched) > timeout:
+	case timedOut(n, now, timeout):
 		return &Reason{Code: CodeNodeTimeout, Duration: timeout}
 	}
 	return nil
+}
+
+// timedOut reports whether the node was dispatched longer than timeout ago.
+func timedOut(n *Node, now time.Time, timeout time.Duration) bool {
+	return !n.Dispatched.IsZero() && now.Sub(n.Dispatched) > timeout
 }
 
 // unavailability says why a node is unavailable, and whether it is.

@@ -113,17 +113,27 @@ func (r *Reason) Message() string {
 	case CodeNodeTimeout:
 		return fmt.Sprintf("not done %s after it was dispatched (nodeTimeout)", r.Duration)
 	case CodeFailedTooOften:
-		return fmt.Sprintf("failed %d targets, the last %s", r.Count, schema.Short(r.Hash))
+		return fmt.Sprintf("failed %s, the last %s", plural(r.Count, "target"), schema.Short(r.Hash))
 	case CodeResumed:
 		return "resumed: try again"
 	case CodeFailureBudget:
-		return fmt.Sprintf("%d nodes failed (%s), more than maxFailures %d", r.Count, strings.Join(r.Nodes, ", "), r.Limit)
+		return fmt.Sprintf("%s failed (%s), more than maxFailures %d", nodes(r.Count), strings.Join(r.Nodes, ", "), r.Limit)
 	case CodeNoRollbackTarget:
-		return fmt.Sprintf("%d nodes failed (%s), more than maxFailures %d; no earlier target to roll back to", r.Count, strings.Join(r.Nodes, ", "), r.Limit)
+		return fmt.Sprintf("%s failed (%s), more than maxFailures %d; no earlier target to roll back to", nodes(r.Count), strings.Join(r.Nodes, ", "), r.Limit)
 	case CodeRolledBack:
 		return fmt.Sprintf("rolled back to %s after failures of %s", schema.Short(r.Hash), schema.Short(r.From))
 	}
 	return string(r.Code)
+}
+
+// nodes reads "1 node", "2 nodes".
+func nodes(n int) string { return plural(n, "node") }
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // MarshalJSON writes the reason with its message, for readers of plans
