@@ -117,6 +117,11 @@ func (c *cluster) plan() PoolPlan { return Compute(c.input()).Pools[0] }
 // by side), and the rollout state is not persisted.
 func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 	pp := c.plan()
+	for _, e := range pp.Events {
+		if e.Kind == EventResumed && keep == nil {
+			c.attempt++ // forgiven nodes are tried again: a new attempt
+		}
+	}
 	for _, a := range pp.Actions {
 		if keep != nil && !keep(a) {
 			continue
@@ -124,9 +129,6 @@ func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 		c.act(a)
 	}
 	if keep == nil {
-		if pp.Next.Resumed != c.state.Resumed || len(pp.Next.Forgiven) > len(c.state.Forgiven) {
-			c.attempt++ // forgiven nodes are tried again
-		}
 		c.state = pp.Next
 	}
 	return pp

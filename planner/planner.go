@@ -269,8 +269,8 @@ func (pl *poolPlanner) sortAtGoal(s *sorted, n *Node, toGoal, unavailable bool) 
 			why = &Reason{Code: CodeHealthCheck, Detail: n.Unhealthy}
 		}
 		s.failed, s.fails = append(s.failed, n), append(s.fails, why)
-	case !ready && toGoal && (n.FailedTarget == goal.Hash || timedOut(n, pl.in.Now, pl.timeout)):
-		// At the target, but never back: not done within nodeTimeout.
+	case !ready && toGoal && n.AtTarget.IsZero() && (n.FailedTarget == goal.Hash || timedOut(n, pl.in.Now, pl.timeout)):
+		// At the target, but never back since: not done within nodeTimeout.
 		var why *Reason
 		if n.FailedTarget != goal.Hash {
 			why = &Reason{Code: CodeNodeTimeout, Duration: pl.timeout}
@@ -494,10 +494,12 @@ func (pl *poolPlanner) batch(s *sorted) [][]*Node {
 				first = min(first, c-done)
 			}
 		}
-		if s.inFlight > 0 || len(s.finishing) > 0 {
+		if s.inFlight > 0 || len(s.finishing) > 0 || len(s.free) > 0 {
 			// A batch starts only when the one before it is done: its
-			// nodes at the target and back to work. Starting some now, in
-			// the room the finishing nodes leave, would split the batch.
+			// nodes at the target and back to work. Nodes Herd works on
+			// (dispatched, draining, to retarget) are that batch; starting
+			// more now, in the room the finishing nodes leave, would split
+			// it, or pass the canary.
 			first = 0
 		}
 		first = min(first, len(order))
