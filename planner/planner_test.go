@@ -218,12 +218,12 @@ func TestBatches(t *testing.T) {
 		}(),
 		batches: [][]string{{"p-00"}, {"p-01"}, {"p-02"}},
 	}, {
-		name: "nodes Herd works on go first, at no extra cost",
+		name: "nodes Herd works on go first, at no extra cost, as a batch of their own",
 		pool: testPool(t, "p", osNew, 110, maxUnavailable(schema.IntOrPercent{Int: 2})),
 		nodes: with(nodes(4), 3, func(n *Node) {
 			n.State = schema.StateDegraded
 		}),
-		batches: [][]string{{"p-03", "p-00"}, {"p-01", "p-02"}},
+		batches: [][]string{{"p-03"}, {"p-00", "p-01"}, {"p-02"}},
 	}, {
 		name: "blocked when others use the whole budget",
 		pool: testPool(t, "p", osNew, 110),
