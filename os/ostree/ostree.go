@@ -77,10 +77,16 @@ func (s *Sysroot) run(ctx context.Context, args ...string) (string, error) {
 	if s.Path == "" || s.OSName == "" {
 		return "", errors.New("ostree: Sysroot needs Path and OSName")
 	}
-	cmd := exec.CommandContext(ctx, s.binary(), args...)
+	return runOSTree(ctx, s.binary(), s.Env, args...)
+}
+
+// runOSTree executes one ostree command with env added to the environment
+// and returns its standard output; a failure is a *CommandError.
+func runOSTree(ctx context.Context, binary string, env []string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, binary, args...)
 	// Stable, untranslated messages: errors are classified from stderr.
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	cmd.Env = append(cmd.Env, s.Env...)
+	cmd.Env = append(cmd.Env, env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	// ostree admin deploy forks an fsfreeze watchdog; never hang on its pipes.
@@ -90,7 +96,7 @@ func (s *Sysroot) run(ctx context.Context, args ...string) (string, error) {
 			err = fmt.Errorf("%w (%v)", ctxErr, err)
 		}
 		return stdout.String(), &CommandError{
-			Args:   append([]string{s.binary()}, args...),
+			Args:   append([]string{binary}, args...),
 			Stderr: strings.TrimSpace(stderr.String()),
 			Err:    err,
 		}

@@ -54,6 +54,7 @@ type Repo struct {
 	binary    string
 	gnupgHome string
 	keyID     string
+	key       *GPGKey
 
 	mu        sync.Mutex // guards Commits, the key and templates
 	templates map[string]*template
@@ -153,53 +154,79 @@ func (r *Repo) AddCommit(ctx context.Context, sign bool) (string, error) {
 	return checksum, nil
 }
 
-// ensureKey generates an ed25519 signing key in a private GNUPGHOME.
+// ensureKey generates the signing key on first use.
 func (r *Repo) ensureKey(ctx context.Context) error {
-	if r.keyID != "" {
+	if r.key != nil {
 		return nil
 	}
-	home, err := os.MkdirTemp(r.dir, "gnupg-")
-	if err != nil {
-		return fmt.Errorf("osfixture: %w", err)
-	}
-	if err := os.Chmod(home, 0o700); err != nil {
-		return fmt.Errorf("osfixture: %w", err)
-	}
-	r.gnupgHome = home
-	if _, err := r.gpg(ctx, "--batch", "--passphrase", "", "--quick-gen-key",
-		"Herd Test Signing <test@herd.dev>", "ed25519", "sign", "never"); err != nil {
-		return err
-	}
-	out, err := r.gpg(ctx, "--batch", "--with-colons", "--list-secret-keys")
+	k, err := NewGPGKey(ctx, r.dir)
 	if err != nil {
 		return err
 	}
-	for line := range strings.SplitSeq(out, "\n") {
-		if f := strings.Split(line, ":"); len(f) > 9 && f[0] == "fpr" {
-			r.keyID = f[9]
-			break
-		}
-	}
-	if r.keyID == "" {
-		return errors.New("osfixture: gpg: no fingerprint in generated key listing")
-	}
-	key, err := r.gpg(ctx, "--batch", "--armor", "--export", r.keyID)
-	if err != nil {
-		return err
-	}
-	r.KeyPath = filepath.Join(r.dir, "signing-key.asc")
-	if err := os.WriteFile(r.KeyPath, []byte(key), 0o644); err != nil {
-		return fmt.Errorf("osfixture: %w", err)
-	}
+	r.key, r.gnupgHome, r.keyID, r.KeyPath = k, k.Home, k.ID, k.PublicKeyPath
 	return nil
 }
 
 // Close stops the gpg-agent started for signing, if any.
 func (r *Repo) Close() error {
-	if r.gnupgHome == "" {
+	if r.key == nil {
 		return nil
 	}
-	cmd := exec.Command("gpgconf", "--homedir", r.gnupgHome, "--kill", "all")
+	return r.key.Close()
+}
+
+// GPGKey is a generated ed25519 GPG signing key in a private GNUPGHOME.
+// Close stops the gpg-agent it started.
+type GPGKey struct {
+	Home          string // GNUPGHOME holding the secret key
+	ID            string // fingerprint
+	PublicKeyPath string // armored public key
+}
+
+// NewGPGKey generates a signing key under dir.
+func NewGPGKey(ctx context.Context, dir string) (*GPGKey, error) {
+	home, err := os.MkdirTemp(dir, "gnupg-")
+	if err != nil {
+		return nil, fmt.Errorf("osfixture: %w", err)
+	}
+	if err := os.Chmod(home, 0o700); err != nil {
+		return nil, fmt.Errorf("osfixture: %w", err)
+	}
+	k := &GPGKey{Home: home}
+	gpg := func(args ...string) (string, error) {
+		return run(ctx, []string{"GNUPGHOME=" + home}, "gpg", args...)
+	}
+	if _, err := gpg("--batch", "--passphrase", "", "--quick-gen-key",
+		"Herd Test Signing <test@herd.dev>", "ed25519", "sign", "never"); err != nil {
+		return nil, err
+	}
+	out, err := gpg("--batch", "--with-colons", "--list-secret-keys")
+	if err != nil {
+		return nil, err
+	}
+	for line := range strings.SplitSeq(out, "\n") {
+		if f := strings.Split(line, ":"); len(f) > 9 && f[0] == "fpr" {
+			k.ID = f[9]
+			break
+		}
+	}
+	if k.ID == "" {
+		return nil, errors.New("osfixture: gpg: no fingerprint in generated key listing")
+	}
+	key, err := gpg("--batch", "--armor", "--export", k.ID)
+	if err != nil {
+		return nil, err
+	}
+	k.PublicKeyPath = filepath.Join(home, "public.asc")
+	if err := os.WriteFile(k.PublicKeyPath, []byte(key), 0o644); err != nil {
+		return nil, fmt.Errorf("osfixture: %w", err)
+	}
+	return k, nil
+}
+
+// Close stops the gpg-agent signing started.
+func (k *GPGKey) Close() error {
+	cmd := exec.Command("gpgconf", "--homedir", k.Home, "--kill", "all")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("osfixture: gpgconf --kill: %w: %s", err, out)
 	}
@@ -304,10 +331,6 @@ func (r *Repo) build(ctx context.Context, dir string, opts SysrootOptions) (*ost
 
 func (r *Repo) ostree(ctx context.Context, args ...string) (string, error) {
 	return run(ctx, nil, r.binary, args...)
-}
-
-func (r *Repo) gpg(ctx context.Context, args ...string) (string, error) {
-	return run(ctx, []string{"GNUPGHOME=" + r.gnupgHome}, "gpg", args...)
 }
 
 func run(ctx context.Context, env []string, name string, args ...string) (string, error) {
