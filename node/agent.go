@@ -29,7 +29,10 @@ const (
 	DefaultRoot           = "/"
 	DefaultStateDir       = "/var/lib/herd"
 	DefaultTrustedKeysDir = "/etc/herd/trusted.gpg.d"
-	DefaultRebootTimeout  = 15 * time.Minute
+	// DefaultOSTrustFile is where the agent's DaemonSet mounts the
+	// operator's ConfigMap herd-system/herd-os-trust.
+	DefaultOSTrustFile   = "/etc/herd/os-trust/remotes.yaml"
+	DefaultRebootTimeout = 15 * time.Minute
 	// FieldManager names the agent's patches in managedFields.
 	FieldManager = "herd-agent"
 )
@@ -77,8 +80,13 @@ type Options struct {
 	TrustedKeysDir string
 	// DefaultRemote is pulled from when a rendered config names no remote.
 	DefaultRemote string
-	Services      ServiceManager
-	Rebooter      Rebooter
+	// OSTrustFile is the cluster operator's list of trusted OSTree remotes
+	// and their keys (ostree.LoadTrust): only those are pulled from, always
+	// with signature verification. Empty trusts the fleet repo's remotes
+	// (tests and simulations); the herd agent command always sets it.
+	OSTrustFile string
+	Services    ServiceManager
+	Rebooter    Rebooter
 	// Feed delivers the Node; nil means a watch of this one Node (WatchNode).
 	Feed NodeFeed
 	// Metrics receives counters; nil means a new one (see Agent.Metrics).

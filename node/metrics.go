@@ -15,17 +15,18 @@ type Metrics struct {
 
 // Counters is a snapshot of Metrics.
 type Counters struct {
-	Pulls     int            // ostree pulls run, pre-stage pulls included
-	Prestaged int            // of those, pulls of a commit ahead of its rollout (prestage-os)
-	FastPaths int            // deploys without a pull: the commit was on disk (rollback, or new kernel arguments), not pre-staged
-	Deploys   int            // ostree deploys run
-	Reboots   int            // reboots requested
-	Restarts  map[string]int // by systemd unit
-	Files     int            // files written or removed
-	Sysctls   int            // sysctl values written
-	Refusals  int            // desired states refused (Degraded)
-	Applied   int            // desired states reached (Idle at a new target)
-	Untainted int            // herd.dev/converging taints removed at the target
+	Pulls      int            // ostree pulls run, pre-stage pulls included
+	DeltaPulls int            // of those, pulls that fetched a static delta
+	Prestaged  int            // of those, pulls of a commit ahead of its rollout (prestage-os)
+	FastPaths  int            // deploys without a pull: the commit was on disk (rollback, or new kernel arguments), not pre-staged
+	Deploys    int            // ostree deploys run
+	Reboots    int            // reboots requested
+	Restarts   map[string]int // by systemd unit
+	Files      int            // files written or removed
+	Sysctls    int            // sysctl values written
+	Refusals   int            // desired states refused (Degraded)
+	Applied    int            // desired states reached (Idle at a new target)
+	Untainted  int            // herd.dev/converging taints removed at the target
 }
 
 func (m *Metrics) add(f func(c *Counters)) {

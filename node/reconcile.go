@@ -372,7 +372,8 @@ func (a *Agent) fetch(ctx context.Context, hash string) (*schema.Rendered, error
 }
 
 func (a *Agent) stageOptions() StageOptions {
-	return StageOptions{TrustedKeysDir: a.opts.TrustedKeysDir, DefaultRemote: a.opts.DefaultRemote}
+	return StageOptions{TrustedKeysDir: a.opts.TrustedKeysDir, DefaultRemote: a.opts.DefaultRemote,
+		TrustFile: a.opts.OSTrustFile, Metrics: a.metrics}
 }
 
 // StageOptions configure StageOS.
@@ -382,6 +383,14 @@ type StageOptions struct {
 	TrustedKeysDir string
 	// DefaultRemote is pulled from when the OS config names no remote.
 	DefaultRemote string
+	// TrustFile is the operator-owned list of remotes nodes pull from
+	// (see ostree.LoadTrust). When set, a remote it does not list, or at
+	// another URL, is refused, and pulls always verify signatures with the
+	// key it names, whatever the rendered config says. TrustedKeysDir is
+	// then unused.
+	TrustFile string
+	// Metrics counts pulls that used a static delta; nil counts nothing.
+	Metrics *Metrics
 }
 
 // PullOS makes sure commit is in the sysroot's repository: when it is not,
@@ -402,7 +411,14 @@ func PullOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit 
 		return false, 0, nil
 	}
 	remote := opts.DefaultRemote
-	if osc.Remote != nil {
+	if opts.TrustFile != "" {
+		if osc.Remote != nil {
+			remote = osc.Remote.Name
+		}
+		if err := ensureTrusted(ctx, s, opts.TrustFile, remote, osc.Remote); err != nil {
+			return false, 0, err
+		}
+	} else if osc.Remote != nil {
 		remote = osc.Remote.Name
 		ropts := ostree.RemoteOptions{GPGVerify: osc.Remote.GPGVerify}
 		if osc.Remote.GPGVerify {
@@ -419,13 +435,41 @@ func PullOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit 
 		}
 	}
 	start := time.Now()
-	if err := s.Pull(ctx, remote, osc.Ref, commit); err != nil {
+	stats, err := s.PullWithStats(ctx, remote, osc.Ref, commit)
+	if err != nil {
 		if errors.Is(err, ostree.ErrCommitNotFound) || errors.Is(err, ostree.ErrVerification) {
 			return false, 0, &refusal{msg: fmt.Sprintf("OS commit %s: %v", short(commit), err), err: err}
 		}
 		return false, 0, fmt.Errorf("pull OS commit %s: %w", short(commit), err)
 	}
+	if stats.DeltaParts > 0 {
+		opts.Metrics.add(func(c *Counters) { c.DeltaPulls++ })
+	}
 	return true, time.Since(start), nil
+}
+
+// ensureTrusted points the sysroot's remote at what the operator's trust
+// file says for it, with signature verification on, or refuses a remote
+// the file does not list (or lists at another URL than the fleet's).
+// Nothing on the node changes before the check passes.
+func ensureTrusted(ctx context.Context, s *ostree.Sysroot, file, remote string, fleet *schema.RemoteConfig) error {
+	trust, err := ostree.LoadTrust(file)
+	if err != nil {
+		return &refusal{msg: err.Error(), err: ostree.ErrUntrustedRemote}
+	}
+	url := ""
+	if fleet != nil {
+		url = fleet.URL
+	}
+	r, err := trust.Check(remote, url)
+	if err != nil {
+		return &refusal{msg: err.Error(), err: err}
+	}
+	ropts := ostree.RemoteOptions{GPGVerify: true, GPGKeyPath: r.GPGKeyFile}
+	if err := s.EnsureRemote(ctx, r.Name, r.URL, ropts); err != nil {
+		return fmt.Errorf("trusted remote %s: %w", r.Name, err)
+	}
+	return nil
 }
 
 // StageOS is the agent's whole OSTree apply in one call, PullOS then

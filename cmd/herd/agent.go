@@ -25,6 +25,7 @@ type agentFlags struct {
 	root, sysroot, osname string
 	stateDir, trustedKeys string
 	remote, logLevel      string
+	osTrust               string
 	rebootTimeout         time.Duration
 }
 
@@ -41,8 +42,9 @@ the hash names (herd-system/herd-rendered-<hash>), checks the hash and the
 file allowlist, writes the files atomically under --root, applies sysctls
 through <root>/proc/sys, restarts kubelet or containerd through systemd when
 their files changed, and when the OSTree commit or the kernel arguments
-change: pulls the commit (unless it is on disk already), deploys it and
-reboots through logind. It reports on the Node: herd.dev/current-config,
+change: pulls the commit (unless it is on disk already; only from a remote the
+operator's --os-trust file lists, verified with its key, and as a static
+delta when the remote offers one), deploys it and reboots through logind. It reports on the Node: herd.dev/current-config,
 os-booted, os-staged, state (Idle, Working, Rebooting, Degraded) and message.
 
 When the controller sets herd.dev/prestage-os on an Idle node, the agent
@@ -70,6 +72,7 @@ token bound to its pod (see config/agent).`,
 	fl.StringVar(&f.osname, "osname", "", "OSTree stateroot (default: the only one in the sysroot)")
 	fl.StringVar(&f.stateDir, "state-dir", node.DefaultStateDir, "directory of the agent's journal, file manifest and previous file versions")
 	fl.StringVar(&f.trustedKeys, "trusted-keys", node.DefaultTrustedKeysDir, "directory of GPG keys trusted per OSTree remote (<remote>.asc or .gpg)")
+	fl.StringVar(&f.osTrust, "os-trust", node.DefaultOSTrustFile, "the cluster operator's list of OSTree remotes nodes pull from and the key each must be signed with (mounted from ConfigMap herd-system/herd-os-trust); when it is missing no remote is trusted")
 	fl.StringVar(&f.remote, "remote", "", "OSTree remote to pull from when the rendered config names none")
 	fl.DurationVar(&f.rebootTimeout, "reboot-timeout", node.DefaultRebootTimeout, "request the reboot again when the node has not rebooted after this long")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -118,6 +121,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags) error {
 		StateDir:       f.stateDir,
 		TrustedKeysDir: f.trustedKeys,
 		DefaultRemote:  f.remote,
+		OSTrustFile:    f.osTrust,
 		Services:       units,
 		Rebooter:       systemd.Logind{},
 		Log:            slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),

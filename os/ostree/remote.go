@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -175,20 +176,62 @@ func (s *Sysroot) HasCommit(ctx context.Context, checksum string) (bool, error) 
 // commit only as a 404, so a remote URL where no repository is at all also
 // yields ErrCommitNotFound (the wrapped stderr tells).
 func (s *Sysroot) Pull(ctx context.Context, remote, ref, checksum string) error {
+	_, err := s.PullWithStats(ctx, remote, ref, checksum)
+	return err
+}
+
+// PullStats is what a pull fetched, as ostree pull reports it.
+type PullStats struct {
+	// DeltaParts is the number of static delta parts fetched: more than
+	// zero when the remote offered a delta from a commit the repository has.
+	DeltaParts int
+	// Objects is the number of objects fetched one by one.
+	Objects int
+}
+
+// pullSummaryRE matches the last line of ostree pull, e.g. "1 delta parts,
+// 3 loose fetched; 1 KiB transferred in 0 seconds; 0 bytes content written"
+// or "10 metadata, 3 content objects fetched; 19538 KiB transferred ...".
+var pullSummaryRE = regexp.MustCompile(`(?m)^(?:(\d+) delta parts, (\d+) loose fetched|(\d+) metadata, (\d+) content objects fetched)`)
+
+func parsePullStats(out string) PullStats {
+	var st PullStats
+	for _, m := range pullSummaryRE.FindAllStringSubmatch(out, -1) {
+		if m[1] != "" {
+			st.DeltaParts, _ = strconv.Atoi(m[1])
+			st.Objects, _ = strconv.Atoi(m[2])
+		} else {
+			meta, _ := strconv.Atoi(m[3])
+			content, _ := strconv.Atoi(m[4])
+			st.Objects = meta + content
+		}
+	}
+	return st
+}
+
+// PullWithStats is Pull, and reports what it fetched. ostree uses a static
+// delta when the remote offers one from a commit the repository holds.
+func (s *Sysroot) PullWithStats(ctx context.Context, remote, ref, checksum string) (PullStats, error) {
 	if err := checkChecksum(checksum); err != nil {
-		return err
+		return PullStats{}, err
 	}
 	if remote == "" {
-		return errors.New("ostree: pull: remote is required")
+		return PullStats{}, errors.New("ostree: pull: remote is required")
 	}
 	target := checksum
 	if ref != "" {
 		target = ref + "@" + checksum
 	}
-	_, err := s.run(ctx, s.repoFlag(), "pull", remote, target)
+	out, err := s.run(ctx, s.repoFlag(), "pull", remote, target)
 	if err == nil {
-		return nil
+		return parsePullStats(out), nil
 	}
+	return PullStats{}, s.pullError(ctx, err, remote, target, checksum)
+}
+
+// pullError classifies a failed pull: ErrCommitNotFound, ErrVerification
+// or neither.
+func (s *Sysroot) pullError(ctx context.Context, err error, remote, target, checksum string) error {
 	wrap := func(kind error) error {
 		if kind == nil {
 			return fmt.Errorf("ostree: pull %s from %s: %w", target, remote, err)
