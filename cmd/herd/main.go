@@ -89,6 +89,7 @@ batches, and rolls OSTree images and node configuration out safely.`,
 		newStatusCmd(),
 		newResumeCmd(),
 		newRollbackCmd(),
+		newOSCmd(),
 		newInstallCmd(),
 		newVersionCmd(),
 	)

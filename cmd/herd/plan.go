@@ -27,6 +27,7 @@ func newPlanCmd() *cobra.Command {
 		detailed  bool
 		history   int
 		at        string
+		osRepo    string
 	)
 	cmd := &cobra.Command{
 		Use:   "plan [DIR] --nodes FILE",
@@ -52,7 +53,7 @@ changes and 1 for any error, as with terraform plan.`,
 				}
 				now = t
 			}
-			err := runPlan(cmd.OutOrStdout(), cmd.ErrOrStderr(), cmd.InOrStdin(), args, nodesFile, output, history, detailed, now)
+			err := runPlan(cmd, args, nodesFile, output, history, detailed, now, osRepo)
 			var ee *exitError
 			if detailed && errors.As(err, &ee) && ee.code != exitFailure && ee.code != exitOK && ee.err != nil {
 				ee.code = exitFailure // 2 means "changes" here
@@ -64,11 +65,13 @@ changes and 1 for any error, as with terraform plan.`,
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: "+strings.Join(report.Formats, ", "))
 	cmd.Flags().BoolVar(&detailed, "detailed-exitcode", false, "exit 0 for no changes, 2 for changes, 1 for errors")
 	cmd.Flags().StringVar(&at, "now", "", "plan for this time (RFC 3339) instead of now: maintenance windows depend on it")
+	cmd.Flags().StringVar(&osRepo, "os-repo", "", "OSTree repository (path or http(s) URL) to show what an OS change changes in the image, per pool")
 	cmd.Flags().IntVar(&history, "history", 50, "how many earlier fleet revisions to evaluate for exact diffs (0: none)")
 	return cmd
 }
 
-func runPlan(stdout, stderr io.Writer, stdin io.Reader, args []string, nodesFile, output string, history int, detailed bool, now time.Time) error {
+func runPlan(cmd *cobra.Command, args []string, nodesFile, output string, history int, detailed bool, now time.Time, osRepo string) error {
+	stdout, stderr, stdin := cmd.OutOrStdout(), cmd.ErrOrStderr(), cmd.InOrStdin()
 	if nodesFile == "" {
 		return usageError("--nodes is required: a node list as `kubectl get nodes -o json` prints it")
 	}
@@ -111,6 +114,13 @@ func runPlan(stdout, stderr io.Writer, stdin io.Reader, args []string, nodesFile
 	plan := planner.Compute(in)
 	if err := report.Write(stdout, output, plan); err != nil {
 		return failure(err)
+	}
+	if osRepo != "" {
+		diffs, err := osDiffs(cmd.Context(), osRepo, in, plan)
+		if err != nil {
+			fmt.Fprintln(stderr, "warning: no OS diff:", err)
+		}
+		writeOSDiffs(stdout, output, diffs)
 	}
 	if len(plan.Conflicts) > 0 {
 		return failure(fmt.Errorf("%d nodes match more than one pool", len(plan.Conflicts)))
