@@ -189,6 +189,10 @@ type PullStats struct {
 	Objects int
 }
 
+// noDeltaRE matches ostree pull --require-static-deltas failing for want
+// of a delta (none to the commit, or no delta index at all).
+var noDeltaRE = regexp.MustCompile(`Static deltas required, but none found|require static deltas, but no summary deltas or delta index found`)
+
 // pullSummaryRE matches the last line of ostree pull, e.g. "1 delta parts,
 // 3 loose fetched; 1 KiB transferred in 0 seconds; 0 bytes content written"
 // or "10 metadata, 3 content objects fetched; 19538 KiB transferred ...".
@@ -209,8 +213,9 @@ func parsePullStats(out string) PullStats {
 	return st
 }
 
-// PullWithStats is Pull, and reports what it fetched. ostree uses a static
-// delta when the remote offers one from a commit the repository holds.
+// PullWithStats is Pull, and reports what it fetched. It pulls a static
+// delta when the remote offers one from a commit the repository holds (or
+// from scratch), and the objects one by one otherwise.
 func (s *Sysroot) PullWithStats(ctx context.Context, remote, ref, checksum string) (PullStats, error) {
 	if err := checkChecksum(checksum); err != nil {
 		return PullStats{}, err
@@ -222,7 +227,19 @@ func (s *Sysroot) PullWithStats(ctx context.Context, remote, ref, checksum strin
 	if ref != "" {
 		target = ref + "@" + checksum
 	}
-	out, err := s.run(ctx, s.repoFlag(), "pull", remote, target)
+	// The commit and its signature first: a commit that fails verification
+	// is refused before any of its content is fetched. And ostree 2022.7,
+	// asked for a commit it does not have yet, scans it while the static
+	// delta is still being applied and fetches the changed objects whole
+	// as well; with the commit on disk it takes them from the delta only.
+	out, err := s.run(ctx, s.repoFlag(), "pull", "--commit-metadata-only", remote, target)
+	if err == nil {
+		out, err = s.run(ctx, s.repoFlag(), "pull", "--require-static-deltas", remote, target)
+		var ce *CommandError
+		if errors.As(err, &ce) && noDeltaRE.MatchString(ce.Stderr) {
+			out, err = s.run(ctx, s.repoFlag(), "pull", remote, target)
+		}
+	}
 	if err == nil {
 		return parsePullStats(out), nil
 	}

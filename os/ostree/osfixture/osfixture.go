@@ -5,6 +5,8 @@ package osfixture
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"math/rand/v2"
 	"errors"
 	"fmt"
 	"os"
@@ -37,6 +39,10 @@ type Options struct {
 	Ref      string // branch of the versions; "" means DefaultRef
 	Sign     bool   // GPG-sign the versions with a generated test key
 	Binary   string // ostree binary; "" means "ostree"
+	// PayloadMiB adds that many MiB of incompressible data to every
+	// version, as 1 MiB files usr/share/payload/NNN, the same in each
+	// version (benchmarks of pulls and builds on a realistic tree).
+	PayloadMiB int
 }
 
 // Repo is an archive-mode repository holding successive OS versions on one
@@ -55,6 +61,8 @@ type Repo struct {
 	gnupgHome string
 	keyID     string
 	key       *GPGKey
+
+	payload   int // MiB of payload per version
 
 	mu        sync.Mutex // guards Commits, the key and templates
 	templates map[string]*template
@@ -81,6 +89,7 @@ func NewRepo(ctx context.Context, dir string, opts Options) (*Repo, error) {
 		opts.Binary = "ostree"
 	}
 	r := &Repo{
+		payload:   opts.PayloadMiB,
 		Path:      filepath.Join(dir, "repo"),
 		Ref:       opts.Ref,
 		dir:       dir,
@@ -130,6 +139,9 @@ func (r *Repo) AddCommit(ctx context.Context, sign bool) (string, error) {
 			return "", fmt.Errorf("osfixture: %w", err)
 		}
 	}
+	if err := WritePayload(filepath.Join(tree, "usr/share/payload"), r.payload, 0); err != nil {
+		return "", err
+	}
 	if err := os.MkdirAll(filepath.Join(tree, "usr/etc"), 0o755); err != nil {
 		return "", fmt.Errorf("osfixture: %w", err)
 	}
@@ -152,6 +164,29 @@ func (r *Repo) AddCommit(ctx context.Context, sign bool) (string, error) {
 	checksum := strings.TrimSpace(out)
 	r.Commits = append(r.Commits, checksum)
 	return checksum, nil
+}
+
+// WritePayload writes mib files of 1 MiB of pseudo-random (incompressible)
+// data named 000, 001, ... into dir; the content depends only on the index
+// and seed.
+func WritePayload(dir string, mib int, seed uint64) error {
+	if mib == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("osfixture: %w", err)
+	}
+	buf := make([]byte, 1<<20)
+	for i := range mib {
+		rng := rand.New(rand.NewPCG(uint64(i), seed))
+		for j := 0; j < len(buf); j += 8 {
+			binary.LittleEndian.PutUint64(buf[j:], rng.Uint64())
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%03d", i)), buf, 0o644); err != nil {
+			return fmt.Errorf("osfixture: %w", err)
+		}
+	}
+	return nil
 }
 
 // ensureKey generates the signing key on first use.
