@@ -67,7 +67,9 @@ func newDeltaRepo(t testing.TB, payloadMiB, changed int) *deltaRepo {
 	return &deltaRepo{Repo: r, srv: srv, A: a, B: b}
 }
 
-func pad(i int) string { return string([]byte{'0' + byte(i/100), '0' + byte(i/10%10), '0' + byte(i%10)}) }
+func pad(i int) string {
+	return string([]byte{'0' + byte(i/100), '0' + byte(i/10%10), '0' + byte(i%10)})
+}
 
 // objectPull pulls B without static deltas, as a remote without them is pulled.
 func objectPull(t testing.TB, s *ostree.Sysroot, ref, commit string) {

@@ -6,9 +6,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"math/rand/v2"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,7 +62,7 @@ type Repo struct {
 	keyID     string
 	key       *GPGKey
 
-	payload   int // MiB of payload per version
+	payload int // MiB of payload per version
 
 	mu        sync.Mutex // guards Commits, the key and templates
 	templates map[string]*template
