@@ -105,6 +105,15 @@ type Options struct {
 	// <root>/etc/herd/trusted.gpg.d/<remote>.asc): fleets verify signatures
 	// unless a remote says gpgVerify: false.
 	Unsigned bool
+	// Repo, when set, is the OS repository to use (e.g. images built by
+	// herd os build, wrapped by osfixture.Existing) instead of one the
+	// simulator makes; Versions, Unsigned and Ref are then unused, and Stop
+	// leaves it alone. Nodes boot its first commit.
+	Repo *osfixture.Repo
+	// TrustFile is given to every agent as its operator-owned list of
+	// trusted OSTree remotes (node.Options.OSTrustFile); empty trusts the
+	// fleet's remotes.
+	TrustFile string
 	// NamePrefix prefixes node names.
 	NamePrefix string
 	// Sysctls adds simulated /proc/sys entries to Sysctls.
@@ -246,11 +255,15 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 	if err := f.makeDirs(); err != nil {
 		return nil, err
 	}
-	repo, err := osfixture.NewRepo(ctx, filepath.Join(f.shm, "os"), osfixture.Options{Versions: opts.Versions, Ref: opts.Ref, Sign: !opts.Unsigned})
-	if err != nil {
-		return nil, fmt.Errorf("sim: OS repository: %w", err)
+	if opts.Repo != nil {
+		f.repo, f.opts.Ref = opts.Repo, opts.Repo.Ref
+	} else {
+		repo, err := osfixture.NewRepo(ctx, filepath.Join(f.shm, "os"), osfixture.Options{Versions: opts.Versions, Ref: opts.Ref, Sign: !opts.Unsigned})
+		if err != nil {
+			return nil, fmt.Errorf("sim: OS repository: %w", err)
+		}
+		f.repo = repo
 	}
-	f.repo = repo
 
 	f.watch, err = node.WatchNodes(f.ctx, cs, metav1.ListOptions{})
 	if err != nil {
@@ -488,6 +501,7 @@ func (f *Fleet) runNode(n *simNode) {
 			Root:           n.root,
 			StateDir:       filepath.Join(n.root, "var/lib/herd"),
 			TrustedKeysDir: n.keysDir(),
+			OSTrustFile:    f.opts.TrustFile,
 			Services:       services{},
 			Rebooter:       rebooter(n.reboot),
 			Feed:           f.watch.Feed(n.name),

@@ -57,6 +57,7 @@ type Options struct {
 // Story is the running setup.
 type Story struct {
 	CP         *controlplane.ControlPlane
+	OS         *OSImages // the OS images, built by herd os build and served over HTTP
 	Fleet      *sim.Fleet
 	Client     client.Client
 	Dir        string
@@ -128,8 +129,14 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 		return s, err
 	}
 
-	step("herd sim: %d nodes on real OSTree sysroots", total(opts.Pools))
-	if s.Fleet, err = sim.Start(ctx, sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay, Dir: filepath.Join(dir, "sim"), Log: opts.Log}); err != nil {
+	step("herd os build: OS images from examples/os, signed, served over HTTP")
+	if s.OS, err = BuildOSImages(ctx, filepath.Join(dir, "os"), io.Discard); err != nil {
+		return s, err
+	}
+
+	step("herd sim: %d nodes on real OSTree sysroots, trusting only that repository", total(opts.Pools))
+	if s.Fleet, err = sim.Start(ctx, sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay,
+		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile}); err != nil {
 		return s, err
 	}
 
@@ -308,6 +315,9 @@ func (s *Story) Stop() error {
 	}
 	if s.Fleet != nil {
 		errs = append(errs, s.Fleet.Stop())
+	}
+	if s.OS != nil {
+		errs = append(errs, s.OS.Close())
 	}
 	if s.CP != nil {
 		errs = append(errs, s.CP.Stop())

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,6 +111,16 @@ func NewRepo(ctx context.Context, dir string, opts Options) (*Repo, error) {
 		}
 	}
 	return r, nil
+}
+
+// Existing wraps an archive repository made elsewhere (by herd os build,
+// say) so that NewSysroot can make sysroots from it: commits are its OS
+// versions, oldest first, on ref; url is where nodes pull it from; keyPath
+// (may be empty) the public key its commits are signed with. dir holds the
+// sysroot templates. AddCommit is not for such a repository.
+func Existing(dir, path, url, ref, keyPath string, commits []string) *Repo {
+	return &Repo{Path: path, URL: url, Ref: ref, KeyPath: keyPath, Commits: slices.Clone(commits),
+		dir: dir, binary: "ostree", templates: map[string]*template{}}
 }
 
 // AddCommit commits the next OS version on Ref, GPG-signed if sign is set
