@@ -82,6 +82,12 @@ a real kube-apiserver, and a fleet repo at %s.
   %s get herdpools
   bin/herd status --watch
 
+The OS images were built by herd os build from examples/os (Buildfiles),
+signed, and are served at %s; nodes trust only that remote and its key.
+What release 2026.11.0 changes in the image:
+
+  bin/herd os diff %.12s %.12s --repo %s
+
 Roll a new OS out to the general pool, batch by batch:
 
   cd %s
@@ -98,7 +104,7 @@ Roll it back (nodes switch to the OSTree deployment on disk, no download):
   ../../bin/herd rollback HEAD
 
 Ctrl-C stops everything.
-`, len(s.Fleet.Nodes()), pools, s.Remote, rel(s.Kubeconfig), kubectl, rel(s.Work))
+`, len(s.Fleet.Nodes()), pools, s.Remote, rel(s.Kubeconfig), kubectl, s.OS.URL, s.OS.Commits[0], s.OS.Commits[1], rel(s.OS.Repo), rel(s.Work))
 	<-ctx.Done()
 	return nil
 }
