@@ -23,7 +23,7 @@ import (
 type agentFlags struct {
 	node, kubeconfig      string
 	root, sysroot, osname string
-	stateDir, trustedKeys string
+	stateDir              string
 	remote, logLevel      string
 	osTrust               string
 	rebootTimeout         time.Duration
@@ -71,7 +71,6 @@ token bound to its pod (see config/agent).`,
 	fl.StringVar(&f.sysroot, "sysroot", "/", "OSTree sysroot")
 	fl.StringVar(&f.osname, "osname", "", "OSTree stateroot (default: the only one in the sysroot)")
 	fl.StringVar(&f.stateDir, "state-dir", node.DefaultStateDir, "directory of the agent's journal, file manifest and previous file versions")
-	fl.StringVar(&f.trustedKeys, "trusted-keys", node.DefaultTrustedKeysDir, "directory of GPG keys trusted per OSTree remote (<remote>.asc or .gpg)")
 	fl.StringVar(&f.osTrust, "os-trust", node.DefaultOSTrustFile, "the cluster operator's list of OSTree remotes nodes pull from and the key each must be signed with (mounted from ConfigMap herd-system/herd-os-trust); when it is missing no remote is trusted")
 	fl.StringVar(&f.remote, "remote", "", "OSTree remote to pull from when the rendered config names none")
 	fl.DurationVar(&f.rebootTimeout, "reboot-timeout", node.DefaultRebootTimeout, "request the reboot again when the node has not rebooted after this long")
@@ -85,6 +84,9 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags) error {
 	}
 	if f.node == "" {
 		return usageError("--node is required (or set NODE_NAME)")
+	}
+	if f.osTrust == "" {
+		return usageError("--os-trust is required: nodes pull only from the OSTree remotes the operator lists")
 	}
 	level, err := parseLogLevel(f.logLevel)
 	if err != nil {
@@ -114,18 +116,17 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags) error {
 	units := &systemd.Units{}
 	defer units.Close()
 	a, err := node.New(node.Options{
-		NodeName:       f.node,
-		Client:         cs,
-		Sysroot:        &ostree.Sysroot{Path: f.sysroot, OSName: osname},
-		Root:           f.root,
-		StateDir:       f.stateDir,
-		TrustedKeysDir: f.trustedKeys,
-		DefaultRemote:  f.remote,
-		OSTrustFile:    f.osTrust,
-		Services:       units,
-		Rebooter:       systemd.Logind{},
-		Log:            slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
-		RebootTimeout:  f.rebootTimeout,
+		NodeName:      f.node,
+		Client:        cs,
+		Sysroot:       &ostree.Sysroot{Path: f.sysroot, OSName: osname},
+		Root:          f.root,
+		StateDir:      f.stateDir,
+		DefaultRemote: f.remote,
+		OSTrustFile:   f.osTrust,
+		Services:      units,
+		Rebooter:      systemd.Logind{},
+		Log:           slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+		RebootTimeout: f.rebootTimeout,
 	})
 	if err != nil {
 		return failure(err)

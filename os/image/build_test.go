@@ -296,3 +296,34 @@ func TestParseErrors(t *testing.T) {
 		}
 	}
 }
+
+// FROM --repo takes the base from another repository: a local path, or an
+// archive repository served over HTTP.
+func TestBuildFromOtherRepo(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	base := buildBase(t, src, "v1")
+	srv, err := osfixture.Serve(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	for name, from := range map[string]string{"path": src, "http": srv.URL} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			bf := filepath.Join(dir, "Buildfile")
+			os.WriteFile(filepath.Join(dir, "f"), []byte("f\n"), 0o644)
+			os.WriteFile(bf, []byte("FROM --repo="+from+" "+ref+"\nCOPY f /usr/share/f\n"), 0o644)
+			repo := filepath.Join(t.TempDir(), "repo")
+			res, err := image.Build(t.Context(), image.Options{Buildfile: bf, Repo: repo, Ref: "layered"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Base != base {
+				t.Errorf("base %s, want %s", res.Base, base)
+			}
+			if got := cat(t, repo, res.Commit, "/usr/lib/modules/6.1.0-herd/vmlinuz"); !strings.Contains(got, "kernel") {
+				t.Errorf("the base's kernel is not in the image: %q", got)
+			}
+		})
+	}
+}
