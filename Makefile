@@ -13,7 +13,8 @@ BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 export PATH := $(TOOLS):$(PATH)
 
 # Debian packages the tests drive for real.
-APT_PACKAGES := git ostree gnupg openssh-client openssh-server dbus-daemon curl bubblewrap busybox-static containerd
+APT_PACKAGES := git ostree gnupg openssh-client openssh-server dbus-daemon curl bubblewrap busybox-static \
+                containerd runc containernetworking-plugins
 
 .PHONY: all build test unit e2e demo lint fmt bench fuzz tools deps k8s-bins testenv clean
 
