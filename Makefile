@@ -30,9 +30,9 @@ build:
 test: deps tools k8s-bins lint
 	$(GO) test -count=1 -timeout 45m ./...
 
-## unit: the fast tests that need no real servers.
+## unit: the fast tests that need no real servers (tests named Integration do).
 unit:
-	$(GO) test -count=1 ./schema/... ./planner/... ./cmd/... ./node/apply/... ./node/systemd/...
+	$(GO) test -count=1 -skip Integration ./schema/... ./planner/... ./cmd/... ./node/apply/... ./node/systemd/... ./node/health/... ./node/diagnose/...
 
 ## e2e: the user story end to end (also part of make test).
 e2e: deps tools k8s-bins

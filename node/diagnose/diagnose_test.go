@@ -73,9 +73,9 @@ func TestEvidenceFits(t *testing.T) {
 	}
 }
 
-// TestCaptureRealKernelLog captures a bundle from this machine's kernel
+// TestIntegrationCapture captures a bundle from this machine's kernel
 // log, PSI and filesystems, saves and loads it.
-func TestCaptureRealKernelLog(t *testing.T) {
+func TestIntegrationCapture(t *testing.T) {
 	dir := t.TempDir()
 	e := Capture(t.Context(), Sources{DiskPaths: []string{dir}}, "test", time.Now(), 16<<10)
 	if len(e.KernelLog) == 0 {
@@ -111,9 +111,9 @@ func TestCaptureRealKernelLog(t *testing.T) {
 	}
 }
 
-// TestCollectReal collects a report from this machine: its filesystems,
+// TestIntegrationCollect collects a report from this machine: its filesystems,
 // PSI, load, network interfaces (lo at least) and a saved bundle.
-func TestCollectReal(t *testing.T) {
+func TestIntegrationCollect(t *testing.T) {
 	dir := t.TempDir()
 	ev := filepath.Join(dir, "evidence.json")
 	if err := SaveEvidence(ev, &Evidence{Reason: "before reboot", KernelLog: []string{"[1.0] oops"}}); err != nil {
