@@ -64,16 +64,22 @@ func newNode(t *testing.T, cs kubernetes.Interface, name string, conds ...corev1
 	return n
 }
 
+func leaseFor(node string, renew metav1.MicroTime) *coordinationv1.Lease {
+	dur := int32(40)
+	return &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: "kube-node-lease"},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &dur, RenewTime: &renew},
+	}
+}
+
 func renewLease(t *testing.T, cs kubernetes.Interface, node string, at time.Time) {
 	t.Helper()
 	ctx := t.Context()
-	renew, dur := metav1.NewMicroTime(at), int32(40)
+	renew := metav1.NewMicroTime(at)
 	leases := cs.CoordinationV1().Leases("kube-node-lease")
 	l, err := leases.Get(ctx, node, metav1.GetOptions{})
 	if err != nil {
-		l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: "kube-node-lease"}}
-		l.Spec = coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &dur, RenewTime: &renew}
-		if _, err := leases.Create(ctx, l, metav1.CreateOptions{}); err != nil {
+		if _, err := leases.Create(ctx, leaseFor(node, renew), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		return

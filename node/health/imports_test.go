@@ -1,0 +1,28 @@
+package health_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestAgentImports: the agent's health, CRI and diagnose packages, built as
+// the agent is (-tags grpcnotrace), link no CUE, CEL, kustomize or
+// controller-runtime, and no text/template: grpc's default tracing pulls in
+// html/template, whose reflection keeps every method of the binary and
+// costs the agent 18 MB of binary (docs/benchmarks.md).
+func TestAgentImports(t *testing.T) {
+	pkgs := []string{"herd.dev/herd/node", "herd.dev/herd/node/health", "herd.dev/herd/node/cri", "herd.dev/herd/node/diagnose"}
+	out, err := exec.Command("go", append([]string{"list", "-tags", "grpcnotrace", "-deps"}, pkgs...)...).Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	forbidden := []string{"cuelang.org/", "github.com/google/cel-go", "sigs.k8s.io/kustomize", "sigs.k8s.io/controller-runtime", "text/template", "html/template"}
+	for _, dep := range strings.Fields(string(out)) {
+		for _, f := range forbidden {
+			if strings.HasPrefix(dep, f) {
+				t.Errorf("the agent's packages link %s", dep)
+			}
+		}
+	}
+}
