@@ -55,8 +55,13 @@ func newNode(t *testing.T, cs kubernetes.Interface, name string, conds ...corev1
 		t.Fatal(err)
 	}
 	if len(conds) > 0 {
-		n.Status.Conditions = conds
-		if n, err = cs.CoreV1().Nodes().UpdateStatus(t.Context(), n, metav1.UpdateOptions{}); err != nil {
+		// A patch, not an update: the node lifecycle controller may have
+		// changed the new Node already.
+		body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": conds}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err = cs.CoreV1().Nodes().PatchStatus(t.Context(), name, body); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -144,16 +149,15 @@ func TestIntegrationPLEG(t *testing.T) {
 	lastSeen.Store(time.Now().Add(-5 * time.Minute).Unix())
 	expect(t, withMetrics.Check(ctx, time.Now()), corev1.ConditionTrue, schema.ReasonPLEGRelistStalled)
 
-	n, err := getNode(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Status.Conditions[0].Status = corev1.ConditionFalse
-	n.Status.Conditions[0].Reason = "KubeletNotReady"
-	n.Status.Conditions[0].Message = "PLEG is not healthy: pleg was last seen active 3m5s ago; threshold is 3m0s"
-	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	kubeletUpdate(t, cs, node, func(n *corev1.Node) {
+		for i := range n.Status.Conditions {
+			if n.Status.Conditions[i].Type == corev1.NodeReady {
+				n.Status.Conditions[i].Status = corev1.ConditionFalse
+				n.Status.Conditions[i].Reason = "KubeletNotReady"
+				n.Status.Conditions[i].Message = "PLEG is not healthy: pleg was last seen active 3m5s ago; threshold is 3m0s"
+			}
+		}
+	})
 	expect(t, onlyNode.Check(ctx, time.Now()), corev1.ConditionTrue, schema.ReasonPLEGNotHealthy)
 }
 
