@@ -14,6 +14,7 @@ import (
 
 	"herd.dev/herd/node/cri"
 	"herd.dev/herd/node/health"
+	"herd.dev/herd/os/ostree/osfixture"
 )
 
 func TestParseLoadAvg(t *testing.T) {
@@ -119,9 +120,21 @@ func TestIntegrationCollect(t *testing.T) {
 	if err := SaveEvidence(ev, &Evidence{Reason: "before reboot", KernelLog: []string{"[1.0] oops"}}); err != nil {
 		t.Fatal(err)
 	}
-	c := &Collector{Node: "n1", DiskPaths: []string{dir}, EvidencePath: ev,
+	repo, err := osfixture.NewRepo(t.Context(), t.TempDir(), osfixture.Options{Versions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { repo.Close() })
+	sysroot, err := repo.NewSysroot(t.Context(), t.TempDir(), osfixture.SysrootOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Collector{Node: "n1", DiskPaths: []string{dir}, EvidencePath: ev, Sysroot: sysroot,
 		Checks: []health.Check{&health.Memory{}, &health.Disk{Paths: []string{dir}}}}
 	r := c.Collect(context.Background(), time.Now())
+	if len(r.OS) != 1 || r.OS[0].Checksum != repo.Commits[0] || !r.OS[0].Booted || r.OS[0].Version != "v1" {
+		t.Errorf("OSTree deployments: %+v, want %s booted", r.OS, repo.Commits[0])
+	}
 	if len(r.Disk) != 1 || r.Disk[0].Path != dir {
 		t.Errorf("disk: %+v", r.Disk)
 	}
@@ -145,7 +158,7 @@ func TestIntegrationCollect(t *testing.T) {
 	if err := WriteText(&text, r); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Node n1", "HerdDiskPressure", dir, "Load", "lo", "(none recorded)", "before reboot", "[1.0] oops"} {
+	for _, want := range []string{"Node n1", "HerdDiskPressure", dir, "Load", "lo", repo.Commits[0] + "  v1  booted", "(none recorded)", "before reboot", "[1.0] oops"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text report lacks %q:\n%s", want, text.String())
 		}
