@@ -144,18 +144,20 @@ func TestIntegrationDiagnose(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Fatalf("node-a's agent answered %d requests (%v), want none", n, err)
 	}
-	// The policy takes a moment to be loaded: wait until it denies.
+	// The policy takes a moment to be loaded: wait until it denies a dry
+	// run, then try for real.
 	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"phase": "Complete", "report": map[string]any{"node": "forged"}}})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, err = agentA.Resource(diagnose.GVR).Namespace(diagnose.Namespace).Patch(ctx, req.GetName(), types.MergePatchType, patch, metav1.PatchOptions{}, "status")
-		if (apierrors.IsForbidden(err) || apierrors.IsInvalid(err)) && strings.Contains(err.Error(), "may not answer the NodeDiagnostic of node node-b") {
-			break
+	forge := func(opts metav1.PatchOptions) bool {
+		_, err = agentA.Resource(diagnose.GVR).Namespace(diagnose.Namespace).Patch(ctx, req.GetName(), types.MergePatchType, patch, opts, "status")
+		return (apierrors.IsForbidden(err) || apierrors.IsInvalid(err)) && strings.Contains(err.Error(), "may not answer the NodeDiagnostic of node node-b")
+	}
+	for deadline := time.Now().Add(30 * time.Second); !forge(metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the policy never denied node-a's agent answering node-b's request: %v", err)
 		}
-		if err == nil || time.Now().After(deadline) {
-			t.Fatalf("node-a's agent answering node-b's request: %v, want denied by the policy", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	}
+	if !forge(metav1.PatchOptions{}) {
+		t.Fatalf("node-a's agent answering node-b's request: %v, want denied by the policy", err)
 	}
 	if n, _, err := (&diagnose.Responder{Client: agentB, Node: "node-b", Collect: responder.Collect}).AnswerPending(ctx); err != nil || n != 1 {
 		t.Fatalf("node-b's agent answered %d (%v), want 1", n, err)

@@ -79,12 +79,6 @@ func TestIntegrationAgentRights(t *testing.T) {
 	renewLease(t, cs, node, time.Now())
 	agent := agentClient(t, cs, node)
 
-	if _, err := health.NodeLease(agent, node)(ctx); err != nil {
-		t.Errorf("the agent reads its Lease: %v", err)
-	}
-	if _, err := health.PodsOnNode(agent, node)(ctx); err != nil {
-		t.Errorf("the agent lists the pods on its node: %v", err)
-	}
 	// The policy takes a moment to be loaded: wait until it denies a dry
 	// run, then check it type-checked against the Node schema cleanly.
 	forged := []byte(`{"status":{"conditions":[{"type":"Ready","status":"False","reason":"Forged"}]}}`)
@@ -99,16 +93,29 @@ func TestIntegrationAgentRights(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	vap, err := cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "herd-agent-own-node", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tc := vap.Status.TypeChecking; tc != nil {
-		for _, w := range tc.ExpressionWarnings {
-			t.Errorf("admission policy %s: %s", w.FieldRef, w.Warning)
+	for {
+		vap, err := cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "herd-agent-own-node", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
 		}
+		if tc := vap.Status.TypeChecking; tc != nil && vap.Status.ObservedGeneration == vap.Generation {
+			for _, w := range tc.ExpressionWarnings {
+				t.Errorf("admission policy %s: %s", w.FieldRef, w.Warning)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the admission policy was never type-checked: %+v", vap.Status)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
+	if _, err := health.NodeLease(agent, node)(ctx); err != nil {
+		t.Errorf("the agent reads its Lease: %v", err)
+	}
+	if _, err := health.PodsOnNode(agent, node)(ctx); err != nil {
+		t.Errorf("the agent lists the pods on its node: %v", err)
+	}
 	pub := &health.Publisher{Client: agent, NodeName: node}
 	res := []health.Result{{Type: schema.ConditionDiskPressure, Status: corev1.ConditionFalse, Reason: schema.ReasonDiskOK}}
 	if _, err := pub.Publish(ctx, nil, res, time.Now()); err != nil {
