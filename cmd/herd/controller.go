@@ -60,14 +60,10 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 			if cfg.Signer, err = signer(signingKey, sshSignKey); err != nil {
 				return failure(err)
 			}
-			if cfg.WebhookToken == "" {
-				cfg.WebhookToken = os.Getenv("HERD_WEBHOOK_TOKEN")
-			}
-			if cfg.WebhookGitHubSecret == "" {
-				cfg.WebhookGitHubSecret = os.Getenv("HERD_WEBHOOK_SECRET")
-			}
-			if cfg.WebhookAddr != "" && cfg.WebhookToken == "" && cfg.WebhookGitHubSecret == "" {
-				return usageError("--webhook-addr needs HERD_WEBHOOK_TOKEN or HERD_WEBHOOK_SECRET")
+			cfg.WebhookSecret = os.Getenv("HERD_WEBHOOK_SECRET")
+			cfg.WebhookToken = os.Getenv("HERD_WEBHOOK_TOKEN")
+			if cfg.WebhookAddr != "" && cfg.WebhookToken == "" && cfg.WebhookSecret == "" {
+				return usageError("--webhook-addr needs HERD_WEBHOOK_SECRET (the forges' HMAC key or GitLab token) or HERD_WEBHOOK_TOKEN (a bearer token)")
 			}
 			if err := controller.Run(cmd.Context(), cfg); err != nil {
 				return failure(err)
@@ -88,7 +84,7 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 	f.DurationVar(&cfg.StatusInterval, "status-interval", 5*time.Second, "at most one status commit per interval, plus one per phase change")
 	f.BoolVar(&cfg.AllowNonFastForward, "allow-non-fast-forward", false, "accept heads that do not descend from the applied revision (force-pushes)")
 	f.StringVar(&cfg.CacheDir, "cache-dir", filepath.Join(os.TempDir(), "herd"), "where the Git cache lives")
-	f.StringVar(&cfg.WebhookAddr, "webhook-addr", "", "address of the webhook receiver (HERD_WEBHOOK_TOKEN or HERD_WEBHOOK_SECRET set its credentials)")
+	f.StringVar(&cfg.WebhookAddr, "webhook-addr", "", "address of the webhook receiver on every replica (HERD_WEBHOOK_SECRET, HERD_WEBHOOK_TOKEN set its credentials)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8080", `address of /metrics ("0" for none)`)
 	f.StringVar(&cfg.HealthAddr, "health-addr", "", "address of /healthz and /readyz")
 	f.StringVar(&cfg.PprofAddr, "pprof-addr", "", "address of /debug/pprof (off when empty)")

@@ -123,6 +123,14 @@ type controllerRun struct {
 
 func (e *env) startController(name string, leader bool) *controllerRun {
 	e.t.Helper()
+	return e.startControllerWith(name, leader, nil)
+}
+
+// controllerConfig is what startControllerWith lets a test change.
+type controllerConfig = controller.Config
+
+func (e *env) startControllerWith(name string, leader bool, change func(*controllerConfig)) *controllerRun {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.t.Context())
 	rc := rest.CopyConfig(e.cp.Config())
 	rc.UserAgent = name // becomes the field manager of its writes
@@ -146,6 +154,9 @@ func (e *env) startController(name string, leader bool) *controllerRun {
 	}
 	if os.Getenv("HERD_TEST_LOG") != "" {
 		cfg.Log = testr.NewWithInterface(e.t, testr.Options{})
+	}
+	if change != nil {
+		change(&cfg)
 	}
 	run := &controllerRun{cancel: cancel, done: make(chan error, 1)}
 	go func() {

@@ -12,7 +12,8 @@ import (
 	"herd.dev/herd/sync/herdpool"
 )
 
-// Herd's own metrics, beside the Flux-compatible gotk_reconcile_* ones.
+// Herd's own metrics, beside the Flux-compatible gotk_reconcile_* ones
+// (the source's are in sync/sourcestatus).
 var (
 	nodesGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "herd_nodes",
@@ -22,14 +23,6 @@ var (
 		Name: "herd_rollout_batches_total",
 		Help: "Rollout batches started, per pool.",
 	}, []string{"pool"})
-	revisionAge = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "herd_source_revision_age_seconds",
-		Help: "Age of the fleet revision in force: now minus its commit time.",
-	})
-	sourceContactAge = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "herd_source_contact_age_seconds",
-		Help: "Time since the fleet repo's remote last answered.",
-	})
 	commitToNode = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "herd_commit_to_node_seconds",
 		Help:    "From a fleet commit to a node running it, per pool.",
@@ -38,7 +31,7 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(nodesGauge, batchesTotal, revisionAge, sourceContactAge, commitToNode)
+	ctrlmetrics.Registry.MustRegister(nodesGauge, batchesTotal, commitToNode)
 }
 
 // recordMetrics updates a pool's metrics after a reconcile. The commit-to-node

@@ -150,13 +150,21 @@ func markConditions(np *herdpool.HerdPool, pp *planner.PoolPlan, actErr error) {
 		conditions.Delete(np, meta.ReconcilingCondition)
 		conditions.Delete(np, meta.StalledCondition)
 	case pp.Phase == planner.PhasePaused:
+		// Held until someone unpauses it: Stalled, so kstatus says Failed
+		// and waiters stop, rather than InProgress forever.
+		conditions.MarkStalled(np, string(pp.Phase), "%s", msg)
 		ready(string(pp.Phase))
 		conditions.Delete(np, meta.ReconcilingCondition)
-		conditions.Delete(np, meta.StalledCondition)
 	case len(np.Status.DrainBlocked) > 0:
 		conditions.MarkStalled(np, ReasonDrainBlocked, "%s", msg)
 		ready(ReasonDrainBlocked)
+	case pp.Phase == planner.PhaseWaiting && pp.Closed != nil && pp.Closed.Code == planner.CodeFrozen:
+		// Frozen until someone lifts maintenance.freeze in Git: Stalled.
+		conditions.MarkStalled(np, string(pp.Closed.Code), "%s", msg)
+		ready(string(pp.Closed.Code))
+		conditions.Delete(np, meta.ReconcilingCondition)
 	case pp.Phase == planner.PhaseWaiting:
+		// The next window opens by itself: still in progress.
 		reason := string(pp.Closed.Code)
 		conditions.MarkReconciling(np, reason, "%s", msg)
 		ready(reason)
@@ -335,15 +343,12 @@ func nodeStatus(obs *observation, c planner.Change, out *outcome) writeback.Node
 	return ns
 }
 
-// recordSource writes the source's state to the status branch and metrics.
+// recordSource writes the source's state to the status branch (its
+// metrics and HerdSource are sync/sourcestatus').
 func (r *Reconciler) recordSource(obs *observation) {
 	s := r.Source.Status()
 	if r.Status != nil {
 		r.Status.SetSource(gitSourceStatus(s, obs.rev))
-	}
-	revisionAge.Set(obs.now.Sub(obs.rev.Time).Seconds())
-	if !s.LastSuccessTime.IsZero() {
-		sourceContactAge.Set(obs.now.Sub(s.LastSuccessTime).Seconds())
 	}
 }
 
@@ -359,7 +364,7 @@ func gitSourceStatus(s source.Status, rev source.Revision) writeback.SourceStatu
 			out.Errors = strings.Split(rj.Message, "\n")
 		}
 	}
-	if s.Reason == source.SourceUnavailable {
+	if s.Reason == source.FetchFailed {
 		// The source's message counts the time since it last answered;
 		// copied as is, every poll would be a commit.
 		out.Message = "the remote does not answer"

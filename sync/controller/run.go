@@ -3,11 +3,8 @@ package controller
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
@@ -35,7 +32,10 @@ import (
 	"herd.dev/herd/sync/gitutil"
 	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/revisions"
+	"herd.dev/herd/sync/herdsource"
+	"herd.dev/herd/sync/receiver"
 	"herd.dev/herd/sync/source"
+	"herd.dev/herd/sync/sourcestatus"
 	"herd.dev/herd/sync/writeback"
 )
 
@@ -61,12 +61,15 @@ type Config struct {
 	StatusInterval      time.Duration // default 5s
 	CacheDir            string
 
-	WebhookAddr         string // "" for none
-	WebhookToken        string
-	WebhookGitHubSecret string
-	MetricsAddr         string // "0" for none
-	HealthAddr          string // "" for none
-	PprofAddr           string // "" for none
+	// WebhookAddr is where every replica receives forge deliveries ("" for
+	// none); WebhookSecret is the forges' HMAC key (GitLab's token),
+	// WebhookToken a bearer token. See sync/receiver.
+	WebhookAddr   string
+	WebhookSecret string
+	WebhookToken  string
+	MetricsAddr   string // "0" for none
+	HealthAddr    string // "" for none
+	PprofAddr     string // "" for none
 
 	LeaderElection leaderelection.Options
 	Namespace      string // for the leader election lease; default herd-system
@@ -78,6 +81,7 @@ func Scheme() *runtime.Scheme {
 	s := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(s)
 	_ = herdpool.AddToScheme(s)
+	_ = herdsource.AddToScheme(s)
 	return s
 }
 
@@ -177,10 +181,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	if cfg.WebhookAddr != "" {
-		hook := src.Webhook(source.WebhookOptions{Token: cfg.WebhookToken, GitHubSecret: cfg.WebhookGitHubSecret})
-		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-			return serve(ctx, cfg.WebhookAddr, hook)
-		})); err != nil {
+		if err := addReceiver(mgr, cfg); err != nil {
 			return err
 		}
 	}
@@ -188,6 +189,16 @@ func Run(ctx context.Context, cfg Config) error {
 	recorder, err := events.NewRecorder(cfg.Log, "", "herd-controller", events.WithManager(mgr))
 	if err != nil {
 		return fmt.Errorf("event recorder: %w", err)
+	}
+	status := &sourcestatus.Updater{
+		Client: mgr.GetClient(),
+		Source: src,
+		Spec: herdsource.Spec{URL: cfg.Repo, Branch: cmp.Or(cfg.Branch, "main"), Path: cfg.Path,
+			Interval: metav1.Duration{Duration: cmp.Or(cfg.Interval, time.Minute)}, Verify: cfg.Verify != nil},
+		Events: recorder,
+	}
+	if err := status.SetupWithManager(mgr); err != nil {
+		return err
 	}
 	r := New(mgr, Options{
 		Source:  src,
@@ -259,21 +270,32 @@ func gitHistory(gitDir, path string) func(commit string) (*revisions.History, er
 	}
 }
 
-// serve runs an HTTP server until ctx ends.
-func serve(ctx context.Context, addr string, h http.Handler) error {
-	ln, err := net.Listen("tcp", addr)
+// addReceiver serves the webhook receiver on every replica: a delivery
+// is recorded on the HerdSource, which the leader acts on. /readyz
+// reports the receiver, so a Service routes deliveries to replicas that
+// listen; /healthz and /readyz answer "ok" as the probes expect.
+func addReceiver(mgr manager.Manager, cfg Config) error {
+	c := mgr.GetClient()
+	rc, err := receiver.New(receiver.Options{
+		Branch: cmp.Or(cfg.Branch, "main"),
+		Secret: cfg.WebhookSecret,
+		Token:  cfg.WebhookToken,
+		Trigger: func(ctx context.Context, _ receiver.Delivery) error {
+			return sourcestatus.RequestReconcile(ctx, c, time.Now())
+		},
+		Logger: slog.New(logr.ToSlogHandler(cfg.Log.WithName("webhook"))),
+	})
 	if err != nil {
-		return fmt.Errorf("webhook receiver: %w", err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
+	}
+	srv := &receiver.Server{Addr: cfg.WebhookAddr, Handler: rc}
+	if err := mgr.Add(srv); err != nil {
+		return err
+	}
+	if cfg.HealthAddr != "" {
+		if err := mgr.AddReadyzCheck("webhook", srv.Ready); err != nil {
+			return err
+		}
 	}
 	return nil
 }

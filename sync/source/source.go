@@ -43,7 +43,8 @@ type Source struct {
 
 	trigger chan struct{}
 	updates chan Revision
-	runMu   sync.Mutex // serializes reconciles
+	changes chan struct{} // signalled after every check
+	runMu   sync.Mutex    // serializes reconciles
 
 	mu        sync.Mutex
 	status    Status
@@ -84,6 +85,7 @@ func New(opts Options) (*Source, error) {
 		fetchRef: plumbing.NewRemoteReferenceName(remoteName, opts.Branch),
 		trigger:  make(chan struct{}, 1),
 		updates:  make(chan Revision, 1),
+		changes:  make(chan struct{}, 1),
 	}
 	var err error
 	if s.auth, err = opts.Auth.Method(opts.URL); err != nil {
@@ -179,6 +181,10 @@ func (s *Source) Trigger() {
 // is kept: a slow reader skips intermediate ones.
 func (s *Source) Updates() <-chan Revision { return s.updates }
 
+// Changes is signalled after every check of the remote, whatever its
+// outcome, so a reader of Status sees each one. Signals coalesce.
+func (s *Source) Changes() <-chan struct{} { return s.changes }
+
 // Current returns the last accepted revision.
 func (s *Source) Current() (Revision, bool) {
 	s.mu.Lock()
@@ -222,6 +228,12 @@ func (s *Source) Status() Status {
 func (s *Source) Reconcile(ctx context.Context) {
 	s.runMu.Lock()
 	defer s.runMu.Unlock()
+	defer func() {
+		select {
+		case s.changes <- struct{}{}:
+		default:
+		}
+	}()
 	// Repack once no object of this run is in use (go-git objects keep
 	// the storage they were read from).
 	defer s.maybeRepack()
@@ -482,7 +494,7 @@ func (s *Source) unavailable(err error) {
 	if s.current != nil {
 		keep = "keeping " + shortS(s.current.Commit)
 	}
-	s.status.Reason = SourceUnavailable
+	s.status.Reason = FetchFailed
 	s.status.Message = fmt.Sprintf("%s unavailable (%s; %s): %v", s.opts.URL, since, keep, err)
 	s.mu.Unlock()
 	s.log.Error("source unavailable", "err", err, "since", since)
@@ -493,7 +505,7 @@ func (s *Source) contacted() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.status.LastSuccessTime = time.Now()
-	if s.status.Reason == SourceUnavailable || s.status.Reason == StorageFailed {
+	if s.status.Reason == FetchFailed || s.status.Reason == StorageFailed {
 		s.status.Reason, s.status.Message = Reason(s.outcome[0]), s.outcome[1]
 	}
 }

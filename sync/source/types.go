@@ -29,7 +29,7 @@
 //
 // A rejected head leaves the current revision in force and is reported in
 // Status until a new head arrives. An unreachable remote keeps the current
-// revision and reports SourceUnavailable with the time since the last
+// revision and reports FetchFailed with the time since the last
 // successful contact.
 package source
 
@@ -48,8 +48,9 @@ type Reason string
 const (
 	// Succeeded: the remote was reached and its head is the current revision.
 	Succeeded Reason = "Succeeded"
-	// SourceUnavailable: the remote could not be reached or fetched from.
-	SourceUnavailable Reason = "SourceUnavailable"
+	// FetchFailed: the remote could not be reached or fetched from (the
+	// name Flux's GitRepository uses).
+	FetchFailed Reason = "FetchFailed"
 	// NonFastForward: the head does not descend from the last applied
 	// revision (force-push) and AllowNonFastForward is off.
 	NonFastForward Reason = "NonFastForward"

@@ -25,7 +25,7 @@ import "time"
 type SourceStatus struct {
 	URL    string `json:"url,omitempty" yaml:"url,omitempty"`
 	Branch string `json:"branch,omitempty" yaml:"branch,omitempty"`
-	// Reason is the source's condition: Succeeded, SourceUnavailable,
+	// Reason is the source's condition: Succeeded, FetchFailed,
 	// NonFastForward, VerificationFailed, ValidationFailed.
 	Reason  string `json:"reason,omitempty" yaml:"reason,omitempty"`
 	Message string `json:"message,omitempty" yaml:"message,omitempty"`
