@@ -1,23 +1,184 @@
-// Package config holds the Kubernetes manifests Herd installs (CRD, RBAC,
+// Package config holds the Kubernetes manifests Herd installs (CRDs, RBAC,
 // controller, agent), assembled with kustomize and built into the binary.
 package config
 
 import (
 	"embed"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"path"
+	"strings"
+	"time"
 
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
 )
 
 //go:embed kustomization.yaml */*.yaml
 var manifests embed.FS
 
-// Render assembles the manifests with kustomize and returns them as one
-// YAML stream.
+// Render assembles the base manifests with kustomize and returns them as
+// one YAML stream: the CRDs, RBAC, admission policy and workloads, with
+// placeholder images and no fleet repo. Install renders what `herd
+// install` applies.
 func Render() ([]byte, error) {
+	mem, err := load()
+	if err != nil {
+		return nil, err
+	}
+	return build(mem, "/config")
+}
+
+// Options are `herd install`'s settings.
+type Options struct {
+	// Image is the controller's image repository; the agent's is Image
+	// with "-agent" appended, unless AgentImage is set.
+	Image      string
+	AgentImage string
+	Version    string // the images' tag
+	// The fleet source: the controller's --repo, --branch, --path,
+	// --cluster and --interval.
+	Repo     string
+	Branch   string
+	Path     string
+	Cluster  string
+	Interval time.Duration
+	// WebhookSecret, when set, is stored in the Secret herd-webhook
+	// (key "secret"): the forges' HMAC key and GitLab's token.
+	WebhookSecret string
+	// Git, when set, is stored in the Secret herd-git in Flux's format
+	// (keys username, password, bearerToken, identity, known_hosts).
+	Git map[string][]byte
+	// ExtraArgs are appended to the controller's arguments.
+	ExtraArgs []string
+}
+
+// DefaultImage is where released images live.
+const DefaultImage = "ghcr.io/herd-dev/herd"
+
+// Namespace is where Herd runs.
+const Namespace = "herd-system"
+
+// Install renders the manifests for a cluster: the base with the images
+// set, the controller following opts' repository, and the Secrets given.
+func Install(opts Options) ([]byte, error) {
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	mem, err := load()
+	if err != nil {
+		return nil, err
+	}
+	k, err := opts.overlay()
+	if err != nil {
+		return nil, err
+	}
+	if err := mem.WriteFile("/install/kustomization.yaml", k); err != nil {
+		return nil, err
+	}
+	out, err := build(mem, "/install")
+	if err != nil {
+		return nil, err
+	}
+	return append(out, opts.secrets()...), nil
+}
+
+func (o *Options) check() error {
+	if o.Repo == "" {
+		return errors.New("the fleet repo URL is required")
+	}
+	if u, err := url.Parse(o.Repo); err == nil && u.User != nil {
+		if _, hasPassword := u.User.Password(); hasPassword || u.Scheme == "http" || u.Scheme == "https" {
+			return fmt.Errorf("the repo URL %s carries credentials, which would be readable in the Deployment: give them as a Git secret", u.Redacted())
+		}
+	}
+	if o.Cluster == "" {
+		return errors.New("the cluster name is required: it names this cluster's directory on the status branch")
+	}
+	if o.Version == "" {
+		return errors.New("the image version is required")
+	}
+	if o.Image == "" {
+		o.Image = DefaultImage
+	}
+	if o.AgentImage == "" {
+		o.AgentImage = o.Image + "-agent"
+	}
+	return nil
+}
+
+// overlay is the kustomization that turns the base into an install.
+func (o *Options) overlay() ([]byte, error) {
+	args := []string{"--repo=" + o.Repo, "--cluster=" + o.Cluster}
+	if o.Branch != "" {
+		args = append(args, "--branch="+o.Branch)
+	}
+	if o.Path != "" {
+		args = append(args, "--path="+o.Path)
+	}
+	if o.Interval > 0 {
+		args = append(args, "--interval="+o.Interval.String())
+	}
+	args = append(args, o.ExtraArgs...)
+	var ops []map[string]any
+	for _, a := range args {
+		ops = append(ops, map[string]any{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": a})
+	}
+	patch, err := yaml.Marshal(ops)
+	if err != nil {
+		return nil, err
+	}
+	k := map[string]any{
+		"apiVersion": "kustomize.config.k8s.io/v1beta1",
+		"kind":       "Kustomization",
+		"resources":  []string{"../config"},
+		"images": []map[string]string{
+			{"name": "herd", "newName": o.Image, "newTag": o.Version},
+			{"name": "herd-agent", "newName": o.AgentImage, "newTag": o.Version},
+		},
+		"labels": []map[string]any{{"pairs": map[string]string{"app.kubernetes.io/version": o.Version}, "includeSelectors": false}},
+		"patches": []map[string]any{{
+			"target": map[string]string{"kind": "Deployment", "name": "herd-controller"},
+			"patch":  string(patch),
+		}},
+	}
+	return yaml.Marshal(k)
+}
+
+// secrets renders the Secrets the options carry, as YAML documents.
+func (o *Options) secrets() []byte {
+	var out []byte
+	add := func(name string, data map[string][]byte) {
+		if len(data) == 0 {
+			return
+		}
+		enc := map[string]string{}
+		for k, v := range data {
+			enc[k] = base64.StdEncoding.EncodeToString(v)
+		}
+		b, _ := yaml.Marshal(map[string]any{
+			"apiVersion": "v1",
+			"kind":       "Secret",
+			"type":       "Opaque",
+			"metadata": map[string]any{"name": name, "namespace": Namespace,
+				"labels": map[string]string{"app.kubernetes.io/name": "herd", "app.kubernetes.io/component": "controller"}},
+			"data": enc,
+		})
+		out = append(append(out, "---\n"...), b...)
+	}
+	if o.WebhookSecret != "" {
+		add("herd-webhook", map[string][]byte{"secret": []byte(o.WebhookSecret)})
+	}
+	add("herd-git", o.Git)
+	return out
+}
+
+// load copies the embedded manifests into an in-memory file system.
+func load() (filesys.FileSystem, error) {
 	mem := filesys.MakeFsInMemory()
 	err := fs.WalkDir(manifests, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -32,9 +193,20 @@ func Render() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load manifests: %w", err)
 	}
-	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(mem, "/config")
+	return mem, nil
+}
+
+func build(mem filesys.FileSystem, dir string) ([]byte, error) {
+	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(mem, dir)
 	if err != nil {
 		return nil, fmt.Errorf("kustomize manifests: %w", err)
 	}
-	return res.AsYaml()
+	out, err := res.AsYaml()
+	if err != nil {
+		return nil, err
+	}
+	if !strings.HasSuffix(string(out), "\n") {
+		out = append(out, '\n')
+	}
+	return out, nil
 }

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fluxcd/pkg/runtime/leaderelection"
@@ -17,13 +21,14 @@ import (
 func newControllerCmd() *cobra.Command {
 	var (
 		cfg                    controller.Config
-		kubeconfig             string
+		kube                   kubeFlags
 		logOpts                logger.Options
 		leader                 leaderelection.Options
 		pgpKeyrings            []string
 		allowedSigners         string
 		signingKey, sshSignKey string
 		sshKey, knownHosts     string
+		gitSecretDir           string
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -40,7 +45,7 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 			if cfg.Cluster == "" {
 				return usageError("--cluster is required: it names this cluster's directory on the status branch")
 			}
-			rc, err := restConfig(kubeconfig)
+			rc, err := kube.config()
 			if err != nil {
 				return failure(err)
 			}
@@ -53,6 +58,9 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 				BearerToken:       os.Getenv("HERD_GIT_TOKEN"),
 				SSHPrivateKeyFile: sshKey,
 				KnownHostsFile:    knownHosts,
+			}
+			if err := readGitSecret(gitSecretDir, &cfg.Auth); err != nil {
+				return failure(err)
 			}
 			if len(pgpKeyrings) > 0 || allowedSigners != "" {
 				cfg.Verify = &source.Verification{PGPKeyRings: pgpKeyrings, AllowedSigners: allowedSigners}
@@ -72,7 +80,7 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+	kube.bind(f)
 	f.Float32Var(&cfg.QPS, "kube-api-qps", 100, "requests per second to the Kubernetes API")
 	f.IntVar(&cfg.Burst, "kube-api-burst", 300, "burst of requests to the Kubernetes API")
 	f.StringVar(&cfg.Repo, "repo", "", "fleet repo URL: file://, http(s)://, ssh:// or git:// (required)")
@@ -94,6 +102,7 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 	f.StringVar(&sshSignKey, "sign-ssh-key", "", "SSH private key to sign status commits")
 	f.StringVar(&sshKey, "ssh-key", "", "SSH private key for ssh:// remotes")
 	f.StringVar(&knownHosts, "known-hosts", "", "known_hosts file for ssh:// remotes")
+	f.StringVar(&gitSecretDir, "git-secret-dir", "", "a mounted Git credentials Secret in Flux's format: files username, password, bearerToken, identity, known_hosts (each optional)")
 	logOpts.BindFlags(f)
 	leader.BindFlags(f)
 	return cmd
@@ -116,4 +125,36 @@ func signer(pgpKey, sshKey string) (gitutil.Signer, error) {
 		return gitutil.NewSSHSigner(b, os.Getenv("HERD_SIGN_PASSPHRASE"))
 	}
 	return nil, nil
+}
+
+// readGitSecret fills auth from the files of a mounted Secret in Flux's Git
+// secret format; missing files are skipped, so an optional Secret that
+// does not exist (an empty directory, or none) means anonymous access.
+func readGitSecret(dir string, auth *gitutil.Auth) error {
+	if dir == "" {
+		return nil
+	}
+	read := func(name string, into *string) error {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil
+		case err != nil:
+			return fmt.Errorf("--git-secret-dir: %w", err)
+		}
+		*into = strings.TrimRight(string(b), "\r\n")
+		return nil
+	}
+	for name, into := range map[string]*string{"username": &auth.Username, "password": &auth.Password, "bearerToken": &auth.BearerToken} {
+		if err := read(name, into); err != nil {
+			return err
+		}
+	}
+	for name, into := range map[string]*string{"identity": &auth.SSHPrivateKeyFile, "known_hosts": &auth.KnownHostsFile} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			*into = p
+		}
+	}
+	return nil
 }

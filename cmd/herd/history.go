@@ -12,6 +12,7 @@ func newHistoryCmd() *cobra.Command {
 	var (
 		opts    history.Options
 		noFetch bool
+		out     outputFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "history [DIR]",
@@ -39,9 +40,16 @@ It fetches the status branch from origin first, unless --no-fetch.`,
 			if err != nil {
 				return failure(err)
 			}
+			if out.structured() {
+				if entries == nil {
+					entries = []history.Entry{}
+				}
+				return out.write(cmd.OutOrStdout(), entries)
+			}
 			return history.Write(cmd.OutOrStdout(), entries)
 		},
 	}
+	out.bind(cmd, "text")
 	cmd.Flags().StringVar(&opts.Cluster, "cluster", "", "only this cluster's status")
 	cmd.Flags().StringVar(&opts.Pool, "pool", "", "only this pool")
 	cmd.Flags().IntVarP(&opts.Limit, "limit", "n", 20, "how many fleet revisions to show")

@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -14,18 +17,58 @@ import (
 
 func newInstallCmd() *cobra.Command {
 	var (
-		print      bool
-		kubeconfig string
+		print       bool
+		kube        kubeFlags
+		opts        config.Options
+		webhookFile string
+		gitDir      string
 	)
 	cmd := &cobra.Command{
-		Use:   "install",
-		Short: "Install Herd's CRD, RBAC and controller in a cluster (or --print them)",
-		Long: `Install renders Herd's manifests (config/, assembled with kustomize) and
-applies them with server-side apply. With --print it only prints them, for
-"kubectl apply -f -" or a GitOps repository.`,
+		Use:   "install --repo URL --cluster NAME",
+		Short: "Install Herd in a cluster: CRDs, RBAC, controller, agent (or --print them)",
+		Long: `Install renders Herd's manifests (config/, assembled with kustomize) for
+this cluster and applies them with server-side apply: the HerdPool and
+HerdSource CRDs, the herd-system namespace (Pod Security "privileged", for
+the agent), RBAC, the admission policy that keeps each agent to its own
+Node, the controller (two replicas, leader election, a PodDisruptionBudget,
+Services for the webhook and metrics) following --repo, and the agent
+DaemonSet. With --print it prints them instead, for "kubectl apply
+--server-side -f -" or a GitOps repository.
+
+Images are <image>:<version> for the controller and <image>-agent:<version>
+for the agent; --version defaults to this binary's own version.
+
+Secrets: --webhook-secret-file stores the webhook's HMAC key (GitLab: its
+token) in the Secret herd-webhook; --git-secret-dir stores a directory of
+Git credentials in Flux's format (files username, password, bearerToken,
+identity, known_hosts) in the Secret herd-git. Both are optional: without a
+webhook secret the controller polls; a public repository needs no
+credentials.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			manifests, err := config.Render()
+			if opts.Version == "" {
+				opts.Version = herdVersion()
+			}
+			if webhookFile != "" {
+				b, err := os.ReadFile(webhookFile)
+				if err != nil {
+					return failure(fmt.Errorf("--webhook-secret-file: %w", err))
+				}
+				opts.WebhookSecret = strings.TrimRight(string(b), "\r\n")
+				if opts.WebhookSecret == "" {
+					return failure(fmt.Errorf("--webhook-secret-file %s is empty", webhookFile))
+				}
+			}
+			if gitDir != "" {
+				var err error
+				if opts.Git, err = readSecretDir(gitDir, "username", "password", "bearerToken", "identity", "known_hosts"); err != nil {
+					return failure(fmt.Errorf("--git-secret-dir: %w", err))
+				}
+			}
+			if opts.Repo == "" || opts.Cluster == "" {
+				return usageError("--repo and --cluster are required")
+			}
+			manifests, err := config.Install(opts)
 			if err != nil {
 				return failure(err)
 			}
@@ -33,7 +76,7 @@ applies them with server-side apply. With --print it only prints them, for
 				_, err := cmd.OutOrStdout().Write(manifests)
 				return err
 			}
-			rc, err := restConfig(kubeconfig)
+			rc, err := kube.config()
 			if err != nil {
 				return failure(err)
 			}
@@ -46,11 +89,43 @@ applies them with server-side apply. With --print it only prints them, for
 			if err := cluster.Apply(cmd.Context(), c, manifests); err != nil {
 				return failure(err)
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), "installed")
+			fmt.Fprintf(cmd.OutOrStdout(), "installed herd %s in %s, following %s\n", opts.Version, config.Namespace, opts.Repo)
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&print, "print", false, "print the manifests instead of applying them")
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+	f := cmd.Flags()
+	f.BoolVar(&print, "print", false, "print the manifests instead of applying them")
+	kube.bind(f)
+	f.StringVar(&opts.Repo, "repo", "", "fleet repo URL, without credentials (required)")
+	f.StringVar(&opts.Branch, "branch", "", `branch to follow (default "main")`)
+	f.StringVar(&opts.Path, "path", "", "fleet root inside the repo")
+	f.StringVar(&opts.Cluster, "cluster", "", "this cluster's name on the status branch (required)")
+	f.DurationVar(&opts.Interval, "interval", 0, "how often the controller checks the remote (default 1m)")
+	f.StringVar(&opts.Image, "image", config.DefaultImage, "controller image repository; the agent's is this with -agent appended")
+	f.StringVar(&opts.AgentImage, "agent-image", "", "agent image repository (default <image>-agent)")
+	f.StringVar(&opts.Version, "version", "", "image tag (default: this binary's version)")
+	f.StringVar(&webhookFile, "webhook-secret-file", "", "file holding the webhook HMAC key (GitLab: token), stored in the Secret herd-webhook")
+	f.StringVar(&gitDir, "git-secret-dir", "", "directory of Git credentials in Flux's format, stored in the Secret herd-git")
+	f.StringArrayVar(&opts.ExtraArgs, "controller-arg", nil, "extra controller argument, e.g. --controller-arg=--verify-allowed-signers=... (repeatable)")
 	return cmd
+}
+
+// readSecretDir reads the named files of dir that exist; it fails when
+// none does.
+func readSecretDir(dir string, names ...string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[n] = b
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s has none of %s", dir, strings.Join(names, ", "))
+	}
+	return out, nil
 }

@@ -13,7 +13,7 @@ import (
 )
 
 func newResumeCmd() *cobra.Command {
-	var kubeconfig string
+	var kube kubeFlags
 	cmd := &cobra.Command{
 		Use:   "resume POOL",
 		Short: "Lift a pool's halt (or stop its rollback) and retry its failed nodes",
@@ -24,7 +24,7 @@ annotation on the HerdPool. In Git, a new value of rollout.resume does
 the same.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rc, err := restConfig(kubeconfig)
+			rc, err := kube.config()
 			if err != nil {
 				return failure(err)
 			}
@@ -53,7 +53,7 @@ the same.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+	kube.bind(cmd.Flags())
 	return cmd
 }
 

@@ -36,34 +36,34 @@ type Options struct {
 
 // Entry is one spec commit that changed the fleet.
 type Entry struct {
-	Commit  string
-	Time    time.Time
-	Author  string
-	Subject string
-	Invalid string // why the fleet did not evaluate at this commit
-	Changes []PoolChange
+	Commit  string       `json:"commit"`
+	Time    time.Time    `json:"time,omitzero"`
+	Author  string       `json:"author,omitempty"`
+	Subject string       `json:"subject,omitempty"`
+	Invalid string       `json:"invalid,omitempty"` // why the fleet did not evaluate at this commit
+	Changes []PoolChange `json:"changes,omitempty"`
 	// RevertedBy lists later commits that undid this one's change.
-	RevertedBy []string
-	Events     []Event
+	RevertedBy []string `json:"revertedBy,omitempty"`
+	Events     []Event  `json:"events,omitempty"`
 }
 
 // PoolChange is what a commit changed in one pool.
 type PoolChange struct {
-	Pool     string
-	Added    bool
-	Removed  bool
-	Fields   []schema.FieldChange
-	Reverts  string // the commit whose change this one undoes, when it does
-	Rollback bool   // the pool goes back to a render it had before
+	Pool     string               `json:"pool"`
+	Added    bool                 `json:"added,omitempty"`
+	Removed  bool                 `json:"removed,omitempty"`
+	Fields   []schema.FieldChange `json:"fields,omitempty"`
+	Reverts  string               `json:"reverts,omitempty"`  // the commit whose change this one undoes, when it does
+	Rollback bool                 `json:"rollback,omitempty"` // the pool goes back to a render it had before
 }
 
 // Event is something Herd reported for a spec commit on the status branch.
 type Event struct {
-	Time    time.Time
-	Cluster string
-	Pool    string
-	What    string // applying, completed, halted, rolling back, ...
-	Detail  string
+	Time    time.Time `json:"time,omitzero"`
+	Cluster string    `json:"cluster,omitempty"`
+	Pool    string    `json:"pool"`
+	What    string    `json:"what,omitempty"` // applying, completed, halted, rolling back, ...
+	Detail  string    `json:"detail,omitempty"`
 }
 
 // Load reads the history.

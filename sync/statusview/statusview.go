@@ -10,25 +10,70 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	fluxmeta "github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"herd.dev/herd/sync/herdpool"
+	"herd.dev/herd/sync/herdsource"
 	"herd.dev/herd/sync/writeback"
 )
 
 // Line is one pool.
 type Line struct {
-	Cluster  string
-	Pool     string
-	Phase    string
-	UpToDate int
-	Nodes    int
-	Batch    string // "2/5", or ""
-	Revision string
-	Message  string
+	Cluster  string `json:"cluster,omitempty"`
+	Pool     string `json:"pool"`
+	Phase    string `json:"phase"`
+	UpToDate int    `json:"upToDate"`
+	Nodes    int    `json:"nodes"`
+	Batch    string `json:"batch,omitempty"` // "2/5", or ""
+	Revision string `json:"revision,omitempty"`
+	Message  string `json:"message,omitempty"`
+}
+
+// Source is the fleet source as the cluster's HerdSource shows it.
+type Source struct {
+	URL      string `json:"url"`
+	Branch   string `json:"branch"`
+	Ready    string `json:"ready"` // True, False or Unknown
+	Reason   string `json:"reason,omitempty"`
+	Message  string `json:"message,omitempty"`
+	Applied  string `json:"applied,omitempty"`
+	Rejected string `json:"rejected,omitempty"` // the last refused head
+}
+
+// SourceFromCluster reads the HerdSource; nil when there is none yet.
+func SourceFromCluster(ctx context.Context, c client.Reader) (*Source, error) {
+	var hs herdsource.HerdSource
+	err := c.Get(ctx, client.ObjectKey{Name: herdsource.Name}, &hs)
+	if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read HerdSource %s: %w", herdsource.Name, err)
+	}
+	src := &Source{URL: hs.Spec.URL, Branch: hs.Spec.Branch, Ready: "Unknown", Applied: hs.Status.LastAppliedRevision}
+	if c := conditions.Get(&hs, fluxmeta.ReadyCondition); c != nil {
+		src.Ready, src.Reason, src.Message = string(c.Status), c.Reason, c.Message
+	}
+	if rj := hs.Status.LastRejected; rj != nil {
+		src.Rejected = rj.Commit
+	}
+	return src, nil
+}
+
+// WriteSource prints the source's line.
+func WriteSource(w io.Writer, s *Source) error {
+	if s == nil {
+		return nil
+	}
+	_, err := fmt.Fprintf(w, "SOURCE %s@%s  Ready=%s %s  applied %s: %s\n\n", s.URL, s.Branch, s.Ready, s.Reason, short(s.Applied), s.Message)
+	return err
 }
 
 // FromCluster reads the HerdPools.
