@@ -14,7 +14,7 @@ export PATH := $(TOOLS):$(PATH)
 
 # Debian packages the tests drive for real.
 APT_PACKAGES := git ostree gnupg openssh-client openssh-server dbus-daemon curl bubblewrap busybox-static \
-                containerd runc containernetworking-plugins
+                containerd runc containernetworking-plugins prometheus
 
 .PHONY: all build test unit e2e demo lint fmt bench fuzz tools deps k8s-bins testenv clean
 

@@ -182,8 +182,16 @@ func (s *Source) Trigger() {
 func (s *Source) Updates() <-chan Revision { return s.updates }
 
 // Changes is signalled after every check of the remote, whatever its
-// outcome, so a reader of Status sees each one. Signals coalesce.
+// outcome, and when the applied revision changes, so a reader of Status
+// sees each one. Signals coalesce.
 func (s *Source) Changes() <-chan struct{} { return s.changes }
+
+func (s *Source) changed() {
+	select {
+	case s.changes <- struct{}{}:
+	default:
+	}
+}
 
 // Current returns the last accepted revision.
 func (s *Source) Current() (Revision, bool) {
@@ -199,8 +207,12 @@ func (s *Source) Current() (Revision, bool) {
 // descend from it, and verification starts after it.
 func (s *Source) MarkApplied(commit string) {
 	s.mu.Lock()
+	changed := s.status.LastApplied != commit
 	s.status.LastApplied = commit
 	s.mu.Unlock()
+	if changed {
+		s.changed()
+	}
 	h := plumbing.NewHash(commit)
 	if _, err := s.repo().CommitObject(h); err == nil {
 		if err := s.repo().Storer.SetReference(plumbing.NewHashReference(refApplied, h)); err != nil {
@@ -228,12 +240,7 @@ func (s *Source) Status() Status {
 func (s *Source) Reconcile(ctx context.Context) {
 	s.runMu.Lock()
 	defer s.runMu.Unlock()
-	defer func() {
-		select {
-		case s.changes <- struct{}{}:
-		default:
-		}
-	}()
+	defer s.changed()
 	// Repack once no object of this run is in use (go-git objects keep
 	// the storage they were read from).
 	defer s.maybeRepack()
