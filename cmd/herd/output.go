@@ -61,8 +61,9 @@ func (o *outputFlag) write(w io.Writer, v any) error {
 // TERM is not "dumb".
 func styled(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok || !term.IsTerminal(int(f.Fd())) {
-		return false
-	}
-	return os.Getenv("NO_COLOR") == "" && os.Getenv("TERM") != "dumb"
+	return ok && wantsStyle(term.IsTerminal(int(f.Fd())), os.Getenv("NO_COLOR"), os.Getenv("TERM"))
+}
+
+func wantsStyle(terminal bool, noColor, termName string) bool {
+	return terminal && noColor == "" && termName != "dumb"
 }

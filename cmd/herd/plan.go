@@ -28,6 +28,7 @@ func newPlanCmd() *cobra.Command {
 		history   int
 		at        string
 		osRepo    string
+		md        report.MarkdownOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "plan [DIR] --nodes FILE",
@@ -42,7 +43,14 @@ last --history revisions are evaluated too, so a node still on one of them
 gets an exact field-level diff instead of an assumed reboot.
 
 With --detailed-exitcode the exit status is 0 for no changes, 2 for
-changes and 1 for any error, as with terraform plan.`,
+changes and 1 for any error, as with terraform plan.
+
+--output markdown is a pull-request comment: a hidden marker (` + report.Marker + `)
+so CI updates its own comment, a Terraform-style summary line, and per
+pool one row per group of nodes with the same change, their names folded
+in <details>. It stays under --max-chars (60,000: GitHub refuses comments
+over 65,536) by dropping node names, then groups, and then points to
+--full-plan-url (say, the workflow artifact holding --output text).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			now := time.Now()
@@ -53,7 +61,7 @@ changes and 1 for any error, as with terraform plan.`,
 				}
 				now = t
 			}
-			err := runPlan(cmd, args, nodesFile, output, history, detailed, now, osRepo)
+			err := runPlan(cmd, args, nodesFile, output, history, detailed, now, osRepo, md)
 			var ee *exitError
 			if detailed && errors.As(err, &ee) && ee.code != exitFailure && ee.code != exitOK && ee.err != nil {
 				ee.code = exitFailure // 2 means "changes" here
@@ -67,10 +75,12 @@ changes and 1 for any error, as with terraform plan.`,
 	cmd.Flags().StringVar(&at, "now", "", "plan for this time (RFC 3339) instead of now: maintenance windows depend on it")
 	cmd.Flags().StringVar(&osRepo, "os-repo", "", "OSTree repository (path or http(s) URL) to show what an OS change changes in the image, per pool")
 	cmd.Flags().IntVar(&history, "history", 50, "how many earlier fleet revisions to evaluate for exact diffs (0: none)")
+	cmd.Flags().IntVar(&md.MaxChars, "max-chars", report.MaxCommentChars, "with --output markdown: the most characters to print (-1: no limit)")
+	cmd.Flags().StringVar(&md.FullPlanURL, "full-plan-url", "", "with --output markdown: where the full plan is, linked when details are left out")
 	return cmd
 }
 
-func runPlan(cmd *cobra.Command, args []string, nodesFile, output string, history int, detailed bool, now time.Time, osRepo string) error {
+func runPlan(cmd *cobra.Command, args []string, nodesFile, output string, history int, detailed bool, now time.Time, osRepo string, md report.MarkdownOptions) error {
 	stdout, stderr, stdin := cmd.OutOrStdout(), cmd.ErrOrStderr(), cmd.InOrStdin()
 	if nodesFile == "" {
 		return usageError("--nodes is required: a node list as `kubectl get nodes -o json` prints it")
@@ -112,7 +122,12 @@ func runPlan(cmd *cobra.Command, args []string, nodesFile, output string, histor
 		return failure(err)
 	}
 	plan := planner.Compute(in)
-	if err := report.Write(stdout, output, plan); err != nil {
+	if output == "markdown" {
+		err = report.Markdown(stdout, plan, md)
+	} else {
+		err = report.Write(stdout, output, plan)
+	}
+	if err != nil {
 		return failure(err)
 	}
 	if osRepo != "" {

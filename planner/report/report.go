@@ -22,7 +22,7 @@ func Write(w io.Writer, format string, plan *planner.Plan) error {
 	case "text":
 		return Text(w, plan)
 	case "markdown":
-		return Markdown(w, plan)
+		return Markdown(w, plan, MarkdownOptions{})
 	case "json":
 		return JSON(w, plan)
 	}
@@ -64,48 +64,6 @@ func Text(w io.Writer, plan *planner.Plan) error {
 		}
 	}
 	writeUnmanaged(p, plan, "")
-	return p.err
-}
-
-// Markdown writes the plan as a pull-request comment: a summary line per
-// pool, then each pool's batches.
-func Markdown(w io.Writer, plan *planner.Plan) error {
-	p := &printer{w: w}
-	p.line("### Herd plan")
-	p.line("")
-	p.line("%s", summary(plan))
-	p.line("")
-	p.line("| pool | nodes | change | up to date | batches | maxUnavailable | disruption |")
-	p.line("|---|---:|---:|---:|---:|---:|---|")
-	for _, pp := range plan.Pools {
-		p.line("| %s | %d | %d | %d | %d | %d | %s |", pp.Name, pp.Nodes, len(pp.Changes), len(pp.UpToDate), len(pp.Batches), pp.MaxUnavailable, disruptionCounts(pp))
-	}
-	for _, pp := range plan.Pools {
-		if len(pp.Changes) == 0 && pp.Blocked == nil {
-			continue
-		}
-		p.line("")
-		p.line("#### %s", pp.Name)
-		p.line("")
-		p.line("Target config `%s`, OS `%s`. %s.", schema.Short(pp.ConfigHash), schema.Short(pp.OSCommit), poolSummary(pp))
-		for _, why := range []*planner.Reason{pp.Halt, pp.Closed, pp.Blocked} {
-			if why != nil {
-				p.line("")
-				p.line("> **%s:** %s", why.Code, why.Message())
-			}
-		}
-		p.line("")
-		p.line("| batch | node | zone | disruption | changes |")
-		p.line("|---:|---|---|---|---|")
-		for _, c := range pp.Changes {
-			batch := "waiting"
-			if c.Batch > 0 {
-				batch = fmt.Sprint(c.Batch)
-			}
-			p.line("| %s | %s | %s | %s | %s |", batch, c.Node, c.Zone, c.Disruption, mdEscape(changeText(c, "`", " → ")))
-		}
-	}
-	writeUnmanaged(p, plan, "\n")
 	return p.err
 }
 
