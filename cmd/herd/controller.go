@@ -71,7 +71,10 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 			cfg.WebhookSecret = os.Getenv("HERD_WEBHOOK_SECRET")
 			cfg.WebhookToken = os.Getenv("HERD_WEBHOOK_TOKEN")
 			if cfg.WebhookAddr != "" && cfg.WebhookToken == "" && cfg.WebhookSecret == "" {
-				return usageError("--webhook-addr needs HERD_WEBHOOK_SECRET (the forges' HMAC key or GitLab token) or HERD_WEBHOOK_TOKEN (a bearer token)")
+				// The installed Deployment reads both from the optional
+				// Secret herd-webhook: without it, poll rather than crash-loop.
+				cfg.Log.Error(nil, "webhook receiver off: --webhook-addr is set but neither HERD_WEBHOOK_SECRET nor HERD_WEBHOOK_TOKEN (in a cluster: create the Secret herd-webhook, see herd install --webhook-secret-file); polling only")
+				cfg.WebhookAddr = ""
 			}
 			if err := controller.Run(cmd.Context(), cfg); err != nil {
 				return failure(err)
