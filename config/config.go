@@ -87,17 +87,21 @@ func Install(opts Options) ([]byte, error) {
 	return append(out, opts.secrets()...), nil
 }
 
+// NoController reports whether the options install no controller: neither
+// a repo nor a cluster name is given.
+func (o *Options) NoController() bool { return o.Repo == "" && o.Cluster == "" }
+
 func (o *Options) check() error {
-	if o.Repo == "" {
-		return errors.New("the fleet repo URL is required")
+	if o.Repo == "" && !o.NoController() {
+		return errors.New("the fleet repo URL is required with the cluster name")
 	}
 	if u, err := url.Parse(o.Repo); err == nil && u.User != nil {
 		if _, hasPassword := u.User.Password(); hasPassword || u.Scheme == "http" || u.Scheme == "https" {
 			return fmt.Errorf("the repo URL %s carries credentials, which would be readable in the Deployment: give them as a Git secret", u.Redacted())
 		}
 	}
-	if o.Cluster == "" {
-		return errors.New("the cluster name is required: it names this cluster's directory on the status branch")
+	if o.Cluster == "" && !o.NoController() {
+		return errors.New("the cluster name is required with the repo: it names this cluster's directory on the status branch")
 	}
 	if o.Version == "" {
 		return errors.New("the image version is required")
@@ -132,6 +136,27 @@ func (o *Options) overlay() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	patches := []map[string]any{{
+		"target": map[string]string{"kind": "Deployment", "name": "herd-controller"},
+		"patch":  string(patch),
+	}}
+	if o.NoController() {
+		// Without a repo there is nothing for a controller to follow: the
+		// CRDs, RBAC and the agent only.
+		patches = nil
+		for kind, names := range map[string][]string{"Deployment": {"herd-controller"}, "Service": {"herd-webhook", "herd-controller-metrics"}, "PodDisruptionBudget": {"herd-controller"}} {
+			for _, name := range names {
+				del := fmt.Sprintf("$patch: delete\napiVersion: v1\nkind: %s\nmetadata: {name: %s, namespace: %s}\n", kind, name, Namespace)
+				if kind == "Deployment" {
+					del = strings.Replace(del, "apiVersion: v1", "apiVersion: apps/v1", 1)
+				}
+				if kind == "PodDisruptionBudget" {
+					del = strings.Replace(del, "apiVersion: v1", "apiVersion: policy/v1", 1)
+				}
+				patches = append(patches, map[string]any{"patch": del})
+			}
+		}
+	}
 	k := map[string]any{
 		"apiVersion": "kustomize.config.k8s.io/v1beta1",
 		"kind":       "Kustomization",
@@ -140,11 +165,8 @@ func (o *Options) overlay() ([]byte, error) {
 			{"name": "herd", "newName": o.Image, "newTag": o.Version},
 			{"name": "herd-agent", "newName": o.AgentImage, "newTag": o.Version},
 		},
-		"labels": []map[string]any{{"pairs": map[string]string{"app.kubernetes.io/version": o.Version}, "includeSelectors": false}},
-		"patches": []map[string]any{{
-			"target": map[string]string{"kind": "Deployment", "name": "herd-controller"},
-			"patch":  string(patch),
-		}},
+		"labels":  []map[string]any{{"pairs": map[string]string{"app.kubernetes.io/version": o.Version}, "includeSelectors": false}},
+		"patches": patches,
 	}
 	return yaml.Marshal(k)
 }

@@ -24,7 +24,7 @@ func newInstallCmd() *cobra.Command {
 		gitDir      string
 	)
 	cmd := &cobra.Command{
-		Use:   "install --repo URL --cluster NAME",
+		Use:   "install [--repo URL --cluster NAME]",
 		Short: "Install Herd in a cluster: CRDs, RBAC, controller, agent (or --print them)",
 		Long: `Install renders Herd's manifests (config/, assembled with kustomize) for
 this cluster and applies them with server-side apply: the HerdPool and
@@ -43,7 +43,11 @@ token) in the Secret herd-webhook; --git-secret-dir stores a directory of
 Git credentials in Flux's format (files username, password, bearerToken,
 identity, known_hosts) in the Secret herd-git. Both are optional: without a
 webhook secret the controller polls; a public repository needs no
-credentials.`,
+credentials.
+
+Without --repo and --cluster it installs everything but the controller
+(CRDs, RBAC, the admission policy, the agent): a controller can follow
+later with a second herd install.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if opts.Version == "" {
@@ -65,8 +69,8 @@ credentials.`,
 					return failure(fmt.Errorf("--git-secret-dir: %w", err))
 				}
 			}
-			if opts.Repo == "" || opts.Cluster == "" {
-				return usageError("--repo and --cluster are required")
+			if (opts.Repo == "") != (opts.Cluster == "") {
+				return usageError("--repo and --cluster go together (neither installs no controller)")
 			}
 			manifests, err := config.Install(opts)
 			if err != nil {
@@ -89,6 +93,10 @@ credentials.`,
 			if err := cluster.Apply(cmd.Context(), c, manifests); err != nil {
 				return failure(err)
 			}
+			if opts.NoController() {
+				fmt.Fprintf(cmd.OutOrStdout(), "installed herd %s in %s without a controller: give --repo and --cluster to follow a fleet repo\n", opts.Version, config.Namespace)
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "installed herd %s in %s, following %s\n", opts.Version, config.Namespace, opts.Repo)
 			return nil
 		},
@@ -96,10 +104,10 @@ credentials.`,
 	f := cmd.Flags()
 	f.BoolVar(&print, "print", false, "print the manifests instead of applying them")
 	kube.bind(f)
-	f.StringVar(&opts.Repo, "repo", "", "fleet repo URL, without credentials (required)")
+	f.StringVar(&opts.Repo, "repo", "", "fleet repo URL, without credentials")
 	f.StringVar(&opts.Branch, "branch", "", `branch to follow (default "main")`)
 	f.StringVar(&opts.Path, "path", "", "fleet root inside the repo")
-	f.StringVar(&opts.Cluster, "cluster", "", "this cluster's name on the status branch (required)")
+	f.StringVar(&opts.Cluster, "cluster", "", "this cluster's name on the status branch")
 	f.DurationVar(&opts.Interval, "interval", 0, "how often the controller checks the remote (default 1m)")
 	f.StringVar(&opts.Image, "image", config.DefaultImage, "controller image repository; the agent's is this with -agent appended")
 	f.StringVar(&opts.AgentImage, "agent-image", "", "agent image repository (default <image>-agent)")
