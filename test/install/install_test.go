@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +33,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	k8syaml "sigs.k8s.io/yaml"
 
 	"herd.dev/herd/os/ostree/osfixture"
@@ -48,6 +50,7 @@ func TestMain(m *testing.M) {
 		podrun.HelperMain()
 		return
 	}
+	ctrllog.SetLogger(logr.Discard()) // the test's own clients log nothing
 	os.Exit(m.Run())
 }
 
