@@ -12,11 +12,14 @@ BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 
 export PATH := $(TOOLS):$(PATH)
 
-# Debian packages the tests drive for real.
+# Debian packages the tests drive for real. clang-14 and llvm-14 compile
+# the eBPF programs (make generate, and the staleness test of bpf/programs);
+# iproute2, iptables and util-linux make the events the monitor's tests count.
 APT_PACKAGES := git ostree gnupg openssh-client openssh-server dbus-daemon curl bubblewrap busybox-static \
-                containerd runc containernetworking-plugins prometheus
+                containerd runc containernetworking-plugins prometheus \
+                clang-14 llvm-14 libbpf-dev iproute2 iptables util-linux
 
-.PHONY: all build test unit e2e demo lint fmt bench fuzz tools deps k8s-bins testenv clean
+.PHONY: all build test unit e2e demo lint fmt bench fuzz tools deps generate k8s-bins testenv clean
 
 all: build
 
@@ -83,6 +86,11 @@ deps:
 		if [ "$$(id -u)" -ne 0 ]; then echo "run as root, or install:$$missing"; exit 1; fi; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
+
+## generate: recompile the eBPF programs of bpf/programs (bpf2go, pinned
+## clang-14); commit the objects and Go loaders it writes.
+generate: deps
+	$(GO) generate ./bpf/...
 
 ## k8s-bins: build (once) etcd, kube-apiserver, kube-controller-manager, kubectl.
 k8s-bins:

@@ -1,3 +1,3 @@
-// Package bpf holds eBPF programs and their loaders: low-cost kernel
-// metrics for the node agent.
+// Package bpf is the node monitor in eBPF: programs in C (bpf/programs),
+// cgroup naming (bpf/cgroups) and the monitor itself (bpf/monitor).
 package bpf
