@@ -43,7 +43,7 @@ func (m *Monitor) Collector() prometheus.Collector { return (*collector)(m) }
 type collector Monitor
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{runQueueDesc, oomKillsDesc, retransDesc, execsDesc, blockIODesc, loadedDesc, droppedDesc, infoDesc, errorsDesc} {
+	for _, d := range []*prometheus.Desc{runQueueDesc, oomKillsDesc, retransDesc, execsDesc, blockIODesc, loadedDesc, droppedDesc, infoDesc, errorsDesc, runsDesc, runTimeDesc} {
 		ch <- d
 	}
 }
@@ -61,6 +61,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(s.Dropped), string(s.Program))
 		}
 	}
+	m.collectStats(ch)
 	snap, err := m.read()
 	readErrors := 0.0
 	if err != nil {
