@@ -13,7 +13,7 @@ const sigStop = syscall.SIGSTOP
 
 // gather scrapes the monitor's Collector as Prometheus would, in the text
 // format.
-func gather(t *testing.T, m *Monitor) string {
+func gather(t testing.TB, m *Monitor) string {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(m.Collector())

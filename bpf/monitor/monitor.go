@@ -213,6 +213,11 @@ func load(p Program, opts Options, mode cgroups.Mode) (_ *loadedProgram, err err
 	for _, name := range def.cgroupMaps {
 		spec.Maps[name].MaxEntries = opts.MaxCgroups
 	}
+	if def.configure != nil {
+		if err := def.configure(spec, kernel); err != nil {
+			return nil, fmt.Errorf("program %s: %w", p, err)
+		}
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{KernelTypes: kernel},
 	})

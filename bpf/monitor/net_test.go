@@ -69,7 +69,7 @@ func tcpHelper() {
 
 // netns creates a network namespace with loopback up, deleted when the
 // test ends.
-func netns(t *testing.T) string {
+func netns(t testing.TB) string {
 	t.Helper()
 	b := make([]byte, 4)
 	rand.Read(b)
@@ -80,7 +80,7 @@ func netns(t *testing.T) string {
 	return name
 }
 
-func run(t *testing.T, name string, args ...string) {
+func run(t testing.TB, name string, args ...string) {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -189,7 +189,7 @@ func TestBlockIOLatency(t *testing.T) {
 }
 
 // directIO writes, then reads, n 4 KiB blocks of path with O_DIRECT.
-func directIO(t *testing.T, path string, n int) {
+func directIO(t testing.TB, path string, n int) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {

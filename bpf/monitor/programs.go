@@ -58,6 +58,8 @@ type programDef struct {
 	// cgroupMaps are sized by Options.MaxCgroups.
 	cgroupMaps []string
 	ringBuffer bool
+	// configure sets what the program learns from the kernel's BTF.
+	configure func(spec *ebpf.CollectionSpec, kernel *btf.Spec) error
 }
 
 var taskCgroupMembers = []member{
@@ -112,10 +114,13 @@ var definitions = map[Program]programDef{
 		members: []member{
 			{"request", "q", "request.q"},
 			{"request", "__data_len", "request.__data_len"},
+			{"request", "io_start_time_ns", "request.io_start_time_ns"},
+			{"request_queue", "queue_flags", "request_queue.queue_flags"},
 			{"request_queue", "disk", "request_queue.disk (Linux 5.15)"},
 			{"gendisk", "major", "gendisk.major"},
 			{"gendisk", "first_minor", "gendisk.first_minor"},
 		},
+		configure: setQueueFlagStats,
 	},
 }
 
@@ -222,4 +227,27 @@ func errorReason(err error) string {
 		s = s[:200]
 	}
 	return s
+}
+
+// setQueueFlagStats tells biolatency which bit of queue_flags is
+// QUEUE_FLAG_STATS (queues that stamp io_start_time_ns themselves). It is
+// an anonymous enum since Linux 6.11 and a #define before, so CO-RE cannot
+// relocate it; when the kernel's BTF does not name it, biolatency stamps
+// every request itself.
+func setQueueFlagStats(spec *ebpf.CollectionSpec, kernel *btf.Spec) error {
+	for typ, err := range kernel.All() {
+		if err != nil {
+			return err
+		}
+		e, ok := typ.(*btf.Enum)
+		if !ok || e.Name != "" {
+			continue
+		}
+		for _, v := range e.Values {
+			if v.Name == "QUEUE_FLAG_STATS" && v.Value < 64 {
+				return spec.Variables[programs.BiolatencyVarQueueFlagStats].Set(uint32(v.Value))
+			}
+		}
+	}
+	return nil
 }

@@ -63,14 +63,16 @@ var (
 		[]string{"program", "tracepoint"}, nil)
 )
 
-// collectStats sends the programs' run counts and times, when the kernel
-// keeps them: a zero would otherwise look like a free program.
+// collectStats sends the programs' run counts and times when the kernel
+// keeps them (the sysctl is on) or kept them (some program has runs, as
+// when a process holds ebpf.EnableStats, which the sysctl does not show):
+// a zero would otherwise look like a free program.
 func (m *Monitor) collectStats(ch chan<- prometheus.Metric) {
-	if !statsEnabled() {
-		return
-	}
 	stats, err := m.Stats()
 	if err != nil {
+		return
+	}
+	if !statsEnabled() && !slices.ContainsFunc(stats, func(s ProgramStats) bool { return s.Runs > 0 }) {
 		return
 	}
 	for _, s := range stats {

@@ -15,8 +15,8 @@ import (
 
 type BiolatencyHist struct {
 	_     structs.HostLayout
-	Slots [28]uint64
 	SumNs uint64
+	Slots [28]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -29,6 +29,7 @@ const (
 	BiolatencyProgBlockRqIssue    = "block_rq_issue"
 	BiolatencyVarCgroupMode       = "cgroup_mode"
 	BiolatencyVarDropped          = "dropped"
+	BiolatencyVarQueueFlagStats   = "queue_flag_stats"
 )
 
 // LoadBiolatency returns the embedded CollectionSpec for Biolatency.
@@ -89,8 +90,9 @@ type BiolatencyMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BiolatencyVariableSpecs struct {
-	CgroupMode *ebpf.VariableSpec `ebpf:"cgroup_mode"`
-	Dropped    *ebpf.VariableSpec `ebpf:"dropped"`
+	CgroupMode     *ebpf.VariableSpec `ebpf:"cgroup_mode"`
+	Dropped        *ebpf.VariableSpec `ebpf:"dropped"`
+	QueueFlagStats *ebpf.VariableSpec `ebpf:"queue_flag_stats"`
 }
 
 // BiolatencyObjects contains all objects after they have been loaded into the kernel.
@@ -128,8 +130,9 @@ func (m *BiolatencyMaps) Close() error {
 //
 // It can be passed to LoadBiolatencyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BiolatencyVariables struct {
-	CgroupMode *ebpf.Variable `ebpf:"cgroup_mode"`
-	Dropped    *ebpf.Variable `ebpf:"dropped"`
+	CgroupMode     *ebpf.Variable `ebpf:"cgroup_mode"`
+	Dropped        *ebpf.Variable `ebpf:"dropped"`
+	QueueFlagStats *ebpf.Variable `ebpf:"queue_flag_stats"`
 }
 
 // BiolatencyPrograms contains all programs after they have been loaded into the kernel.

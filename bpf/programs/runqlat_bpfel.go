@@ -15,8 +15,8 @@ import (
 
 type RunqlatHist struct {
 	_     structs.HostLayout
-	Slots [28]uint64
 	SumNs uint64
+	Slots [28]uint64
 }
 
 // Names of all BPF objects in the ELF.

@@ -30,9 +30,11 @@ u64 dropped = 0;
  * last slot everything from 2^(HIST_SLOTS-2) us on. */
 #define HIST_SLOTS 28
 
+/* sum_ns first: it shares a cache line with the short latencies' slots,
+ * so a typical event dirties one line. */
 struct hist {
-	u64 slots[HIST_SLOTS];
 	u64 sum_ns;
+	u64 slots[HIST_SLOTS];
 };
 
 static const struct hist zero_hist;

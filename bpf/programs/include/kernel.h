@@ -102,12 +102,14 @@ struct gendisk {
 };
 
 struct request_queue {
+	unsigned long queue_flags;
 	struct gendisk *disk;
 };
 
 struct request {
 	struct request_queue *q;
 	unsigned int __data_len;
+	u64 io_start_time_ns;
 };
 
 #pragma clang attribute pop
