@@ -19,7 +19,7 @@ APT_PACKAGES := git ostree gnupg openssh-client openssh-server dbus-daemon curl 
                 containerd runc containernetworking-plugins prometheus \
                 clang-14 llvm-14 libbpf-dev iproute2 iptables util-linux
 
-.PHONY: all build test unit e2e demo lint fmt bench fuzz tools deps generate k8s-bins testenv clean
+.PHONY: all build test unit e2e demo lint fmt bench bench-bpf fuzz tools deps generate k8s-bins testenv clean
 
 all: build
 
@@ -32,6 +32,7 @@ all: build
 BUILD_TAGS := grpcnotrace
 build:
 	CGO_ENABLED=0 $(GO) build -tags $(BUILD_TAGS) -o bin/herd ./cmd/herd
+	CGO_ENABLED=0 $(GO) build -tags $(BUILD_TAGS) -o bin/herd-monitor ./bpf/cmd/herd-monitor
 
 ## test: everything, on real parts (Git servers, OSTree, a Kubernetes control plane).
 test: deps tools k8s-bins lint
@@ -62,6 +63,13 @@ fmt:
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./planner/ ./schema/ | tee $(CACHE)/bench.txt
 	benchstat $(CACHE)/bench.txt
+
+## bench-bpf: the eBPF node monitor's figures (root; about 4 minutes).
+bench-bpf: deps tools
+	$(GO) test ./bpf/monitor -run '^$$' -bench EventCost -benchtime 1x -count 3
+	$(GO) test ./bpf/monitor -run '^$$' -bench Scrape500Cgroups -count 6 | tee $(CACHE)/bench-bpf.txt
+	benchstat $(CACHE)/bench-bpf.txt
+	$(GO) test ./bpf/monitor -run '^$$' -bench MonitorCPU -benchtime 1x -count 2
 
 ## fuzz: fuzz the fleet loader and validator (FUZZTIME=5m for longer).
 FUZZTIME ?= 60s
