@@ -133,3 +133,18 @@ func constHistogram(desc *prometheus.Desc, h hist, labels ...string) prometheus.
 	}
 	return prometheus.MustNewConstHistogram(desc, count, float64(h.SumNs)/1e9, buckets, labels...)
 }
+
+// Unavailable is the collector of a node where New failed: every program
+// reported not loaded, with err as the reason, so that a monitor that
+// could not start is a metric and not an absence.
+func Unavailable(err error) prometheus.Collector { return unavailable{errorReason(err)} }
+
+type unavailable struct{ reason string }
+
+func (u unavailable) Describe(ch chan<- *prometheus.Desc) { ch <- loadedDesc }
+
+func (u unavailable) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range AllPrograms {
+		ch <- prometheus.MustNewConstMetric(loadedDesc, prometheus.GaugeValue, 0, string(p), u.reason)
+	}
+}

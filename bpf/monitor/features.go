@@ -6,7 +6,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 )
 
@@ -94,5 +93,3 @@ func checkFeatures(p Program, def programDef) error {
 	}
 	return nil
 }
-
-var kernelBTF = sync.OnceValues(btf.LoadKernelSpec)

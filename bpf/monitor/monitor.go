@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -61,7 +63,6 @@ type Monitor struct {
 	loaded    map[Program]*loadedProgram
 	status    []ProgramStatus
 	oom       *oomReader
-	started   time.Time
 
 	mu         sync.Mutex
 	baseline   snapshot
@@ -120,8 +121,11 @@ func New(opts Options) (*Monitor, error) {
 		loaded: map[Program]*loadedProgram{},
 		stop:   make(chan struct{}),
 	}
+	// The kernel's BTF (several MiB parsed) is needed only while loading;
+	// it is dropped, and its memory returned, once the programs are in.
+	kernel, kernelErr := btf.LoadKernelSpec()
 	for _, p := range opts.Programs {
-		lp, err := load(p, opts, h.Mode)
+		lp, err := load(p, opts, h.Mode, kernel, kernelErr)
 		if err != nil {
 			opts.Logger.Warn("eBPF program not loaded", "program", p, "reason", err)
 			m.status = append(m.status, ProgramStatus{Program: p, Reason: errorReason(err)})
@@ -130,6 +134,8 @@ func New(opts Options) (*Monitor, error) {
 		m.loaded[p] = lp
 		m.status = append(m.status, ProgramStatus{Program: p, Loaded: true})
 	}
+	kernel = nil
+	debug.FreeOSMemory()
 	if len(m.loaded) == 0 {
 		m.Close()
 		return nil, fmt.Errorf("monitor: no program loaded: %s", m.status[0].Reason)
@@ -143,8 +149,7 @@ func New(opts Options) (*Monitor, error) {
 		m.oom = newOOMReader(rd, m.names, opts.RecentOOMKills)
 		m.done.Go(m.oom.run)
 	}
-	m.started = time.Now()
-	m.baseline = snapshot{at: m.started}
+	m.baseline = snapshot{at: time.Now()}
 	m.done.Go(m.loop)
 	return m, nil
 }
@@ -188,13 +193,12 @@ func hierarchy(opts Options) (cgroups.Hierarchy, error) {
 
 // load checks what p needs, loads it with the cgroup mode set and attaches
 // its programs.
-func load(p Program, opts Options, mode cgroups.Mode) (_ *loadedProgram, err error) {
+func load(p Program, opts Options, mode cgroups.Mode, kernel *btf.Spec, kernelErr error) (_ *loadedProgram, err error) {
 	def, ok := definitions[p]
 	if !ok {
 		return nil, fmt.Errorf("unknown program %q", p)
 	}
-	kernel, err := kernelBTF()
-	if err != nil {
+	if kernelErr != nil {
 		return nil, &UnsupportedError{Program: p, Missing: featureBTF.String()}
 	}
 	if err := checkFeatures(p, def); err != nil {

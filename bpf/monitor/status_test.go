@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/btf"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"herd.dev/herd/bpf/cgroups"
 	"herd.dev/herd/bpf/internal/testkernel"
 	"herd.dev/herd/bpf/programs"
@@ -60,14 +64,20 @@ func TestUnsupportedProgram(t *testing.T) {
 
 	_, err = New(Options{Cgroups: h.Mode, CgroupRoot: h.Root, Programs: []Program{missing}})
 	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Errorf("New with no loadable program: %v, want an error saying %q", err, want)
+		t.Fatalf("New with no loadable program: %v, want an error saying %q", err, want)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(Unavailable(err))
+	got, err := testutil.GatherAndCount(reg, "herd_monitor_program_loaded")
+	if err != nil || got != len(AllPrograms) {
+		t.Errorf("Unavailable: %d program_loaded series (%v), want %d", got, err, len(AllPrograms))
 	}
 }
 
 // TestCheckKernel checks this kernel's BTF against what each program
 // reads; a made-up member is reported by what the kernel lacks.
 func TestCheckKernel(t *testing.T) {
-	kernel, err := kernelBTF()
+	kernel, err := btf.LoadKernelSpec()
 	if err != nil {
 		t.Skipf("kernel BTF: %v", err)
 	}
