@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -121,24 +122,16 @@ func New(opts Options) (*Monitor, error) {
 		loaded: map[Program]*loadedProgram{},
 		stop:   make(chan struct{}),
 	}
-	// The kernel's BTF (several MiB parsed) is needed only while loading;
-	// it is dropped, and its memory returned, once the programs are in.
-	kernel, kernelErr := btf.LoadKernelSpec()
-	for _, p := range opts.Programs {
-		lp, err := load(p, opts, h.Mode, kernel, kernelErr)
-		if err != nil {
-			opts.Logger.Warn("eBPF program not loaded", "program", p, "reason", err)
-			m.status = append(m.status, ProgramStatus{Program: p, Reason: errorReason(err)})
-			continue
-		}
-		m.loaded[p] = lp
-		m.status = append(m.status, ProgramStatus{Program: p, Loaded: true})
-	}
-	kernel = nil
+	m.loadPrograms(h.Mode)
+	// The kernel's BTF (several MiB parsed) was needed only while loading.
 	debug.FreeOSMemory()
 	if len(m.loaded) == 0 {
 		m.Close()
-		return nil, fmt.Errorf("monitor: no program loaded: %s", m.status[0].Reason)
+		var reasons []string
+		for _, s := range m.status {
+			reasons = append(reasons, fmt.Sprintf("%s: %s", s.Program, s.Reason))
+		}
+		return nil, fmt.Errorf("monitor: no program loaded: %s", strings.Join(reasons, "; "))
 	}
 	if lp := m.loaded[OOMKills]; lp != nil {
 		rd, err := ringbuf.NewReader(lp.coll.Maps[programs.OomkillMapOomVictims])
@@ -152,6 +145,21 @@ func New(opts Options) (*Monitor, error) {
 	m.baseline = snapshot{at: time.Now()}
 	m.done.Go(m.loop)
 	return m, nil
+}
+
+// loadPrograms loads each program requested, recording why one did not.
+func (m *Monitor) loadPrograms(mode cgroups.Mode) {
+	kernel, kernelErr := btf.LoadKernelSpec()
+	for _, p := range m.opts.Programs {
+		lp, err := load(p, m.opts, mode, kernel, kernelErr)
+		if err != nil {
+			m.opts.Logger.Warn("eBPF program not loaded", "program", p, "reason", err)
+			m.status = append(m.status, ProgramStatus{Program: p, Reason: errorReason(err)})
+			continue
+		}
+		m.loaded[p] = lp
+		m.status = append(m.status, ProgramStatus{Program: p, Loaded: true})
+	}
 }
 
 func withDefaults(o Options) Options {

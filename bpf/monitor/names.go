@@ -106,26 +106,32 @@ func (n *namer) fromPath(path string) (l Labels, final bool) {
 }
 
 // pod finds a pod by UID, listing the pods again (at most every
-// minPodRefresh) when it or its container is not known yet.
+// minPodRefresh) when it or its container is not known yet. The list runs
+// without the lock, so a slow API server does not hold up other names.
 func (n *namer) pod(uid, containerID string) (Pod, bool) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	p, ok := n.pods[uid]
 	_, known := p.Containers[containerID]
 	if ok && (known || containerID == "") || time.Since(n.refreshed) < minPodRefresh {
+		n.mu.Unlock()
 		return p, ok
 	}
 	n.refreshed = time.Now()
+	n.mu.Unlock()
+
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	pods, err := n.list(ctx)
 	if err != nil {
 		return p, ok
 	}
-	n.pods = make(map[string]Pod, len(pods))
+	byUID := make(map[string]Pod, len(pods))
 	for _, p := range pods {
-		n.pods[p.UID] = p
+		byUID[p.UID] = p
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.pods = byUID
 	p, ok = n.pods[uid]
 	return p, ok
 }
