@@ -117,7 +117,7 @@ func New(opts Options) (*Monitor, error) {
 	}
 	m := &Monitor{
 		opts: opts, hierarchy: h, resolver: resolver,
-		names:  newNamer(resolver, opts.Pods),
+		names:  newNamer(resolver, opts.Pods, opts.Logger),
 		disks:  newDiskNames(),
 		loaded: map[Program]*loadedProgram{},
 		stop:   make(chan struct{}),

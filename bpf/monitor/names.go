@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -48,6 +49,7 @@ const minPodRefresh = 10 * time.Second
 type namer struct {
 	resolver *cgroups.Resolver
 	list     PodLister
+	log      *slog.Logger
 
 	mu        sync.Mutex
 	labels    map[uint64]Labels
@@ -55,8 +57,8 @@ type namer struct {
 	refreshed time.Time
 }
 
-func newNamer(r *cgroups.Resolver, list PodLister) *namer {
-	return &namer{resolver: r, list: list, labels: map[uint64]Labels{}, pods: map[string]Pod{}}
+func newNamer(r *cgroups.Resolver, list PodLister, log *slog.Logger) *namer {
+	return &namer{resolver: r, list: list, log: log, labels: map[uint64]Labels{}, pods: map[string]Pod{}}
 }
 
 // name returns the labels of cgroup id, and false when the cgroup is gone
@@ -123,6 +125,7 @@ func (n *namer) pod(uid, containerID string) (Pod, bool) {
 	defer cancel()
 	pods, err := n.list(ctx)
 	if err != nil {
+		n.log.Warn("list the node's pods to name cgroups", "error", err)
 		return p, ok
 	}
 	byUID := make(map[string]Pod, len(pods))
