@@ -2,7 +2,10 @@ package monitor
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -193,5 +196,39 @@ func TestPodLabels(t *testing.T) {
 			}
 			return true, ""
 		})
+	}
+}
+
+// TestHandler serves Top as JSON, the form `herd diagnose` reads, and
+// refuses a bad n.
+func TestHandler(t *testing.T) {
+	m := newMonitor(t, cgroups.V2, Execs)
+	cg := testkernel.NewCgroup(t, m.Hierarchy(), "handler")
+	cmd := exec.Command("/bin/true")
+	if err := cg.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	testkernel.Eventually(t, 10*time.Second, func() (bool, string) {
+		resp, err := http.Get(srv.URL + "?n=100")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var r Report
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			t.Fatal(err)
+		}
+		return hasRate(r.Execs, cg.Path, 1), fmt.Sprintf("report execs %+v lack %s", r.Execs, cg.Path)
+	})
+	resp, err := http.Get(srv.URL + "?n=zero")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("GET ?n=zero: %s, want 400", resp.Status)
 	}
 }
