@@ -3,6 +3,7 @@ package cgroups_test
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -111,5 +112,32 @@ func TestResolver(t *testing.T) {
 				t.Errorf("Path of a removed cgroup: %v, want ErrGone", err)
 			}
 		})
+	}
+}
+
+// TestDetectRoot finds the hierarchies under this machine's cgroup root,
+// as an agent in a container finds them under the host's.
+func TestDetectRoot(t *testing.T) {
+	v2 := testkernel.Hierarchy(t, cgroups.V2)
+	v1 := testkernel.Hierarchy(t, cgroups.V1Memory)
+	for _, tt := range []struct {
+		mode cgroups.Mode
+		root string
+		want cgroups.Hierarchy
+	}{
+		{cgroups.Auto, v2.Root, v2},
+		{cgroups.V2, v2.Root, v2},
+		{cgroups.V1Memory, v1.Root, v1},
+		{cgroups.Auto, filepath.Dir(v1.Root), v1}, // the v1 layout: a tmpfs of controllers
+	} {
+		got, err := cgroups.DetectRoot(tt.mode, tt.root)
+		if err != nil || got != tt.want {
+			t.Errorf("DetectRoot(%v, %s) = %v, %v; want %v", tt.mode, tt.root, got, err, tt.want)
+		}
+	}
+	for _, root := range []string{t.TempDir(), filepath.Join(filepath.Dir(v1.Root), "cpu")} {
+		if h, err := cgroups.DetectRoot(cgroups.Auto, root); err == nil {
+			t.Errorf("DetectRoot(auto, %s) = %v, want an error", root, h)
+		}
 	}
 }

@@ -141,3 +141,35 @@ func ID(path string) (uint64, error) {
 	}
 	return st.Ino, nil
 }
+
+// DetectRoot finds the hierarchy under a cgroup file system root such as
+// a host's /sys/fs/cgroup mounted into a container (/host/sys/fs/cgroup):
+// V2 when root is cgroup2, V1Memory at root/memory when root holds v1
+// controllers. mode other than Auto insists on one.
+func DetectRoot(mode Mode, root string) (Hierarchy, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(root, &fs); err != nil {
+		return Hierarchy{}, fmt.Errorf("cgroup root: %w", err)
+	}
+	if fs.Type == unix.CGROUP2_SUPER_MAGIC && mode != V1Memory {
+		return Hierarchy{Mode: V2, Root: root}, nil
+	}
+	if mode == V2 {
+		if unified := root + "/unified"; isFS(unified, unix.CGROUP2_SUPER_MAGIC) {
+			return Hierarchy{Mode: V2, Root: unified}, nil
+		}
+		return Hierarchy{}, fmt.Errorf("cgroup root %s holds no cgroup2 hierarchy", root)
+	}
+	if memory := root + "/memory"; isFS(memory, unix.CGROUP_SUPER_MAGIC) {
+		return Hierarchy{Mode: V1Memory, Root: memory}, nil
+	}
+	if _, err := os.Stat(root + "/memory.limit_in_bytes"); err == nil && isFS(root, unix.CGROUP_SUPER_MAGIC) {
+		return Hierarchy{Mode: V1Memory, Root: root}, nil
+	}
+	return Hierarchy{}, fmt.Errorf("cgroup root %s holds no v1 memory controller", root)
+}
+
+func isFS(path string, magic int64) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(path, &fs) == nil && fs.Type == magic
+}

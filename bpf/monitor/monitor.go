@@ -33,8 +33,10 @@ type Options struct {
 	// Cgroups picks the hierarchy that names cgroups (cgroups.Auto: v2 on
 	// unified nodes, the v1 memory controller's otherwise).
 	Cgroups cgroups.Mode
-	// CgroupRoot is where that hierarchy is mounted; empty: found in
-	// /proc/self/mountinfo.
+	// CgroupRoot is a cgroup file system root to find that hierarchy in:
+	// the host's /sys/fs/cgroup as a container sees it (an agent in a pod
+	// with the host's root at /host: /host/sys/fs/cgroup), or the hierarchy's
+	// own mount point. Empty: found in /proc/self/mountinfo.
 	CgroupRoot string
 	// Programs to load; empty: AllPrograms.
 	Programs []Program
@@ -183,10 +185,11 @@ func withDefaults(o Options) Options {
 
 func hierarchy(opts Options) (cgroups.Hierarchy, error) {
 	if opts.CgroupRoot != "" {
-		if opts.Cgroups == cgroups.Auto {
-			return cgroups.Hierarchy{}, errors.New("monitor: a cgroup root needs a cgroup mode (v2 or v1-memory)")
+		h, err := cgroups.DetectRoot(opts.Cgroups, opts.CgroupRoot)
+		if err != nil {
+			return cgroups.Hierarchy{}, fmt.Errorf("monitor: %w", err)
 		}
-		return cgroups.Hierarchy{Mode: opts.Cgroups, Root: opts.CgroupRoot}, nil
+		return h, nil
 	}
 	mounts, err := cgroups.Mounts()
 	if err != nil {

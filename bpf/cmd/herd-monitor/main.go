@@ -40,7 +40,7 @@ func main() {
 	var f flags
 	flag.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9433", "serve /metrics and /top on this address (port 0: any; the address is logged)")
 	flag.StringVar(&f.cgroupMode, "cgroup-mode", "auto", "hierarchy naming cgroups: auto, v2 or v1-memory")
-	flag.StringVar(&f.cgroupRoot, "cgroup-root", "", "mount point of that hierarchy (default: found in /proc/self/mountinfo)")
+	flag.StringVar(&f.cgroupRoot, "cgroup-root", "", "cgroup file system root to find it in, such as the host's /sys/fs/cgroup seen from a container (default: found in /proc/self/mountinfo)")
 	flag.StringVar(&f.programs, "programs", "", "comma-separated programs to load (default: all of "+programNames()+")")
 	flag.StringVar(&f.node, "node", os.Getenv("NODE_NAME"), "this node's name, to name pods through the API server (default $NODE_NAME; empty: pods by UID)")
 	flag.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for --node (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
