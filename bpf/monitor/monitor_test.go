@@ -286,3 +286,35 @@ func readLine(t testing.TB, r io.Reader) string {
 		return ""
 	}
 }
+
+// TestV1Attribution runs a shell in a cgroup of the v1 memory controller,
+// as pods run on v1 nodes: its execs and its switch-ins are charged to
+// that cgroup by a monitor in v1-memory mode.
+func TestV1Attribution(t *testing.T) {
+	m := newMonitor(t, cgroups.V1Memory, Execs, RunQueueLatency)
+	cg := testkernel.NewCgroup(t, m.Hierarchy(), "v1")
+	cmd := exec.Command("/bin/sh", "-c", "read go && /bin/true && /bin/true")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cg.Move(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(stdin, "go\n")
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	testkernel.Eventually(t, 10*time.Second, func() (bool, string) {
+		s := snap(t, m)
+		return s.execs[cg.ID] == 2 && count(s.runQueue[cg.ID]) > 0,
+			fmt.Sprintf("%d execs and %d switch-ins in v1 cgroup %s, want 2 and some", s.execs[cg.ID], count(s.runQueue[cg.ID]), cg.Path)
+	})
+	want := fmt.Sprintf(`herd_monitor_execs_total{cgroup=%q,container="",namespace="",pod=""} 2`, cg.Path)
+	if metrics := gather(t, m); !strings.Contains(metrics, want) {
+		t.Errorf("metrics lack %s:\n%s", want, metrics)
+	}
+}
