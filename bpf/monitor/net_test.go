@@ -147,9 +147,32 @@ func TestTCPRetransmits(t *testing.T) {
 }
 
 // TestBlockIOLatency writes and reads 4 KiB blocks with O_DIRECT on a loop
-// device over a file: each is one request, timed from issue to completion.
+// device over a file: each is one request, timed from issue to completion,
+// both ways biolatency knows: from the stamp the queue keeps (loop devices
+// throttle writeback, so their queues keep one) and, with QUEUE_FLAG_STATS
+// left unknown, from its own stamp in the in-flight map.
 func TestBlockIOLatency(t *testing.T) {
+	for _, own := range []bool{false, true} {
+		t.Run(map[bool]string{false: "kernel-stamp", true: "own-stamp"}[own], func(t *testing.T) {
+			if own {
+				def := definitions[BlockIOLatency]
+				definitions[BlockIOLatency] = programDef{load: def.load, tracepoints: def.tracepoints, members: def.members}
+				t.Cleanup(func() { definitions[BlockIOLatency] = def })
+			}
+			testBlockIOLatency(t, own)
+		})
+	}
+}
+
+func testBlockIOLatency(t *testing.T, own bool) {
 	m := newMonitor(t, cgroups.V2, BlockIOLatency)
+	var flag uint32
+	if err := m.loaded[BlockIOLatency].coll.Variables["queue_flag_stats"].Get(&flag); err != nil {
+		t.Fatal(err)
+	}
+	if own != (flag == 64) {
+		t.Fatalf("queue_flag_stats = %d with own stamps %v", flag, own)
+	}
 	file := t.TempDir() + "/disk"
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
