@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"herd.dev/herd/bpf/monitor"
 	"herd.dev/herd/node/cri"
 	"herd.dev/herd/node/health"
 	"herd.dev/herd/os/ostree/osfixture"
@@ -179,5 +181,47 @@ func TestReportFits(t *testing.T) {
 	}
 	if r.Load == nil || r.Evidence == nil || len(r.Evidence.KernelLog) == 0 || len(r.Evidence.Truncated) == 0 {
 		t.Errorf("report after fit: load %v, evidence %+v", r.Load, r.Evidence != nil)
+	}
+}
+
+// TestIntegrationCollectMonitor puts a real eBPF node monitor's report
+// (programs loaded into this kernel) into the node's report and its text.
+func TestIntegrationCollectMonitor(t *testing.T) {
+	m, err := monitor.New(monitor.Options{Programs: []monitor.Program{monitor.RunQueueLatency, monitor.Execs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	c := &Collector{Node: "n1", DiskPaths: []string{t.TempDir()}, Monitor: m}
+	r := c.Collect(context.Background(), time.Now())
+	if r.Monitor == nil || len(r.Monitor.Programs) != 2 || !r.Monitor.Programs[0].Loaded {
+		t.Fatalf("monitor report: %+v (errors %v)", r.Monitor, r.Errors)
+	}
+	if len(r.Monitor.RunQueue) == 0 || len(r.Monitor.RunQueue) > MonitorEntries {
+		t.Errorf("%d run-queue entries, want 1 to %d: the node switches tasks", len(r.Monitor.RunQueue), MonitorEntries)
+	}
+	var text strings.Builder
+	if err := WriteText(&text, r); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Node monitor (eBPF)", "  RUN QUEUE", "  EXECS"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("text report lacks %q:\n%s", want, text.String())
+		}
+	}
+}
+
+type failingMonitor struct{}
+
+func (failingMonitor) Top(int) (monitor.Report, error) {
+	return monitor.Report{}, fmt.Errorf("maps unreadable")
+}
+
+// TestCollectMonitorError: a monitor that cannot be read is named among
+// the report's errors, and the rest is reported.
+func TestCollectMonitorError(t *testing.T) {
+	r := (&Collector{Node: "n1", DiskPaths: []string{t.TempDir()}, Monitor: failingMonitor{}}).Collect(context.Background(), time.Now())
+	if r.Monitor != nil || !slices.Contains(r.Errors, "eBPF monitor: maps unreadable") || r.Load == nil {
+		t.Errorf("report with a failing monitor: monitor %+v, errors %q, load %+v", r.Monitor, r.Errors, r.Load)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"herd.dev/herd/bpf/monitor"
 	"herd.dev/herd/node/health"
 	"herd.dev/herd/os/ostree"
 )
@@ -30,6 +31,10 @@ type Report struct {
 	Conntrack   *Conntrack       `json:"conntrack,omitempty"`
 	Health      []health.Result  `json:"health,omitempty"` // the checks: kubelet, runtime, ...
 	OS          []Deployment     `json:"os,omitempty"`     // OSTree deployments, in boot order
+	// Monitor is the eBPF node monitor's report: the containers with the
+	// worst run-queue latency, the latest OOM kills, retransmit and exec
+	// rates, the slowest disks (bpf/monitor).
+	Monitor *monitor.Report `json:"monitor,omitempty"`
 	// Remediations are the node's recent repairs, newest first. Filled in
 	// once the controller repairs nodes (issue #13, part B).
 	Remediations []Remediation `json:"remediations,omitempty"`
@@ -97,7 +102,17 @@ type Collector struct {
 	Sysroot      *ostree.Sysroot // nil: no OSTree deployments
 	EvidencePath string          // the last evidence bundle; none when empty
 	Limit        int             // DefaultReportLimit when <= 0
+	Monitor      MonitorTop      // the eBPF node monitor; nil: none
 }
+
+// MonitorTop is what the report reads of the eBPF node monitor
+// (*monitor.Monitor): its worst offenders.
+type MonitorTop interface {
+	Top(n int) (monitor.Report, error)
+}
+
+// MonitorEntries is how many entries of each monitor list a report keeps.
+const MonitorEntries = 5
 
 func (c *Collector) path(p string) string {
 	if c.Root == "" {
@@ -143,6 +158,13 @@ func (c *Collector) Collect(ctx context.Context, now time.Time) *Report {
 		fail("conntrack", err)
 	} else {
 		r.Conntrack = ct
+	}
+	if c.Monitor != nil {
+		if m, err := c.Monitor.Top(MonitorEntries); err != nil {
+			fail("eBPF monitor", err)
+		} else {
+			r.Monitor = &m
+		}
 	}
 	if len(c.Checks) > 0 {
 		r.Health = health.Round(ctx, c.Checks, now, 0)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"herd.dev/herd/bpf/monitor"
 )
 
 // WriteText prints the report for people, section by section.
@@ -37,6 +39,7 @@ func WriteText(w io.Writer, r *Report) error {
 	if c := r.Conntrack; c != nil {
 		p("Conntrack\t%d of %d\t%.1f%%\n", c.Count, c.Max, 100*float64(c.Count)/float64(max(c.Max, 1)))
 	}
+	writeMonitor(p, r.Monitor)
 	p("\nNetwork\trx errors\ttx errors\trx dropped\ttx dropped\n")
 	for _, n := range r.Network {
 		p("  %s\t%d\t%d\t%d\t%d\n", n.Name, n.RxErrors, n.TxErrors, n.RxDropped, n.TxDropped)
@@ -129,4 +132,20 @@ func bytes(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// writeMonitor prints the eBPF monitor's report, as the monitor prints it,
+// indented under its own heading.
+func writeMonitor(p func(string, ...any), m *monitor.Report) {
+	if m == nil {
+		return
+	}
+	var b strings.Builder
+	if err := m.WriteText(&b); err != nil {
+		return
+	}
+	p("\nNode monitor (eBPF)\n")
+	for _, line := range strings.Split(strings.TrimRight(b.String(), "\n"), "\n") {
+		p("  %s\n", line)
+	}
 }
