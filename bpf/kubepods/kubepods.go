@@ -10,29 +10,33 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 
 	"herd.dev/herd/bpf/monitor"
 )
+
+// ListPods lists pods across namespaces: a clientset's
+// CoreV1().Pods("").List, or a lean client's method of the same shape, so
+// that an agent need not link the typed clientset.
+type ListPods func(ctx context.Context, opts metav1.ListOptions) (*corev1.PodList, error)
 
 // Lister lists the pods bound to node. It reads from the API server's
 // watch cache (resourceVersion=0), which costs the server no etcd read;
 // the monitor calls it only when it meets a pod or container it does not
 // know, at most every ten seconds.
-func Lister(client kubernetes.Interface, node string) monitor.PodLister {
+func Lister(list ListPods, node string) monitor.PodLister {
 	return func(ctx context.Context) ([]monitor.Pod, error) {
-		list, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
+		pods, err := list(ctx, metav1.ListOptions{
 			FieldSelector:   fields.OneTermEqualSelector("spec.nodeName", node).String(),
 			ResourceVersion: "0",
 		})
 		if err != nil {
 			return nil, fmt.Errorf("list pods of node %s: %w", node, err)
 		}
-		pods := make([]monitor.Pod, 0, len(list.Items))
-		for i := range list.Items {
-			pods = append(pods, FromPod(&list.Items[i]))
+		out := make([]monitor.Pod, 0, len(pods.Items))
+		for i := range pods.Items {
+			out = append(out, FromPod(&pods.Items[i]))
 		}
-		return pods, nil
+		return out, nil
 	}
 }
 

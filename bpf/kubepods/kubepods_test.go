@@ -43,7 +43,7 @@ func TestLister(t *testing.T) {
 	mine := mk("cart", "node-a", restarted, corev1.ContainerStatus{Name: "sidecar", ContainerID: "containerd://bbbb"})
 	mk("other", "node-b", corev1.ContainerStatus{Name: "app", ContainerID: "containerd://cccc"})
 
-	got, err := kubepods.Lister(client, "node-a")(ctx)
+	got, err := kubepods.Lister(client.CoreV1().Pods("").List, "node-a")(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

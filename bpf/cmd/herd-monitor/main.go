@@ -118,7 +118,7 @@ func options(f flags, log *slog.Logger) (monitor.Options, error) {
 		if err != nil {
 			return opts, err
 		}
-		opts.Pods = kubepods.Lister(client, f.node)
+		opts.Pods = kubepods.Lister(client.CoreV1().Pods("").List, f.node)
 	}
 	return opts, nil
 }
