@@ -198,7 +198,8 @@ func TestMonitoringNamesExist(t *testing.T) {
 			defined[r.Prefix+"_"+m.Name] = true
 		}
 	}
-	for _, f := range []string{"monitoring/alerts.yaml", "monitoring/dashboards/herd.json"} {
+	dashboards, _ := filepath.Glob("monitoring/dashboards/*.json")
+	for _, f := range append([]string{"monitoring/alerts.yaml"}, dashboards...) {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
