@@ -9,6 +9,11 @@ CACHE       := $(CURDIR)/.cache
 TOOLS       := $(CACHE)/bin
 CUE_VERSION := v0.17.1
 BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
+# govulncheck, and the Go vulnerability database it reads, built locally from
+# the golang.org/x/vulndb module's OSV reports (no database server needed).
+VULN_VERSION   := v1.9.0
+VULNDB_VERSION := v0.0.0-20261105234957-e22db6528018
+VULNDB         := $(CACHE)/vulndb-$(VULNDB_VERSION)
 
 export PATH := $(TOOLS):$(PATH)
 
@@ -19,7 +24,7 @@ APT_PACKAGES := git ostree gnupg openssh-client openssh-server dbus-daemon curl 
                 containerd runc containernetworking-plugins prometheus \
                 clang-14 llvm-14 libbpf-dev iproute2 iptables util-linux
 
-.PHONY: all build test unit e2e demo lint fmt bench bench-bpf fuzz tools deps generate k8s-bins testenv clean
+.PHONY: all build test unit e2e demo lint fmt bench bench-bpf fuzz vuln tools deps generate k8s-bins testenv clean
 
 all: build
 
@@ -75,6 +80,21 @@ bench-bpf: deps tools
 FUZZTIME ?= 60s
 fuzz:
 	$(GO) test ./schema -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 0
+
+## vuln: govulncheck against the local vulnerability database; fails on any
+## vulnerability Herd's code can reach.
+vuln: $(TOOLS)/govulncheck $(VULNDB)/index/db.json
+	govulncheck -db file://$(VULNDB) ./...
+
+$(TOOLS)/govulncheck:
+	GOBIN=$(TOOLS) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(VULN_VERSION)
+
+# indexdb (from x/vulndb) turns the module's data/osv reports into the
+# database layout govulncheck reads (index/db.json, index/modules.json, ID/).
+$(VULNDB)/index/db.json:
+	GOBIN=$(TOOLS) $(GO) install golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION)
+	src=$$(cd $$(mktemp -d) && $(GO) mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	rm -rf $(VULNDB).tmp && indexdb -vulns $$src/data/osv -out $(VULNDB).tmp && rm -rf $(VULNDB) && mv $(VULNDB).tmp $(VULNDB)
 
 tools: $(TOOLS)/cue $(TOOLS)/benchstat
 
