@@ -1,10 +1,14 @@
 package schema
 
-import "strings"
+import (
+	"errors"
+	"strings"
+)
 
 // Nothing in Git may make a node run a command. These are the settings that
-// would: sysctls that name programs the kernel runs, and kernel arguments
-// that start programs or shells at boot. herd validate refuses them in Git;
+// would: sysctls that name programs the kernel runs or register
+// interpreters, and kernel arguments outside the allowlist of safe
+// parameter families (kernelargs.go). herd validate refuses them in Git;
 // the agent refuses them again in what it is asked to apply.
 
 var deniedSysctls = map[string]string{
@@ -14,28 +18,34 @@ var deniedSysctls = map[string]string{
 	"kernel.poweroff_cmd": "it names a program the kernel runs to power off",
 }
 
-var deniedKernelArgs = map[string]bool{
-	"init": true, "rdinit": true,
-	"systemd.run": true, "systemd.run_success_action": true, "systemd.run_failure_action": true,
-	"systemd.unit": true, "rd.systemd.unit": true, "systemd.wants": true, "rd.systemd.wants": true,
-	"systemd.debug_shell": true, "rd.shell": true, "rd.break": true, "systemd.setenv": true,
-	"ostree": true, // OSTree's own: it names the deployment to boot
+// deniedSysctlPrefixes are families of sysctls refused as a whole.
+var deniedSysctlPrefixes = map[string]string{
+	"fs.binfmt_misc.": "binfmt_misc registers interpreters the kernel runs for matching files",
 }
 
 // DeniedSysctl says why a sysctl key may not be set, if it may not.
 func DeniedSysctl(key string) (string, bool) {
-	why, ok := deniedSysctls[key]
-	return why, ok
+	if why, ok := deniedSysctls[key]; ok {
+		return why, true
+	}
+	for prefix, why := range deniedSysctlPrefixes {
+		if strings.HasPrefix(key, prefix) {
+			return why, true
+		}
+	}
+	return "", false
 }
 
-// DeniedKernelArg says why a kernel argument may not be set, if it may not.
+// DeniedKernelArg says why a kernel argument may not be set, if it may not
+// (see CheckKernelArg).
 func DeniedKernelArg(arg string) (string, bool) {
-	key, _, _ := strings.Cut(arg, "=")
-	if !deniedKernelArgs[key] {
+	err := CheckKernelArg(arg)
+	if err == nil {
 		return "", false
 	}
-	if key == "ostree" {
-		return "it is managed by OSTree", true
+	var ke *KernelArgError
+	if errors.As(err, &ke) {
+		return ke.Reason, true
 	}
-	return "it can make the node run a program at boot", true
+	return err.Error(), true
 }

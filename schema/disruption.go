@@ -46,19 +46,42 @@ type PathRule struct {
 	Prefix  string
 	Apply   Disruption
 	Purpose string
+	// Content, when set, checks what a file there may hold: for formats
+	// with directives that run commands, only the ones that do not.
+	Content func(content string) error
 }
 
 // FileAllowlist is where pools may write files. Nothing else on a node can be
 // written from Git; the agent checks again before it writes. Keep it in step
 // with #FilePath in nodepool.cue and docs/schema.md.
+//
+// Every directory here holds files whose content runs nothing: udev rules
+// are not here (RUN, PROGRAM and IMPORT{program} run commands, and ATTR
+// writes any sysfs attribute), nor are systemd units, cron, sudoers,
+// profile.d or ld.so.preload; modprobe.d is filtered to the directives that
+// run nothing (its install and remove lines run shell commands).
 var FileAllowlist = []PathRule{
-	{"/etc/herd/files/", DisruptionNone, "free-form files for workloads (hostPath mounts)"},
-	{"/etc/containerd/certs.d/", DisruptionNone, "registry host configuration, read by containerd at pull time"},
-	{"/etc/security/limits.d/", DisruptionNone, "PAM limits, read at the next login"},
-	{"/etc/modules-load.d/", DisruptionReboot, "kernel modules loaded at boot"},
-	{"/etc/modprobe.d/", DisruptionReboot, "kernel module options, read when a module loads"},
-	{"/etc/udev/rules.d/", DisruptionReboot, "udev rules"},
-	{"/etc/pki/ca-trust/source/anchors/", DisruptionReboot, "trust anchors, merged into the system store at boot"},
+	{"/etc/herd/files/", DisruptionNone, "free-form files for workloads (hostPath mounts)", nil},
+	{"/etc/containerd/certs.d/", DisruptionNone, "registry host configuration, read by containerd at pull time", nil},
+	{"/etc/security/limits.d/", DisruptionNone, "PAM limits, read at the next login", nil},
+	{"/etc/modules-load.d/", DisruptionReboot, "kernel modules loaded at boot", checkModulesLoad},
+	{"/etc/modprobe.d/", DisruptionReboot, "kernel module options (options, blacklist, alias, softdep only)", checkModprobe},
+	{"/etc/pki/ca-trust/source/anchors/", DisruptionReboot, "trust anchors, merged into the system store at boot", nil},
+}
+
+// CheckFile checks a file a pool writes: an allowlisted path, and content
+// its directory accepts.
+func CheckFile(path, content string) error {
+	r, ok := AllowedPath(path)
+	if !ok {
+		return fmt.Errorf("file %s is outside the allowlist", path)
+	}
+	if r.Content != nil {
+		if err := r.Content(content); err != nil {
+			return fmt.Errorf("file %s: %w", path, err)
+		}
+	}
+	return nil
 }
 
 // AllowedPath returns the allowlist rule for path, if path is allowed: an

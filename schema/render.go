@@ -139,7 +139,7 @@ func Render(cfg NodeConfig) (*Rendered, error) {
 		}
 		for _, host := range sortedKeys(c.Registries) {
 			r.Files = append(r.Files, RenderedFile{
-				Path:    RegistryHostsDir + "/" + host + "/hosts.toml",
+				Path:    RegistryHostsPath(host),
 				Mode:    0o644,
 				Content: renderRegistryHosts(host, c.Registries[host]),
 				Apply:   DisruptionNone,
@@ -150,10 +150,10 @@ func Render(cfg NodeConfig) (*Rendered, error) {
 		r.Files = append(r.Files, RenderedFile{Path: SysctlPath, Mode: 0o644, Content: renderSysctl(cfg.Sysctl), Apply: DisruptionNone})
 	}
 	for _, f := range cfg.Files {
-		rule, ok := AllowedPath(f.Path)
-		if !ok {
-			return nil, fmt.Errorf("file %s is outside the allowlist", f.Path)
+		if err := CheckFile(f.Path, f.Content); err != nil {
+			return nil, err
 		}
+		rule, _ := AllowedPath(f.Path)
 		r.Files = append(r.Files, RenderedFile{Path: f.Path, Mode: f.Mode, Content: f.Content, Apply: rule.Apply})
 	}
 	slices.SortFunc(r.Files, func(a, b RenderedFile) int { return strings.Compare(a.Path, b.Path) })

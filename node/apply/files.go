@@ -101,8 +101,7 @@ func (f *Files) Manifest() (Manifest, error) {
 // files Herd generates, or a path in the schema's allowlist. ParseRendered
 // checks this already; the writer checks again before it touches the disk.
 func CheckPath(p string) error {
-	switch p {
-	case schema.KubeletDropInPath, schema.ContainerdDropInPath, schema.SysctlPath:
+	if schema.GeneratedPath(p) {
 		return nil
 	}
 	if _, ok := schema.AllowedPath(p); !ok {
@@ -123,6 +122,11 @@ func checkFiles(files []schema.RenderedFile) error {
 	for _, rf := range files {
 		if err := CheckPath(rf.Path); err != nil {
 			return err
+		}
+		if !schema.GeneratedPath(rf.Path) {
+			if err := schema.CheckFile(rf.Path, rf.Content); err != nil {
+				return err
+			}
 		}
 		if seen[rf.Path] {
 			return fmt.Errorf("%s is rendered twice", rf.Path)

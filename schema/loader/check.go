@@ -74,8 +74,8 @@ func (c *checker) pool(f *schema.Fleet, name string, p schema.NodePool) {
 		}
 	}
 	for i, arg := range p.KernelArgs {
-		if why, denied := schema.DeniedKernelArg(arg); denied {
-			c.errorf(at("kernelArgs", strconv.Itoa(i)), "kernel argument %q is not allowed: %s", arg, why)
+		if err := schema.CheckKernelArg(arg); err != nil {
+			c.errorf(at("kernelArgs", strconv.Itoa(i)), "%v", err)
 		}
 	}
 
@@ -92,8 +92,12 @@ func (c *checker) pool(f *schema.Fleet, name string, p schema.NodePool) {
 	total := 0
 	for i, file := range p.Files {
 		path := at("files", strconv.Itoa(i), "path")
-		if _, ok := schema.AllowedPath(file.Path); !ok {
+		if rule, ok := schema.AllowedPath(file.Path); !ok {
 			c.errorf(path, "file %s is outside the allowlist: paths must be plain names below one of %s", file.Path, allowlistText())
+		} else if rule.Content != nil {
+			if err := rule.Content(file.Content); err != nil {
+				c.errorf(at("files", strconv.Itoa(i), "content"), "file %s: %v", file.Path, err)
+			}
 		}
 		if j, ok := seen[file.Path]; ok {
 			c.errorf(path, "file %s is already written by files[%d]", file.Path, j)
@@ -126,7 +130,7 @@ func (c *checker) pool(f *schema.Fleet, name string, p schema.NodePool) {
 	}
 	if ctr := p.Containerd; ctr != nil {
 		for _, host := range sortedKeys(ctr.Registries) {
-			if _, ok := seen[schema.RegistryHostsDir+"/"+host+"/hosts.toml"]; ok {
+			if _, ok := seen[schema.RegistryHostsPath(host)]; ok {
 				c.errorf(at("containerd", "registries", host), "registry %s: its hosts.toml is also written by files", host)
 			}
 		}

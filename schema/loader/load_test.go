@@ -112,7 +112,7 @@ pools: bad: {
 			`pools/bad.cue:4:14: pools.bad.os.commit: invalid value "abc": want a full OSTree commit checksum: 64 lower-case hex digits`,
 			`pools/bad.cue:5:26: pools.bad.selector.matchLabels."Bad Key": invalid key "Bad Key": want a label key: an optional DNS subdomain prefix and '/', then a name of at most 63 characters`,
 			`pools/bad.cue:6:11: pools.bad.sysctl.bogus: invalid key bogus: want a sysctl key: a dotted name under abi, fs, kernel, net, user or vm`,
-			`pools/bad.cue:7:17: pools.bad.files.0.path: invalid value "/etc/passwd": outside the file allowlist: want a plain path below /etc/herd/files/, /etc/containerd/certs.d/, /etc/security/limits.d/, /etc/modules-load.d/, /etc/modprobe.d/, /etc/udev/rules.d/, /etc/pki/ca-trust/source/anchors/`,
+			`pools/bad.cue:7:17: pools.bad.files.0.path: invalid value "/etc/passwd": outside the file allowlist: want a plain path below /etc/herd/files/, /etc/containerd/certs.d/, /etc/security/limits.d/, /etc/modules-load.d/, /etc/modprobe.d/, /etc/pki/ca-trust/source/anchors/`,
 			`pools/bad.cue:8:11: pools.bad.kubelet.maxPodz: unknown field maxPodz (did you mean maxPods?)`,
 		},
 	}, {
@@ -137,7 +137,7 @@ pools: odd: {
 		want: []string{
 			`pools/odd.cue:5:14: pools.odd.os.remote: unknown OSTree remote "nope": declare it under ` + "`remotes`" + ` (known: containeros)`,
 			`pools/odd.cue:6:33: pools.odd.sysctl."kernel.core_pattern": sysctl kernel.core_pattern is not allowed: it can name a program the kernel runs on every crash`,
-			`pools/odd.cue:7:15: pools.odd.kernelArgs.0: kernel argument "ostree=/boot/x" is not allowed: it is managed by OSTree`,
+			`pools/odd.cue:7:15: pools.odd.kernelArgs.0: kernel argument "ostree=/boot/x" is not allowed: it is managed by OSTree: it names the deployment to boot`,
 			`pools/odd.cue:8:27: pools.odd.rollout.maxUnavailable: maxUnavailable 150% must be between 1% and 100%`,
 			`pools/odd.cue:11:10: pools.odd.files.1.path: file /etc/herd/files/a is already written by files[0]`,
 			`pools/odd.cue:13:73: pools.odd.kubelet.imageGCLowThresholdPercent: imageGCLowThresholdPercent (60) must be below imageGCHighThresholdPercent (50)`,

@@ -111,7 +111,7 @@ func TestDiffDisruption(t *testing.T) {
 	}{
 		{[2]string{`"vm.max_map_count":            "262144"`, `"vm.max_map_count": "1"`}, schema.DisruptionNone},
 		{[2]string{`path:    "/etc/security/limits.d/50-batch.conf"`, `path: "/etc/security/limits.d/60-batch.conf"`}, schema.DisruptionNone},
-		{[2]string{`path:    "/etc/security/limits.d/50-batch.conf"`, `path: "/etc/modules-load.d/batch.conf"`}, schema.DisruptionReboot},
+		{[2]string{"path:    \"/etc/security/limits.d/50-batch.conf\"\n\t\tcontent: \"*  soft  nofile  1048576\\n*  hard  nofile  1048576\\n\"", `path: "/etc/modules-load.d/batch.conf", content: "br_netfilter\n"`}, schema.DisruptionReboot},
 		{[2]string{`maxPods:                     250`, `maxPods: 200`}, schema.DisruptionRestartKubelet},
 		{[2]string{`maxConcurrentDownloads: 8`, `maxConcurrentDownloads: 4`}, schema.DisruptionRestartContainerd},
 		{[2]string{`discardUnpackedLayers:  true`, `discardUnpackedLayers: true, registries: "docker.io": mirrors: ["https://m.example.com"]`}, schema.DisruptionNone},
