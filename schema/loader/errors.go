@@ -20,6 +20,9 @@ type Diagnostic struct {
 	Column  int    `json:"column,omitempty"`
 	Path    string `json:"path,omitempty"`
 	Message string `json:"message"`
+	// Limit names the budget limit the fleet exceeds, when that is the
+	// problem (the fleet is then rejected as over budget).
+	Limit Limit `json:"limit,omitempty"`
 }
 
 // String formats the diagnostic as "file:line:col: message".

@@ -24,7 +24,6 @@ import (
 	cueerrors "cuelang.org/go/cue/errors"
 	"cuelang.org/go/cue/load"
 	"cuelang.org/go/cue/parser"
-	"cuelang.org/go/cue/scanner"
 	"cuelang.org/go/cue/token"
 )
 
@@ -55,20 +54,30 @@ func (r *Result) Hash(pool string) string { return r.Rendered[pool].Hash() }
 // PoolNames returns the fleet's pool names, sorted.
 func (r *Result) PoolNames() []string { return sortedKeys(r.Fleet.Pools) }
 
-// LoadDir evaluates the fleet rooted at dir. An invalid fleet returns
-// Diagnostics, with file names relative to dir.
-func LoadDir(dir string) (*Result, error) {
-	files, err := ReadDir(dir)
+// LoadDir evaluates the fleet rooted at dir within DefaultBudget. An invalid
+// fleet returns Diagnostics, with file names relative to dir.
+func LoadDir(dir string) (*Result, error) { return DefaultBudget.LoadDir(dir) }
+
+// LoadDir evaluates the fleet rooted at dir within the budget's limits on
+// its source. (The process's memory and time are bounded by schema/sandbox.)
+func (b Budget) LoadDir(dir string) (*Result, error) {
+	files, err := b.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	return Load(files)
+	return b.Load(files)
 }
+
+// ReadDir reads the files of the fleet rooted at dir that Load needs within
+// DefaultBudget.
+func ReadDir(dir string) (map[string][]byte, error) { return DefaultBudget.ReadDir(dir) }
 
 // ReadDir reads the files of the fleet rooted at dir that Load needs: every
 // CUE file, skipping hidden directories. Paths are slash-separated and
-// relative to dir.
-func ReadDir(dir string) (map[string][]byte, error) {
+// relative to dir. A symbolic link named *.cue is an error: Herd reads only
+// regular files, and would otherwise drop it without a word.
+func (b Budget) ReadDir(dir string) (map[string][]byte, error) {
+	b = b.orDefault()
 	info, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read fleet: %w", err)
@@ -94,22 +103,32 @@ func ReadDir(dir string) (map[string][]byte, error) {
 			}
 			return nil
 		}
-		if !d.Type().IsRegular() || !strings.HasSuffix(rel, ".cue") {
+		if !strings.HasSuffix(rel, ".cue") {
+			return nil
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			diags = append(diags, Diagnostic{File: rel, Message: "is a symbolic link: fleet files must be regular files (herd does not follow links)"})
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			diags = append(diags, Diagnostic{File: rel, Message: "is not a regular file"})
 			return nil
 		}
 		info, err := d.Info()
 		if err != nil {
 			return err
 		}
-		if info.Size() > MaxFileSize {
-			diags = append(diags, Diagnostic{File: rel, Message: fmt.Sprintf("file is %d bytes; the limit is %d", info.Size(), MaxFileSize)})
+		if info.Size() > b.MaxFileSize {
+			diags = append(diags, overBudget(LimitFileSize, rel, 0, 0, "file is %d bytes; the limit is %d", info.Size(), b.MaxFileSize))
 			return nil
 		}
-		if total += info.Size(); total > MaxTotalSize {
-			return fmt.Errorf("fleet holds more than %d bytes of CUE", MaxTotalSize)
+		if total += info.Size(); total > b.MaxTotalSize {
+			diags = append(diags, overBudget(LimitTotalSize, "", 0, 0, "the fleet holds more than %d bytes of CUE", b.MaxTotalSize))
+			return filepath.SkipAll
 		}
-		if len(files) >= MaxFiles {
-			return fmt.Errorf("fleet holds more than %d CUE files", MaxFiles)
+		if len(files) >= b.MaxFiles {
+			diags = append(diags, overBudget(LimitFiles, "", 0, 0, "the fleet holds more than %d CUE files", b.MaxFiles))
+			return filepath.SkipAll
 		}
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -127,20 +146,24 @@ func ReadDir(dir string) (map[string][]byte, error) {
 	return files, nil
 }
 
+// Load evaluates a fleet from its files within DefaultBudget.
+func Load(files map[string][]byte) (*Result, error) { return DefaultBudget.Load(files) }
+
 // Load evaluates a fleet from its files (slash-separated paths relative to
-// the fleet root), against the schema built into Herd. A vendored copy of the
-// schema that differs from Herd's is reported as a warning and not used.
-func Load(files map[string][]byte) (*Result, error) {
+// the fleet root), against the schema built into Herd, within the budget's
+// limits on the source. A vendored copy of the schema that differs from
+// Herd's is reported as a warning and not used.
+func (b Budget) Load(files map[string][]byte) (*Result, error) {
+	b = b.orDefault()
 	if _, ok := files[moduleFile]; !ok {
 		return nil, notModule
 	}
+	if diags := b.checkSizes(files); len(diags) > 0 {
+		return nil, diags.sorted()
+	}
 	var diags Diagnostics
 	for name, src := range files {
-		if len(src) > MaxFileSize {
-			diags = append(diags, Diagnostic{File: name, Message: fmt.Sprintf("file is %d bytes; the limit is %d", len(src), MaxFileSize)})
-			continue
-		}
-		if d, ok := checkNesting(name, src); !ok {
+		if d, ok := b.checkDepth(name, src); !ok {
 			diags = append(diags, d)
 		}
 	}
@@ -149,6 +172,9 @@ func Load(files map[string][]byte) (*Result, error) {
 	}
 	pkg, diags := rootPackage(files)
 	if len(diags) > 0 {
+		return nil, diags.sorted()
+	}
+	if diags := b.checkPackages(files, pkg); len(diags) > 0 {
 		return nil, diags.sorted()
 	}
 
@@ -189,6 +215,8 @@ func Load(files map[string][]byte) (*Result, error) {
 		if err := v.Err(); err != nil && len(diags) == 0 {
 			diags = cueDiagnostics(err, root) // outside pools and remotes
 		}
+		diags = append(diags, topLevel(v, root, fleet)...)
+		diags = append(diags, b.checkStrings(v, root, fleet)...)
 		res.Fleet = fleet
 	}
 	if len(diags) > 0 {
@@ -384,36 +412,13 @@ func vendorDrift(files map[string][]byte) Diagnostics {
 	return diags
 }
 
-// checkNesting rejects files nested deeper than MaxNesting before the parser
-// sees them.
-func checkNesting(name string, src []byte) (Diagnostic, bool) {
-	var s scanner.Scanner
-	file := token.NewFile(name, -1, len(src))
-	s.Init(file, src, nil, 0)
-	depth := 0
-	for {
-		pos, tok, _ := s.Scan()
-		switch tok {
-		case token.EOF:
-			return Diagnostic{}, true
-		case token.LBRACE, token.LBRACK, token.LPAREN:
-			if depth++; depth > MaxNesting {
-				p := file.Position(pos)
-				return Diagnostic{File: name, Line: p.Line, Column: p.Column, Message: fmt.Sprintf("nested more than %d levels deep", MaxNesting)}, false
-			}
-		case token.RBRACE, token.RBRACK, token.RPAREN:
-			depth--
-		}
-	}
-}
-
 // cueDiagnostics turns CUE errors into diagnostics, each placed at the
 // position in the fleet's own files that best explains it.
 func cueDiagnostics(err error, root string) Diagnostics {
 	var diags Diagnostics
 	for _, e := range cueerrors.Errors(err) {
 		format, args := e.Msg()
-		d := Diagnostic{Message: fmt.Sprintf(format, args...)}
+		d := Diagnostic{Message: shorten(fmt.Sprintf(format, args...))}
 		if p := e.Path(); len(p) > 0 {
 			d.Path = strings.Join(p, ".")
 		}
@@ -426,6 +431,17 @@ func cueDiagnostics(err error, root string) Diagnostics {
 		diags = append(diags, Diagnostic{Message: err.Error()})
 	}
 	return diags
+}
+
+// maxMessage bounds a diagnostic's message: CUE quotes values in full, and
+// a value can be a megabyte.
+const maxMessage = 1024
+
+func shorten(msg string) string {
+	if len(msg) <= maxMessage {
+		return msg
+	}
+	return fmt.Sprintf("%s… (%d bytes in all)", strings.ToValidUTF8(msg[:maxMessage], ""), len(msg))
 }
 
 // bestPos prefers a position in the fleet's own files over one in the schema.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -169,13 +171,58 @@ pools: odd: {
 		edit: func(f map[string][]byte) {
 			f["pools/deep.cue"] = []byte("package fleet\n\nx: " + strings.Repeat("[", 500) + strings.Repeat("]", 500) + "\n")
 		},
-		want: []string{`pools/deep.cue:3:104: nested more than 100 levels deep`},
+		want: []string{`pools/deep.cue:3:103: nested more than 100 levels deep (braces, brackets, parentheses and chained labels) (budget max-depth)`},
+	}, {
+		// A chain of labels nests as deep as braces do; counting brackets
+		// alone let it through to overflow the stack.
+		name: "long label chain",
+		edit: func(f map[string][]byte) {
+			f["pools/chain.cue"] = []byte("package fleet\n\n_d: " + strings.Repeat("a: ", 200000) + "1\n")
+		},
+		want: []string{`pools/chain.cue:3:303: nested more than 100 levels deep (braces, brackets, parentheses and chained labels) (budget max-depth)`},
+	}, {
+		name: "a file of another package",
+		edit: func(f map[string][]byte) {
+			f["pools/other.cue"] = []byte("package other\n\npools: general: paused: true\n")
+		},
+		want: []string{`pools/other.cue:1:1: declares package other, not the fleet's package fleet, and no fleet file imports it: herd would ignore it (declare ` + "`package fleet`" + `, or move it out of the fleet)`},
+	}, {
+		name: "a top-level typo",
+		edit: func(f map[string][]byte) {
+			f["pools/typo.cue"] = []byte("package fleet\n\nmaintenence: freeze: true\n")
+		},
+		want: []string{`pools/typo.cue:3:1: maintenence: unknown top-level field maintenence: a fleet declares remotes, pools, maintenance (did you mean maintenance?); helpers go in hidden fields (_name) or definitions (#Name)`},
+	}, {
+		name: "an empty fleet",
+		edit: func(f map[string][]byte) {
+			for name := range f {
+				if strings.HasPrefix(name, "pools/") {
+					delete(f, name)
+				}
+			}
+			f["pools/none.cue"] = []byte("package fleet\n\npools: {}\n")
+		},
+		want: []string{`pools/none.cue:3:8: pools: the fleet declares no pools: an empty fleet would leave every node unmanaged`},
+	}, {
+		name: "too many instances",
+		edit: func(f map[string][]byte) {
+			for i := range 101 {
+				f[fmt.Sprintf("pools/d%03d/x.cue", i)] = []byte("package fleet\n")
+			}
+		},
+		want: []string{`the fleet's package fleet spans 103 directories, each a CUE instance; the limit is 100 (budget max-instances)`},
+	}, {
+		name: "a string over the limit",
+		edit: func(f map[string][]byte) {
+			f["pools/long.cue"] = []byte("package fleet\n\n_s: \"" + strings.Repeat("x", 1024) + "\"\n_t: _s+_s+_s+_s+_s+_s+_s+_s\n_u: _t+_t+_t+_t+_t+_t+_t+_t\n_v: _u+_u+_u+_u+_u\npools: general: rollout: resume: _v\n")
+		},
+		want: []string{"pools/long.cue:6:5: pools.general.rollout.resume: a string of 327680 bytes; the limit is 262144 (budget max-string)"},
 	}, {
 		name: "too large",
 		edit: func(f map[string][]byte) {
 			f["pools/huge.cue"] = []byte("package fleet\n\n_x: \"" + strings.Repeat("a", MaxFileSize) + "\"\n")
 		},
-		want: []string{`pools/huge.cue: file is 1048598 bytes; the limit is 1048576`},
+		want: []string{`pools/huge.cue: file is 1048598 bytes; the limit is 1048576 (budget max-file-size)`},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -211,5 +258,26 @@ pools: infra2:  ` + fmt.Sprintf(pool, `{role: "infra"}`) + `
 	}
 	if diff := cmp.Diff(want, diagStrings(err)); diff != "" {
 		t.Errorf("diagnostics (-want +got):\n%s", diff)
+	}
+}
+
+// A symbolic link named *.cue is an error, not silently skipped.
+func TestSymlinkedFile(t *testing.T) {
+	dir := t.TempDir()
+	for name, src := range exampleFiles(t) {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, src, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("general.cue", filepath.Join(dir, "pools", "link.cue")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadDir(dir)
+	if err == nil || !strings.Contains(err.Error(), "pools/link.cue: is a symbolic link") {
+		t.Fatalf("LoadDir = %v, want a symbolic link error", err)
 	}
 }

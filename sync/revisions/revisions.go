@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
 
 	"herd.dev/herd/schema"
@@ -198,6 +199,9 @@ func ReadTree(tree *object.Tree) (map[string][]byte, error) {
 	err := tree.Files().ForEach(func(f *object.File) error {
 		if !strings.HasSuffix(f.Name, ".cue") || hidden(f.Name) || !f.Mode.IsFile() {
 			return nil
+		}
+		if f.Mode == filemode.Symlink {
+			return fmt.Errorf("%s is a symbolic link: fleet files must be regular files", f.Name)
 		}
 		if f.Size > loader.MaxFileSize {
 			return fmt.Errorf("%s is %d bytes; the limit is %d", f.Name, f.Size, loader.MaxFileSize)
