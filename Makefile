@@ -76,10 +76,12 @@ bench-bpf: deps tools
 	benchstat $(CACHE)/bench-bpf.txt
 	$(GO) test ./bpf/monitor -run '^$$' -bench MonitorCPU -benchtime 1x -count 2
 
-## fuzz: fuzz the fleet loader and validator (FUZZTIME=5m for longer).
+## fuzz: fuzz the fleet loader and validator, each input evaluated in a
+## child process under a budget as the controller does, so a hang or a crash
+## is reported with its input (FUZZTIME=10m for longer).
 FUZZTIME ?= 60s
 fuzz:
-	$(GO) test ./schema -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 0
+	$(GO) test ./schema/sandbox -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 0
 
 ## vuln: govulncheck against the local vulnerability database; fails on any
 ## vulnerability Herd's code can reach.

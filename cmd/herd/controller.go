@@ -99,6 +99,7 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8080", `address of /metrics ("0" for none)`)
 	f.StringVar(&cfg.HealthAddr, "health-addr", "", "address of /healthz and /readyz")
 	f.StringVar(&cfg.PprofAddr, "pprof-addr", "", "address of /debug/pprof (off when empty)")
+	addBudgetFlags(f, &cfg.Budget)
 	f.StringSliceVar(&pgpKeyrings, "verify-pgp-keyring", nil, "armored OpenPGP public keys trusted to sign fleet commits (repeatable)")
 	f.StringVar(&allowedSigners, "verify-allowed-signers", "", "ssh-keygen allowed_signers file trusted to sign fleet commits")
 	f.StringVar(&signingKey, "sign-pgp-key", "", "armored OpenPGP private key to sign status commits")

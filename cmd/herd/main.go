@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"herd.dev/herd/schema/sandbox"
 )
 
 // exitError carries the process exit code for an error.
@@ -37,6 +39,8 @@ const (
 )
 
 func main() {
+	// A child started to evaluate a fleet under a budget serves that and exits.
+	sandbox.Main()
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"herd.dev/herd/schema/loader"
+	"herd.dev/herd/schema/sandbox"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spf13/cobra"
@@ -29,6 +31,7 @@ func newPlanCmd() *cobra.Command {
 		at        string
 		osRepo    string
 		md        report.MarkdownOptions
+		budget    sandbox.Budget
 	)
 	cmd := &cobra.Command{
 		Use:   "plan [DIR] --nodes FILE",
@@ -61,7 +64,7 @@ over 65,536) by dropping node names, then groups, and then points to
 				}
 				now = t
 			}
-			err := runPlan(cmd, args, nodesFile, output, history, detailed, now, osRepo, md)
+			err := runPlan(cmd, args, nodesFile, output, history, detailed, now, osRepo, md, budget)
 			var ee *exitError
 			if detailed && errors.As(err, &ee) && ee.code != exitFailure && ee.code != exitOK && ee.err != nil {
 				ee.code = exitFailure // 2 means "changes" here
@@ -77,10 +80,11 @@ over 65,536) by dropping node names, then groups, and then points to
 	cmd.Flags().IntVar(&history, "history", 50, "how many earlier fleet revisions to evaluate for exact diffs (0: none)")
 	cmd.Flags().IntVar(&md.MaxChars, "max-chars", report.MaxCommentChars, "with --output markdown: the most characters to print (-1: no limit)")
 	cmd.Flags().StringVar(&md.FullPlanURL, "full-plan-url", "", "with --output markdown: where the full plan is, linked when details are left out")
+	addBudgetFlags(cmd.Flags(), &budget)
 	return cmd
 }
 
-func runPlan(cmd *cobra.Command, args []string, nodesFile, output string, history int, detailed bool, now time.Time, osRepo string, md report.MarkdownOptions) error {
+func runPlan(cmd *cobra.Command, args []string, nodesFile, output string, history int, detailed bool, now time.Time, osRepo string, md report.MarkdownOptions, budget sandbox.Budget) error {
 	stdout, stderr, stdin := cmd.OutOrStdout(), cmd.ErrOrStderr(), cmd.InOrStdin()
 	if nodesFile == "" {
 		return usageError("--nodes is required: a node list as `kubectl get nodes -o json` prints it")
@@ -95,7 +99,7 @@ func runPlan(cmd *cobra.Command, args []string, nodesFile, output string, histor
 	if err != nil {
 		return err
 	}
-	res, err := loader.LoadDir(dir)
+	res, err := sandbox.LoadDir(cmd.Context(), dir, budget)
 	if err != nil {
 		var diags loader.Diagnostics
 		if errors.As(err, &diags) {
@@ -113,7 +117,7 @@ func runPlan(cmd *cobra.Command, args []string, nodesFile, output string, histor
 	}
 	src := planinput.Sources{Fleet: res, Nodes: kubeNodes, Now: now}
 	if history > 0 {
-		if src.Revision, src.History, err = gitHistory(dir, history); err != nil {
+		if src.Revision, src.History, err = gitHistory(cmd.Context(), dir, history, budget); err != nil {
 			fmt.Fprintln(stderr, "warning: no exact diffs from Git history:", err)
 		}
 	}
@@ -175,11 +179,13 @@ func readNodes(stdin io.Reader, nodesFile string) ([]corev1.Node, error) {
 
 // gitHistory evaluates the fleet's earlier revisions, when the fleet lives
 // in a Git repository, and names the commit it is at.
-func gitHistory(dir string, limit int) (string, *revisions.History, error) {
+func gitHistory(ctx context.Context, dir string, limit int, budget sandbox.Budget) (string, *revisions.History, error) {
 	repo, err := revisions.Open(dir)
 	if err != nil {
 		return "", nil, err
 	}
+	// Any earlier commit may be hostile: each is evaluated under the budget.
+	repo.Evaluate = func(files map[string][]byte) (*loader.Result, error) { return sandbox.Load(ctx, files, budget) }
 	head, err := repo.Git().Head()
 	if err != nil {
 		return "", nil, fmt.Errorf("read HEAD: %w", err)

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"herd.dev/herd/schema/loader"
+	"herd.dev/herd/schema/sandbox"
 
 	"github.com/spf13/cobra"
 )
@@ -58,7 +58,7 @@ an earlier one, and nodes take the OSTree rollback fast path.`,
 				_, _ = git("revert", "--abort")
 				return failure(fmt.Errorf("cannot revert %s cleanly; nothing changed: %w", commit[:8], err))
 			}
-			if _, err := loader.LoadDir(filepath.Join(dir, path)); err != nil {
+			if _, err := sandbox.LoadDir(cmd.Context(), filepath.Join(dir, path), sandbox.DefaultBudget); err != nil {
 				_, _ = git("revert", "--abort")
 				return failure(fmt.Errorf("reverting %s leaves an invalid fleet; nothing changed:\n%w", commit[:8], err))
 			}

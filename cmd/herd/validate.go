@@ -8,12 +8,14 @@ import (
 	"os"
 
 	"herd.dev/herd/schema/loader"
+	"herd.dev/herd/schema/sandbox"
 
 	"github.com/spf13/cobra"
 )
 
 func newValidateCmd() *cobra.Command {
 	var output string
+	var budget sandbox.Budget
 	cmd := &cobra.Command{
 		Use:   "validate [DIR]",
 		Short: "Check a fleet repo: CUE evaluation plus Herd's own rules",
@@ -22,7 +24,11 @@ schema and checks what the schema cannot express: overlapping selectors,
 files outside the allowlist, unknown OSTree remotes, and more.
 
 Every problem is printed on stderr as path:line:col: message, paths relative
-to DIR. Exit status: 0 valid, 1 invalid, 2 usage error.`,
+to DIR. Exit status: 0 valid, 1 invalid, 2 usage error.
+
+The fleet is evaluated in a child process under a budget (memory, CPU and
+wall-clock time, nesting, instances, sizes; the --max-* and --timeout
+flags): a fleet over budget is invalid, with a message naming the limit.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "text" && output != "json" {
@@ -32,11 +38,15 @@ to DIR. Exit status: 0 valid, 1 invalid, 2 usage error.`,
 			if err != nil {
 				return err
 			}
-			res, err := loader.LoadDir(dir)
+			res, err := sandbox.LoadDir(cmd.Context(), dir, budget)
+			if cmd.Context().Err() != nil {
+				return failure(fmt.Errorf("validation interrupted: %w", cmd.Context().Err()))
+			}
 			return reportValidation(cmd.OutOrStdout(), cmd.ErrOrStderr(), output, res, err)
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	addBudgetFlags(cmd.Flags(), &budget)
 	return cmd
 }
 

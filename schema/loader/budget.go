@@ -26,6 +26,7 @@ const (
 	LimitMemory    Limit = "max-memory"     // memory of the evaluating process
 	LimitCPU       Limit = "max-cpu"        // CPU time of the evaluating process
 	LimitTime      Limit = "timeout"        // wall-clock time of an evaluation
+	LimitOutput    Limit = "max-output"     // size of the evaluated fleet handed back
 )
 
 // Budget bounds what evaluating one fleet may cost. A fleet over budget is

@@ -46,6 +46,7 @@ import (
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
 	"herd.dev/herd/schema/loader"
+	"herd.dev/herd/schema/sandbox"
 	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/revisions"
@@ -77,6 +78,9 @@ type Options struct {
 	// Resync is how soon a pool in progress is looked at again without an
 	// event (drains are polled); default 2s.
 	Resync time.Duration
+	// Evaluate evaluates the fleet of an accepted revision; default: in a
+	// child process within sandbox.DefaultBudget.
+	Evaluate func(ctx context.Context, dir string) (*loader.Result, error)
 }
 
 // HistoryDepth is how many earlier fleet revisions the controller
@@ -116,6 +120,11 @@ func newReconciler(c client.Client, api client.Reader, log logr.Logger, opts Opt
 	}
 	if opts.Resync == 0 {
 		opts.Resync = 2 * time.Second
+	}
+	if opts.Evaluate == nil {
+		opts.Evaluate = func(ctx context.Context, dir string) (*loader.Result, error) {
+			return sandbox.LoadDir(ctx, dir, sandbox.DefaultBudget)
+		}
 	}
 	fresh := newFreshness()
 	return &Reconciler{

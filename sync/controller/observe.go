@@ -42,7 +42,7 @@ func (r *Reconciler) observe(ctx context.Context, now time.Time) (*observation, 
 	}
 	obs := &observation{now: now, rev: rev}
 	var err error
-	if obs.fleet, err = r.load(rev); err != nil {
+	if obs.fleet, err = r.load(ctx, rev); err != nil {
 		return obs, err
 	}
 	if obs.pools, err = r.readHerdPools(ctx); err != nil {
@@ -72,15 +72,16 @@ func (r *Reconciler) observe(ctx context.Context, now time.Time) (*observation, 
 	return obs, err
 }
 
-// load evaluates the revision, once per commit.
-func (r *Reconciler) load(rev source.Revision) (*loader.Result, error) {
+// load evaluates the revision, once per commit: Options.Evaluate, which in
+// the controller hands over what the source's validation evaluated.
+func (r *Reconciler) load(ctx context.Context, rev source.Revision) (*loader.Result, error) {
 	r.mu.Lock()
 	res, ok := r.loaded[rev.Commit]
 	r.mu.Unlock()
 	if ok {
 		return res, nil
 	}
-	res, err := loader.LoadDir(rev.Dir)
+	res, err := r.Evaluate(ctx, rev.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("evaluate fleet at %s: %w", short(rev.Commit), err)
 	}

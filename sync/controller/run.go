@@ -3,6 +3,7 @@ package controller
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"herd.dev/herd/schema/loader"
+	"herd.dev/herd/schema/sandbox"
 
 	"github.com/fluxcd/pkg/runtime/events"
 	"github.com/fluxcd/pkg/runtime/leaderelection"
@@ -71,6 +73,10 @@ type Config struct {
 	MetricsAddr   string // "0" for none
 	HealthAddr    string // "" for none
 	PprofAddr     string // "" for none
+
+	// Budget bounds the evaluation of each fleet revision, in a child
+	// process; a revision over budget is rejected (BudgetExceeded).
+	Budget sandbox.Budget
 
 	LeaderElection leaderelection.Options
 	Namespace      string // for the leader election lease; default herd-system
@@ -146,6 +152,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	fleets := &evaluator{budget: cfg.Budget}
 	src, err := source.New(source.Options{
 		URL:                 cfg.Repo,
 		Branch:              cfg.Branch,
@@ -156,7 +163,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Verify:              cfg.Verify,
 		AllowNonFastForward: cfg.AllowNonFastForward,
 		LastApplied:         lastApplied,
-		Validate:            validateFleet,
+		Validate:            fleets.validate,
 		Logger:              slog.New(logr.ToSlogHandler(cfg.Log.WithName("source"))),
 	})
 	if err != nil {
@@ -213,11 +220,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	r := New(mgr, Options{
-		Source:  src,
-		History: gitHistory(src.GitDir(), cfg.Path),
-		Status:  sink,
-		Events:  recorder,
-		Metrics: reconcileMetrics(),
+		Source:   src,
+		History:  gitHistory(src.GitDir(), cfg.Path, cfg.Budget),
+		Status:   sink,
+		Events:   recorder,
+		Metrics:  reconcileMetrics(),
+		Evaluate: fleets.load,
 	})
 	if err := r.SetupWithManager(mgr, src.Updates()); err != nil {
 		return err
@@ -260,15 +268,50 @@ func appliedRevision(ctx context.Context, c client.Reader) (string, error) {
 	return "", nil
 }
 
-// validateFleet is the source's validation hook: `herd validate`.
-func validateFleet(_ context.Context, dir string) error {
-	_, err := loader.LoadDir(dir)
+// evaluator evaluates fleet revisions in a child process under the budget
+// and keeps the last result, so the reconciler takes on the revision the
+// source validated without evaluating it again.
+type evaluator struct {
+	budget sandbox.Budget
+
+	mu  sync.Mutex
+	dir string
+	res *loader.Result
+}
+
+// validate is the source's validation hook: `herd validate`, bounded. An
+// over-budget revision is marked so the source reports BudgetExceeded.
+func (e *evaluator) validate(ctx context.Context, dir string) error {
+	_, err := e.load(ctx, dir)
+	var diags loader.Diagnostics
+	if errors.As(err, &diags) {
+		if _, over := diags.OverBudget(); over {
+			return fmt.Errorf("%w: %w", source.ErrBudgetExceeded, err)
+		}
+	}
 	return err
 }
 
+// load returns the evaluated fleet at dir.
+func (e *evaluator) load(ctx context.Context, dir string) (*loader.Result, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.dir == dir && e.res != nil {
+		return e.res, nil
+	}
+	res, err := sandbox.LoadDir(ctx, dir, e.budget)
+	if err != nil {
+		return nil, err
+	}
+	e.dir, e.res = dir, res
+	return res, nil
+}
+
 // gitHistory evaluates the fleet's earlier revisions from the source's copy
-// of the remote, keeping evaluated trees between calls.
-func gitHistory(gitDir, path string) func(commit string) (*revisions.History, error) {
+// of the remote, each in a child process under the budget (an earlier
+// commit may be one the source rejected), keeping evaluated trees between
+// calls.
+func gitHistory(gitDir, path string, budget sandbox.Budget) func(commit string) (*revisions.History, error) {
 	cache := revisions.NewCache()
 	return func(commit string) (*revisions.History, error) {
 		// Opened for each new revision: go-git caches the list of packs,
@@ -278,6 +321,9 @@ func gitHistory(gitDir, path string) func(commit string) (*revisions.History, er
 			return nil, err
 		}
 		repo.Cache = cache
+		repo.Evaluate = func(files map[string][]byte) (*loader.Result, error) {
+			return sandbox.Load(context.Background(), files, budget)
+		}
 		return repo.LoadFrom(commit, HistoryDepth)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
+	"herd.dev/herd/schema/sandbox"
 	"herd.dev/herd/sync/planinput"
 	"herd.dev/herd/sync/revisions"
 	"herd.dev/herd/test/fleettest"
@@ -73,7 +74,7 @@ func TestSamePlanAsHerdPlan(t *testing.T) {
 
 			// The controller: its cache of the remote, and the renders it
 			// stored before telling any node.
-			ch, err := gitHistory(bare, "")(head)
+			ch, err := gitHistory(bare, "", sandbox.DefaultBudget)(head)
 			if err != nil {
 				t.Fatal(err)
 			}

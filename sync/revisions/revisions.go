@@ -3,6 +3,7 @@
 package revisions
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"herd.dev/herd/schema/loader"
+	"herd.dev/herd/schema/sandbox"
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
@@ -34,6 +36,9 @@ type Repo struct {
 	// Cache, when set, keeps evaluated fleets by tree, so a walk evaluates
 	// only the revisions it has not seen before.
 	Cache *Cache
+	// Evaluate evaluates the fleet of one revision; default: in a child
+	// process within sandbox.DefaultBudget (any commit may be hostile).
+	Evaluate func(files map[string][]byte) (*loader.Result, error)
 }
 
 // Cache keeps evaluated fleets by Git tree hash. Safe for one walk at a time.
@@ -165,12 +170,20 @@ func (r *Repo) evaluate(tree *object.Tree) (*loader.Result, error) {
 	files, err := ReadTree(tree)
 	var res *loader.Result
 	if err == nil {
-		res, err = loader.Load(files)
+		res, err = r.load(files)
 	}
 	if r.Cache != nil {
 		r.Cache.trees[tree.Hash] = treeResult{res, err}
 	}
 	return res, err
+}
+
+// load evaluates a fleet's files with Evaluate, or under the default budget.
+func (r *Repo) load(files map[string][]byte) (*loader.Result, error) {
+	if r.Evaluate != nil {
+		return r.Evaluate(files)
+	}
+	return sandbox.Load(context.Background(), files, sandbox.DefaultBudget)
 }
 
 // fleetTree returns the tree of the fleet root at c, or nil if it is absent.
@@ -199,6 +212,9 @@ func ReadTree(tree *object.Tree) (map[string][]byte, error) {
 	err := tree.Files().ForEach(func(f *object.File) error {
 		if !strings.HasSuffix(f.Name, ".cue") || hidden(f.Name) || !f.Mode.IsFile() {
 			return nil
+		}
+		if f.Mode == filemode.Symlink {
+			return fmt.Errorf("%s is a symbolic link: fleet files must be regular files", f.Name)
 		}
 		if f.Mode == filemode.Symlink {
 			return fmt.Errorf("%s is a symbolic link: fleet files must be regular files", f.Name)

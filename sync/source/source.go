@@ -308,7 +308,11 @@ func (s *Source) Reconcile(ctx context.Context) {
 			log.Info("validation interrupted", "err", err)
 			return
 		}
-		s.reject(commit, ValidationFailed, err.Error())
+		reason := ValidationFailed
+		if errors.Is(err, ErrBudgetExceeded) {
+			reason = BudgetExceeded
+		}
+		s.reject(commit, reason, err.Error())
 		return
 	}
 	s.accept(rev, man)

@@ -451,3 +451,27 @@ func TestRepackKeepsHistory(t *testing.T) {
 	}
 	gitserver.Git(t, filepath.Join(cache, "repo.git"), nil, "fsck", "--no-progress", "--connectivity-only")
 }
+
+// A head the validation hook rejects as over budget is reported as
+// BudgetExceeded; the last good revision stays current.
+func TestOverBudgetCommitRejected(t *testing.T) {
+	f := newFixture(t)
+	good := f.push("good", "pool: general: nodes: 3\n")
+	s := f.start(Options{Validate: func(ctx context.Context, dir string) error {
+		b, err := os.ReadFile(filepath.Join(dir, "pools", "general.cue"))
+		if err == nil && strings.Contains(string(b), "huge") {
+			return fmt.Errorf("%w: pools/general.cue: evaluation used 20s of CPU time, its budget (budget max-cpu)", ErrBudgetExceeded)
+		}
+		return fleetValidate(ctx, dir)
+	}})
+	waitUpdate(t, s, good)
+	bad := f.push("bad", "pool: general: huge: 1\n")
+	s.Trigger()
+	st := waitStatus(t, s, "over budget", rejectedAs(bad, BudgetExceeded))
+	if !strings.Contains(st.Message, "budget max-cpu") {
+		t.Errorf("message %q", st.Message)
+	}
+	if cur, _ := s.Current(); cur.Commit != good {
+		t.Fatalf("current %s, want the last good %s", cur.Commit, good)
+	}
+}

@@ -35,6 +35,7 @@ package source
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -60,10 +61,18 @@ const (
 	// ValidationFailed: the fleet path is missing or the validation hook
 	// rejected the tree.
 	ValidationFailed Reason = "ValidationFailed"
+	// BudgetExceeded: evaluating the tree went over its budget (memory,
+	// CPU or wall-clock time, nesting, size); the validation hook's error
+	// wraps ErrBudgetExceeded.
+	BudgetExceeded Reason = "BudgetExceeded"
 	// StorageFailed: the local cache or checkout could not be written; the
 	// head is tried again on the next check.
 	StorageFailed Reason = "StorageFailed"
 )
+
+// ErrBudgetExceeded is wrapped by a validation hook's error when the tree
+// was rejected for going over the evaluation budget.
+var ErrBudgetExceeded = errors.New("over the evaluation budget")
 
 // Options configures a Source.
 type Options struct {

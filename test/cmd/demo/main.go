@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"herd.dev/herd/schema/sandbox"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -19,6 +20,7 @@ import (
 )
 
 func main() {
+	sandbox.Main() // the controller evaluates fleets in a child process of this binary
 	dir := flag.String("dir", ".demo", "where the demo keeps its state")
 	pools := flag.String("pools", "system:3,general:6,batch:3", "pools of the example fleet and their node counts")
 	reboot := flag.Duration("reboot", 2*time.Second, "how long a simulated reboot takes")

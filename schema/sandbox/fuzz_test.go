@@ -1,14 +1,22 @@
-package loader
+package sandbox
 
 import (
+	"context"
 	"errors"
 	"maps"
+	"os"
 	"testing"
+
+	"herd.dev/herd/schema/loader"
+	"herd.dev/herd/test/fleettest"
+	"herd.dev/herd/test/hostile"
 )
 
 // FuzzLoad feeds arbitrary CUE to the loader and validator as one more pool
-// file of the example fleet. Whatever the input, Load must not panic, and a
-// failure must come as Diagnostics a user can read.
+// file of the example fleet, each input evaluated in a child process under
+// testBudget, as the controller evaluates a commit. Whatever the input, the
+// evaluation must end within the budget with a result or Diagnostics a user
+// can read: a hang or a crash fails with the input that caused it.
 func FuzzLoad(f *testing.F) {
 	base := exampleFiles(f)
 	for _, name := range []string{"pools/general.cue", "pools/batch.cue", "pools/system.cue", "fleet.cue"} {
@@ -24,14 +32,25 @@ func FuzzLoad(f *testing.F) {
 		"package fleet\nimport \"nope.example.com/x\"\n",
 		"package fleet\npools: general: sysctl: \"vm.x\": \"a\\nb\"\n",
 		"package fleet\nx: [[[[[[[[[[1]]]]]]]]]]\n",
+		"package fleet\n_x: \"\\(\"\\(\"\\(1)\")\")\"\n",
 	} {
 		f.Add([]byte(seed))
 	}
+	// Every hostile case that is one pool file.
+	for _, c := range hostile.Cases {
+		dir := f.TempDir()
+		fleettest.CopyExample(f, dir)
+		c.Edit(f, dir)
+		if src, err := os.ReadFile(dir + "/" + hostile.File); err == nil && len(src) < 1<<16 {
+			f.Add(src)
+		}
+	}
+	b := testBudget
 	f.Fuzz(func(t *testing.T, src []byte) {
 		files := maps.Clone(base)
 		files["pools/fuzz.cue"] = src
-		res, err := Load(files)
-		var diags Diagnostics
+		res, err := Load(context.Background(), files, b)
+		var diags loader.Diagnostics
 		switch {
 		case err == nil:
 			for name, rd := range res.Rendered {
@@ -45,4 +64,15 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("empty Diagnostics")
 		}
 	})
+}
+
+func exampleFiles(t testing.TB) map[string][]byte {
+	t.Helper()
+	dir := t.TempDir()
+	fleettest.CopyExample(t, dir)
+	files, err := loader.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
 }
