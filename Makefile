@@ -19,7 +19,8 @@ export PATH := $(TOOLS):$(PATH)
 
 # Debian packages the tests drive for real. clang-14 and llvm-14 compile
 # the eBPF programs (make generate, and the staleness test of bpf/programs);
-# iproute2, iptables and util-linux make the events the monitor's tests count.
+# iproute2, iptables and util-linux make the events the monitor's tests count;
+# iproute2 also makes the network namespaces of the sysctl test (node/apply).
 APT_PACKAGES := git ostree gnupg openssh-client openssh-server dbus-daemon curl bubblewrap busybox-static \
                 containerd runc containernetworking-plugins prometheus \
                 clang-14 llvm-14 libbpf-dev iproute2 iptables util-linux

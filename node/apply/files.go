@@ -61,8 +61,9 @@ type ManifestEntry struct {
 // version of every file that Apply replaced or removed, for Undo).
 //
 // Every write is atomic: a temporary file in the same directory, fsync,
-// rename over the target, fsync of the directory. All access to Root goes
-// through os.Root, so no path (or symbolic link) can lead a write outside it.
+// rename over the target, fsync of the directory. No access below Root
+// follows a symbolic link (see tree): a link in a managed path, made by
+// anyone but the agent, fails the Apply with a *SymlinkError naming it.
 // Files is not safe for concurrent use.
 type Files struct {
 	Root     string
@@ -157,7 +158,7 @@ func (f *Files) Plan(files []schema.RenderedFile) ([]Change, error) {
 	return f.plan(root, files, m)
 }
 
-func (f *Files) plan(root *os.Root, files []schema.RenderedFile, m Manifest) ([]Change, error) {
+func (f *Files) plan(root *tree, files []schema.RenderedFile, m Manifest) ([]Change, error) {
 	var changes []Change
 	want := map[string]bool{}
 	for _, rf := range files {
@@ -177,7 +178,7 @@ func (f *Files) plan(root *os.Root, files []schema.RenderedFile, m Manifest) ([]
 		if err := CheckPath(e.Path); err != nil {
 			return nil, fmt.Errorf("plan files: manifest %s: %w", f.manifestPath(), err)
 		}
-		if _, err := root.Lstat(rel(e.Path)); errors.Is(err, os.ErrNotExist) {
+		if _, _, err := root.Lstat(rel(e.Path)); errors.Is(err, os.ErrNotExist) {
 			continue
 		} else if err != nil {
 			return nil, fmt.Errorf("plan files: %w", err)
@@ -255,7 +256,7 @@ func (f *Files) Apply(hash string, files []schema.RenderedFile) ([]Change, error
 // saveBackups copies the on-disk version of every changed file to
 // previous/ before anything is overwritten. Copies taken by an earlier,
 // interrupted Apply of the same hash are kept: they hold the state before it.
-func (f *Files) saveBackups(root *os.Root, hash string, m Manifest, changes []Change) error {
+func (f *Files) saveBackups(root *tree, hash string, m Manifest, changes []Change) error {
 	b, err := f.readBackup()
 	if err != nil {
 		return err
@@ -276,15 +277,11 @@ func (f *Files) saveBackups(root *os.Root, hash string, m Manifest, changes []Ch
 			continue
 		}
 		added = true
-		data, err := root.ReadFile(rel(c.Path))
+		data, perm, err := root.ReadFile(rel(c.Path))
 		if errors.Is(err, os.ErrNotExist) {
 			b.Entries[c.Path] = backupEntry{}
 			continue
 		}
-		if err != nil {
-			return fmt.Errorf("apply files: keep previous %s: %w", c.Path, err)
-		}
-		st, err := root.Stat(rel(c.Path))
 		if err != nil {
 			return fmt.Errorf("apply files: keep previous %s: %w", c.Path, err)
 		}
@@ -293,7 +290,7 @@ func (f *Files) saveBackups(root *os.Root, hash string, m Manifest, changes []Ch
 		if err := writeFileSynced(filepath.Join(copies, name), data, 0o600); err != nil {
 			return fmt.Errorf("apply files: keep previous %s: %w", c.Path, err)
 		}
-		b.Entries[c.Path] = backupEntry{Existed: true, Mode: int(st.Mode().Perm()), Copy: name}
+		b.Entries[c.Path] = backupEntry{Existed: true, Mode: int(perm), Copy: name}
 	}
 	if !added {
 		return nil
@@ -351,7 +348,7 @@ func (f *Files) Undo() ([]Change, error) {
 		e := b.Entries[p]
 		apply := disruptionOf(p, b.Manifest)
 		if !e.Existed {
-			if _, err := root.Lstat(rel(p)); errors.Is(err, os.ErrNotExist) {
+			if _, _, err := root.Lstat(rel(p)); errors.Is(err, os.ErrNotExist) {
 				continue
 			}
 			if err := removeSynced(root, rel(p)); err != nil {
@@ -401,11 +398,11 @@ func disruptionOf(p string, m Manifest) schema.Disruption {
 	return schema.DisruptionNone
 }
 
-func (f *Files) openRoot() (*os.Root, error) {
+func (f *Files) openRoot() (*tree, error) {
 	if f.Root == "" || f.StateDir == "" {
 		return nil, errors.New("apply files: Root and StateDir are required")
 	}
-	root, err := os.OpenRoot(f.Root)
+	root, err := openTree(f.Root)
 	if err != nil {
 		return nil, fmt.Errorf("apply files: open root: %w", err)
 	}
@@ -416,18 +413,18 @@ func (f *Files) openRoot() (*os.Root, error) {
 func rel(p string) string { return strings.TrimPrefix(path.Clean(p), "/") }
 
 // sameOnDisk reports whether the regular file at p has exactly data and mode.
-func sameOnDisk(root *os.Root, p string, data []byte, mode fs.FileMode) (bool, error) {
-	st, err := root.Lstat(rel(p))
+func sameOnDisk(root *tree, p string, data []byte, mode fs.FileMode) (bool, error) {
+	m, size, err := root.Lstat(rel(p))
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	if !st.Mode().IsRegular() || st.Mode().Perm() != mode || st.Size() != int64(len(data)) {
+	if !m.IsRegular() || m.Perm() != mode || size != int64(len(data)) {
 		return false, nil
 	}
-	have, err := root.ReadFile(rel(p))
+	have, _, err := root.ReadFile(rel(p))
 	if err != nil {
 		return false, err
 	}
@@ -436,7 +433,7 @@ func sameOnDisk(root *os.Root, p string, data []byte, mode fs.FileMode) (bool, e
 
 // writeAtomic replaces name under root with data: a temporary file in the
 // same directory, fsync, rename, fsync of the directory.
-func writeAtomic(root *os.Root, name string, data []byte, mode fs.FileMode) error {
+func writeAtomic(root *tree, name string, data []byte, mode fs.FileMode) error {
 	dir := path.Dir(name)
 	if err := root.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -479,20 +476,15 @@ func writeAtomic(root *os.Root, name string, data []byte, mode fs.FileMode) erro
 }
 
 // removeTemps removes temporary files a crashed writeAtomic of name left.
-func removeTemps(root *os.Root, name string) error {
-	d, err := root.Open(path.Dir(name))
-	if err != nil {
-		return err
-	}
-	entries, err := d.ReadDir(-1)
-	d.Close()
+func removeTemps(root *tree, name string) error {
+	entries, err := root.ReadDirNames(path.Dir(name))
 	if err != nil {
 		return err
 	}
 	prefix := "." + path.Base(name) + ".herd-tmp-"
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) {
-			if err := root.Remove(path.Join(path.Dir(name), e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if strings.HasPrefix(e, prefix) {
+			if err := root.Remove(path.Join(path.Dir(name), e)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
 		}
@@ -500,21 +492,14 @@ func removeTemps(root *os.Root, name string) error {
 	return nil
 }
 
-func removeSynced(root *os.Root, name string) error {
+func removeSynced(root *tree, name string) error {
 	if err := root.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return syncDir(root, path.Dir(name))
 }
 
-func syncDir(root *os.Root, dir string) error {
-	d, err := root.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+func syncDir(root *tree, dir string) error { return root.SyncDir(dir) }
 
 // writeFileSynced writes a state file atomically (outside the root).
 func writeFileSynced(p string, data []byte, mode fs.FileMode) error {
@@ -522,7 +507,7 @@ func writeFileSynced(p string, data []byte, mode fs.FileMode) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	root, err := os.OpenRoot(dir)
+	root, err := openTree(dir)
 	if err != nil {
 		return err
 	}

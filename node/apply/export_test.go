@@ -1,0 +1,4 @@
+package apply
+
+// HostNamespaces lets tests say where the host's namespaces are.
+var HostNamespaces = &hostNamespaces
