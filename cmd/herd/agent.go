@@ -18,6 +18,7 @@ import (
 	"herd.dev/herd/node"
 	"herd.dev/herd/node/systemd"
 	"herd.dev/herd/os/ostree"
+	"herd.dev/herd/schema"
 )
 
 type agentFlags struct {
@@ -116,9 +117,11 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags) error {
 	units := &systemd.Units{}
 	defer units.Close()
 	a, err := node.New(node.Options{
-		NodeName:      f.node,
-		Client:        cs,
-		Sysroot:       &ostree.Sysroot{Path: f.sysroot, OSName: osname},
+		NodeName: f.node,
+		Client:   cs,
+		// Kernel arguments a pool may set are the pool's; a deploy keeps the
+		// OS's own (root=, rw, ...).
+		Sysroot:       &ostree.Sysroot{Path: f.sysroot, OSName: osname, PoolArg: schema.PoolKernelArg},
 		Root:          f.root,
 		StateDir:      f.stateDir,
 		DefaultRemote: f.remote,

@@ -10,8 +10,10 @@ import (
 	"strings"
 )
 
-// Deploy makes the commit, with exactly the given kernel arguments, the
-// default deployment for the next boot. The commit must be in the sysroot
+// Deploy makes the commit, with the given kernel arguments, the default
+// deployment for the next boot. The OS's own arguments of the current
+// default deployment (root=, rw, ...; see PoolArg) are kept, ahead of the
+// given ones. The commit must be in the sysroot
 // repository (see HasCommit and Pull); otherwise the error is
 // ErrCommitNotFound.
 //
@@ -40,11 +42,19 @@ func (s *Sysroot) Deploy(ctx context.Context, checksum string, kernelArgs []stri
 	if err != nil {
 		return fmt.Errorf("ostree: deploy %s: %w", checksum, err)
 	}
-	if cur, ok, err := s.defaultEntry(); !staged && err == nil && ok && s.entryIs(cur, checksum, kernelArgs) {
+	cur, hasCur, err := s.defaultEntry()
+	if err != nil {
+		return fmt.Errorf("ostree: deploy %s: %w", checksum, err)
+	}
+	var keep []string // the OS's own arguments
+	if hasCur && cur.deployment.OSName == s.OSName {
+		keep = cur.osArgs
+	}
+	if !staged && hasCur && s.entryIs(cur, checksum, kernelArgs, keep) {
 		return nil
 	}
 	args := []string{"admin", "deploy", s.sysrootFlag(), "--os=" + s.OSName, "--no-prune", "--karg-none"}
-	for _, arg := range kernelArgs {
+	for _, arg := range append(slices.Clone(keep), kernelArgs...) {
 		args = append(args, "--karg-append="+arg)
 	}
 	args = append(args, checksum)
@@ -55,16 +65,16 @@ func (s *Sysroot) Deploy(ctx context.Context, checksum string, kernelArgs []stri
 		}
 		return fmt.Errorf("ostree: deploy %s: %w", checksum, err)
 	}
-	cur, ok, err := s.defaultEntry()
+	after, ok, err := s.defaultEntry()
 	if err != nil {
 		return fmt.Errorf("ostree: deploy %s: reading boot entry back: %w", checksum, err)
 	}
 	if !ok {
 		return fmt.Errorf("ostree: deploy %s: no boot entry after deploy", checksum)
 	}
-	if !s.entryIs(cur, checksum, kernelArgs) {
-		return fmt.Errorf("ostree: deploy %s: boot entry reads back %s with kernel arguments %q, want kernel arguments %q",
-			checksum, cur.deployment.ID(), cur.kargs, kernelArgs)
+	if !s.entryIs(after, checksum, kernelArgs, keep) {
+		return fmt.Errorf("ostree: deploy %s: boot entry reads back %s with kernel arguments %q (the OS's %q), want %q (the OS's %q)",
+			checksum, after.deployment.ID(), after.kargs, after.osArgs, kernelArgs, keep)
 	}
 	return nil
 }
@@ -77,9 +87,9 @@ func (s *Sysroot) defaultEntry() (bootEntry, bool, error) {
 	return entries[0], true, nil
 }
 
-func (s *Sysroot) entryIs(e bootEntry, checksum string, kernelArgs []string) bool {
+func (s *Sysroot) entryIs(e bootEntry, checksum string, kernelArgs, osArgs []string) bool {
 	return e.deployment.OSName == s.OSName && e.deployment.Checksum == checksum &&
-		slices.Equal(e.kargs, kernelArgs)
+		slices.Equal(e.kargs, kernelArgs) && slices.Equal(e.osArgs, osArgs)
 }
 
 func checkKernelArg(arg string) error {

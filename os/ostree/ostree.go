@@ -39,6 +39,13 @@ type Sysroot struct {
 	// Env is added to the environment of every ostree command, e.g.
 	// "OSTREE_SYSROOT_DEBUG=mutable-deployments" for throwaway sysroots.
 	Env []string
+	// PoolArg reports whether a kernel argument is one the node's pool
+	// sets (the agent passes schema.PoolKernelArg). The others (root=,
+	// rootflags=, rw, ...) belong to the OS: Status reports them apart, as
+	// OSKernelArgs, and Deploy keeps those of the current default
+	// deployment. Nil: every argument is the pool's, and a deploy sets
+	// exactly the arguments it is given.
+	PoolArg func(arg string) bool
 }
 
 // CommandError is a failed ostree command. Sysroot methods wrap it with

@@ -557,3 +557,41 @@ func TestContextAndBinaryErrors(t *testing.T) {
 		t.Errorf("Status with a missing binary = %v", err)
 	}
 }
+
+// The OS's own kernel arguments (root=, rw) survive deploys that set the
+// pool's: --karg-none alone would drop them and leave a node that cannot
+// find its root file system.
+func TestDeployKeepsOSKernelArgs(t *testing.T) {
+	t.Parallel()
+	r := newRepo(t, osfixture.Options{Versions: 2})
+	v1, v2 := r.Commits[0], r.Commits[1]
+	osArgs := []string{"root=UUID=0b1c7e5a", "rw"}
+	s := newSysroot(t, r, osfixture.SysrootOptions{Commit: v1, KernelArgs: append(slices.Clone(osArgs), "console=ttyS0")})
+	s.PoolArg = func(arg string) bool { return !strings.HasPrefix(arg, "root=") && arg != "rw" }
+	b, _ := status(t, s).Booted()
+	if !slices.Equal(b.KernelArgs, []string{"console=ttyS0"}) || !slices.Equal(b.OSKernelArgs, osArgs) {
+		t.Fatalf("booted: pool's %q, OS's %q", b.KernelArgs, b.OSKernelArgs)
+	}
+	if err := s.Pull(t.Context(), remote, r.Ref, v2); err != nil {
+		t.Fatal(err)
+	}
+	for _, pool := range [][]string{{"quiet", "mitigations=off"}, {}} {
+		if err := s.Deploy(t.Context(), v2, pool); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := status(t, s).Default()
+		if d.Checksum != v2 || !slices.Equal(d.KernelArgs, pool) || !slices.Equal(d.OSKernelArgs, osArgs) {
+			t.Errorf("default %s: pool's %q, OS's %q; want %q and %q", d.ID(), d.KernelArgs, d.OSKernelArgs, pool, osArgs)
+		}
+		// The boot entry itself, as the boot loader reads it.
+		entries, _ := filepath.Glob(filepath.Join(s.Path, "boot", "loader", "entries", "*.conf"))
+		found := false
+		for _, e := range entries {
+			b, _ := os.ReadFile(e)
+			found = found || strings.Contains(string(b), "options "+strings.Join(append(slices.Clone(osArgs), pool...), " ")+" ostree=")
+		}
+		if !found {
+			t.Errorf("no boot entry has options %q followed by ostree=", append(slices.Clone(osArgs), pool...))
+		}
+	}
+}

@@ -34,9 +34,13 @@ type Deployment struct {
 	Pinned   bool // protected from ostree's automatic removal
 
 	// KernelArgs as written to the boot entry, without the ostree-managed
-	// ostree= (and init= for initramfs-less kernels) arguments. Nil for a
-	// staged deployment, whose boot entry does not exist yet.
+	// ostree= (and init= for initramfs-less kernels) arguments and without
+	// the OS's own (see Sysroot.PoolArg). Nil for a staged deployment,
+	// whose boot entry does not exist yet.
 	KernelArgs []string
+	// OSKernelArgs are the boot entry's arguments that belong to the OS,
+	// which deploys keep (see Sysroot.PoolArg).
+	OSKernelArgs []string
 	Origin     string // refspec from the .origin file, when present
 }
 
@@ -102,7 +106,7 @@ func (s *Sysroot) Status(ctx context.Context) (Status, error) {
 	for i := range deps {
 		for _, e := range entries {
 			if e.deployment.same(deps[i]) {
-				deps[i].KernelArgs = e.kargs
+				deps[i].KernelArgs, deps[i].OSKernelArgs = e.kargs, e.osArgs
 			}
 		}
 	}
@@ -191,7 +195,8 @@ func parseAdminStatus(out string) ([]Deployment, error) {
 type bootEntry struct {
 	version    string
 	deployment Deployment // OSName, Checksum, Serial only
-	kargs      []string
+	kargs      []string   // the pool's
+	osArgs     []string   // the OS's own, kept across deploys
 }
 
 // bootEntries reads the current boot loader entries, default first. This is
@@ -252,6 +257,8 @@ func (s *Sysroot) readBootEntry(name string) (bootEntry, bool, error) {
 			ostreeArg = strings.TrimPrefix(arg, "ostree=")
 		case strings.HasPrefix(arg, "init=/ostree/boot.") && strings.HasSuffix(arg, "/ostree-prepare-root"):
 			// Added by ostree for kernels without an initramfs.
+		case s.PoolArg != nil && !s.PoolArg(arg):
+			e.osArgs = append(e.osArgs, arg)
 		default:
 			e.kargs = append(e.kargs, arg)
 		}
