@@ -18,6 +18,11 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// VerifyArg is the controller's argument that turns commit signature
+// verification on, with the keys of the ConfigMap herd-trusted-keys; Install
+// adds it unless Options.InsecureSkipVerify.
+const VerifyArg = "--verify-dir=/etc/herd/trusted-keys"
+
 //go:embed kustomization.yaml */*.yaml
 var manifests embed.FS
 
@@ -55,6 +60,10 @@ type Options struct {
 	Git map[string][]byte
 	// ExtraArgs are appended to the controller's arguments.
 	ExtraArgs []string
+	// InsecureSkipVerify installs a controller that accepts fleet commits
+	// without checking their signatures (--insecure-skip-verify); otherwise
+	// it trusts the keys of the ConfigMap herd-trusted-keys (VerifyArg).
+	InsecureSkipVerify bool
 }
 
 // DefaultImage is where released images live.
@@ -126,6 +135,11 @@ func (o *Options) overlay() ([]byte, error) {
 	}
 	if o.Interval > 0 {
 		args = append(args, "--interval="+o.Interval.String())
+	}
+	if o.InsecureSkipVerify {
+		args = append(args, "--insecure-skip-verify")
+	} else {
+		args = append(args, VerifyArg)
 	}
 	args = append(args, o.ExtraArgs...)
 	var ops []map[string]any

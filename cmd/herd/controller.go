@@ -26,6 +26,8 @@ func newControllerCmd() *cobra.Command {
 		leader                 leaderelection.Options
 		pgpKeyrings            []string
 		allowedSigners         string
+		verifyDir              string
+		skipVerify             bool
 		signingKey, sshSignKey string
 		sshKey, knownHosts     string
 		gitSecretDir           string
@@ -45,6 +47,10 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 			if cfg.Cluster == "" {
 				return usageError("--cluster is required: it names this cluster's directory on the status branch")
 			}
+			var err error
+			if cfg.Verify, err = verification(verifyDir, pgpKeyrings, allowedSigners, skipVerify); err != nil {
+				return usageError("%v", err)
+			}
 			rc, err := kube.config()
 			if err != nil {
 				return failure(err)
@@ -61,9 +67,6 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 			}
 			if err := readGitSecret(gitSecretDir, &cfg.Auth); err != nil {
 				return failure(err)
-			}
-			if len(pgpKeyrings) > 0 || allowedSigners != "" {
-				cfg.Verify = &source.Verification{PGPKeyRings: pgpKeyrings, AllowedSigners: allowedSigners}
 			}
 			if cfg.Signer, err = signer(signingKey, sshSignKey); err != nil {
 				return failure(err)
@@ -100,8 +103,10 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 	f.StringVar(&cfg.HealthAddr, "health-addr", "", "address of /healthz and /readyz")
 	f.StringVar(&cfg.PprofAddr, "pprof-addr", "", "address of /debug/pprof (off when empty)")
 	addBudgetFlags(f, &cfg.Budget)
+	f.StringVar(&verifyDir, "verify-dir", "", "directory of keys trusted to sign fleet commits: OpenPGP keyrings (*.asc, *.gpg) and an ssh-keygen allowed_signers file")
 	f.StringSliceVar(&pgpKeyrings, "verify-pgp-keyring", nil, "armored OpenPGP public keys trusted to sign fleet commits (repeatable)")
 	f.StringVar(&allowedSigners, "verify-allowed-signers", "", "ssh-keygen allowed_signers file trusted to sign fleet commits")
+	f.BoolVar(&skipVerify, "insecure-skip-verify", false, "accept fleet commits without checking their signatures: whoever can push to the fleet repo then changes every node")
 	f.StringVar(&signingKey, "sign-pgp-key", "", "armored OpenPGP private key to sign status commits")
 	f.StringVar(&sshSignKey, "sign-ssh-key", "", "SSH private key to sign status commits")
 	f.StringVar(&sshKey, "ssh-key", "", "SSH private key for ssh:// remotes")
@@ -110,6 +115,39 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 	logOpts.BindFlags(f)
 	leader.BindFlags(f)
 	return cmd
+}
+
+// verification collects the keys trusted to sign fleet commits. Checking
+// signatures is on unless turned off explicitly: without trusted keys and
+// without --insecure-skip-verify the controller does not start.
+func verification(dir string, keyrings []string, allowedSigners string, skip bool) (*source.Verification, error) {
+	if dir != "" {
+		entries, err := os.ReadDir(dir)
+		if err != nil && !os.IsNotExist(err) {
+			return nil, fmt.Errorf("--verify-dir: %w", err)
+		}
+		for _, e := range entries {
+			p := filepath.Join(dir, e.Name())
+			switch {
+			case e.Name() == "allowed_signers" && allowedSigners == "":
+				allowedSigners = p
+			case strings.HasSuffix(e.Name(), ".asc") || strings.HasSuffix(e.Name(), ".gpg"):
+				keyrings = append(keyrings, p)
+			}
+		}
+	}
+	trusted := len(keyrings) > 0 || allowedSigners != ""
+	switch {
+	case skip && trusted:
+		return nil, errors.New("--insecure-skip-verify with trusted keys: pick one")
+	case skip:
+		return nil, nil
+	case !trusted && dir != "":
+		return nil, fmt.Errorf("commit signature verification is on, and %s holds no trusted key (*.asc, *.gpg or allowed_signers): put the keys that sign fleet commits in the ConfigMap herd-trusted-keys, or install with `herd install --insecure-skip-verify`", dir)
+	case !trusted:
+		return nil, errors.New("commit signature verification is on: give the keys that sign fleet commits (--verify-dir, --verify-pgp-keyring or --verify-allowed-signers), or turn it off with --insecure-skip-verify")
+	}
+	return &source.Verification{PGPKeyRings: keyrings, AllowedSigners: allowedSigners}, nil
 }
 
 // signer reads a status-commit signing key, if one is given.

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"herd.dev/herd/config"
 	"herd.dev/herd/test/hostile"
 )
 
@@ -36,5 +37,26 @@ func TestValidateBudgetFlags(t *testing.T) {
 	}
 	if code, _, errOut := herd(t, "", "validate", "--max-memory=lots", dir); code != exitUsage {
 		t.Errorf("--max-memory=lots: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// Commit signature verification is on by default, in the installed
+// Deployment and in the controller; turning it off takes a flag.
+func TestVerificationOnByDefault(t *testing.T) {
+	_, out, _ := herd(t, "", "install", "--print", "--repo", "https://git.example.com/fleet.git", "--cluster", "c")
+	if strings.Count(out, config.VerifyArg) != 1 || strings.Contains(out, "--insecure-skip-verify") {
+		t.Errorf("herd install --print: want %s once and no --insecure-skip-verify", config.VerifyArg)
+	}
+	_, out, _ = herd(t, "", "install", "--print", "--repo", "https://git.example.com/fleet.git", "--cluster", "c", "--insecure-skip-verify")
+	if strings.Contains(out, config.VerifyArg) || strings.Count(out, "- --insecure-skip-verify") != 1 {
+		t.Errorf("herd install --print --insecure-skip-verify: the controller still verifies")
+	}
+	code, _, errOut := herd(t, "", "controller", "--repo", "file:///nowhere", "--cluster", "c")
+	if code != exitUsage || !strings.Contains(errOut, "commit signature verification is on") {
+		t.Errorf("controller without keys: exit %d, %q", code, errOut)
+	}
+	code, _, errOut = herd(t, "", "controller", "--repo", "file:///nowhere", "--cluster", "c", "--verify-dir", t.TempDir())
+	if code != exitUsage || !strings.Contains(errOut, "holds no trusted key") {
+		t.Errorf("controller with an empty --verify-dir: exit %d, %q", code, errOut)
 	}
 }

@@ -45,6 +45,12 @@ identity, known_hosts) in the Secret herd-git. Both are optional: without a
 webhook secret the controller polls; a public repository needs no
 credentials.
 
+The controller checks the signature of every fleet commit: put the public
+keys that sign them in the ConfigMap herd-system/herd-trusted-keys (OpenPGP
+keyrings as *.asc, an ssh-keygen allowed_signers file as allowed_signers);
+until then it does not start. --insecure-skip-verify turns the check off,
+so whoever can push to the fleet repo changes every node.
+
 Without --repo and --cluster it installs everything but the controller
 (CRDs, RBAC, the admission policy, the agent): a controller can follow
 later with a second herd install.`,
@@ -114,6 +120,7 @@ later with a second herd install.`,
 	f.StringVar(&opts.Version, "version", "", "image tag (default: this binary's version)")
 	f.StringVar(&webhookFile, "webhook-secret-file", "", "file holding the webhook HMAC key (GitLab: token), stored in the Secret herd-webhook")
 	f.StringVar(&gitDir, "git-secret-dir", "", "directory of Git credentials in Flux's format, stored in the Secret herd-git")
+	f.BoolVar(&opts.InsecureSkipVerify, "insecure-skip-verify", false, "install a controller that does not check fleet commit signatures (by default it trusts the keys of the ConfigMap herd-trusted-keys, and does not start without one)")
 	f.StringArrayVar(&opts.ExtraArgs, "controller-arg", nil, "extra controller argument, e.g. --controller-arg=--verify-allowed-signers=... (repeatable)")
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"testing"
+	"time"
 
 	"herd.dev/herd/schema/loader"
 	"herd.dev/herd/test/fleettest"
@@ -14,7 +15,7 @@ import (
 
 // FuzzLoad feeds arbitrary CUE to the loader and validator as one more pool
 // file of the example fleet, each input evaluated in a child process under
-// testBudget, as the controller evaluates a commit. Whatever the input, the
+// fuzzBudget, as the controller evaluates a commit. Whatever the input, the
 // evaluation must end within the budget with a result or Diagnostics a user
 // can read: a hang or a crash fails with the input that caused it.
 func FuzzLoad(f *testing.F) {
@@ -45,7 +46,7 @@ func FuzzLoad(f *testing.F) {
 			f.Add(src)
 		}
 	}
-	b := testBudget
+	b := fuzzBudget
 	f.Fuzz(func(t *testing.T, src []byte) {
 		files := maps.Clone(base)
 		files["pools/fuzz.cue"] = src
@@ -65,6 +66,11 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// fuzzBudget ends every evaluation within 8 s of wall-clock time: the fuzz
+// engine takes an input still running after 10 s for a hang of the code
+// under test, which is what it must report.
+var fuzzBudget = Budget{Budget: loader.DefaultBudget, Memory: 256 << 20, CPU: 2 * time.Second, Timeout: 8 * time.Second}
 
 func exampleFiles(t testing.TB) map[string][]byte {
 	t.Helper()

@@ -51,7 +51,7 @@ func BenchmarkController1000Nodes(b *testing.B) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, herdBin, "controller",
 		"--kubeconfig", e.cp.KubeconfigPath(), "--repo", e.remote, "--cluster", "bench",
-		"--interval", "10m", "--webhook-addr", hook, "--metrics-addr", "0",
+		"--interval", "10m", "--webhook-addr", hook, "--metrics-addr", "0", "--insecure-skip-verify",
 		"--cache-dir", filepath.Join(b.TempDir(), "cache"), "--log-level", "info", "--pprof-addr", os.Getenv("HERD_BENCH_PPROF"))
 	cmd.Env = append(os.Environ(), "HERD_WEBHOOK_TOKEN=bench")
 	var logs bytes.Buffer
