@@ -81,7 +81,7 @@ func New(opts Options) (*Source, error) {
 	}
 	s := &Source{
 		opts:     opts,
-		log:      opts.Logger.With("url", opts.URL, "branch", opts.Branch),
+		log:      opts.Logger.With("url", gitutil.RedactURL(opts.URL), "branch", opts.Branch),
 		fetchRef: plumbing.NewRemoteReferenceName(remoteName, opts.Branch),
 		trigger:  make(chan struct{}, 1),
 		updates:  make(chan Revision, 1),
@@ -89,11 +89,11 @@ func New(opts Options) (*Source, error) {
 	}
 	var err error
 	if s.auth, err = opts.Auth.Method(opts.URL); err != nil {
-		return nil, fmt.Errorf("source: auth for %s: %w", opts.URL, err)
+		return nil, fmt.Errorf("source: auth for %s: %w", gitutil.RedactURL(opts.URL), err)
 	}
 	if ep, err := transport.NewEndpoint(opts.URL); err == nil {
 		if s.ssh, err = newSSHConn(ep, s.auth); err != nil {
-			return nil, fmt.Errorf("source: %s: %w", opts.URL, err)
+			return nil, fmt.Errorf("source: %s: %w", gitutil.RedactURL(opts.URL), err)
 		}
 	}
 	if opts.Verify != nil {
@@ -113,7 +113,7 @@ func New(opts Options) (*Source, error) {
 	if err := os.MkdirAll(filepath.Join(opts.CacheDir, checkoutDir), 0o755); err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
-	s.status = Status{URL: opts.URL, Branch: opts.Branch, LastApplied: opts.LastApplied}
+	s.status = Status{URL: gitutil.RedactURL(opts.URL), Branch: opts.Branch, LastApplied: opts.LastApplied}
 	return s, nil
 }
 
@@ -489,7 +489,7 @@ func (s *Source) reject(head *object.Commit, reason Reason, msg string) {
 
 func (s *Source) storageFailed(head *object.Commit, err error) {
 	s.mu.Lock()
-	s.status.Reason, s.status.Message = StorageFailed, fmt.Sprintf("checkout of %s failed: %v", short(head.Hash), err)
+	s.status.Reason, s.status.Message = StorageFailed, s.scrub(fmt.Sprintf("checkout of %s failed: %v", short(head.Hash), err))
 	s.mu.Unlock()
 	s.log.Error("checkout failed", "commit", head.Hash.String(), "err", err)
 }
@@ -506,9 +506,9 @@ func (s *Source) unavailable(err error) {
 		keep = "keeping " + shortS(s.current.Commit)
 	}
 	s.status.Reason = FetchFailed
-	s.status.Message = fmt.Sprintf("%s unavailable (%s; %s): %v", s.opts.URL, since, keep, err)
+	s.status.Message = s.scrub(fmt.Sprintf("%s unavailable (%s; %s): %v", s.opts.URL, since, keep, err))
 	s.mu.Unlock()
-	s.log.Error("source unavailable", "err", err, "since", since)
+	s.log.Error("source unavailable", "err", s.scrub(err.Error()), "since", since)
 }
 
 // contacted records a successful contact and restores the latest outcome.
@@ -526,6 +526,9 @@ func (s *Source) fetched(h plumbing.Hash) {
 	s.status.LastFetched = h.String()
 	s.mu.Unlock()
 }
+
+// scrub removes the remote's credentials from a message for status or logs.
+func (s *Source) scrub(msg string) string { return gitutil.Scrub(msg, s.opts.URL) }
 
 func subject(c *object.Commit) string {
 	first, _, _ := strings.Cut(strings.TrimSpace(c.Message), "\n")

@@ -1,11 +1,15 @@
 package source
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -474,4 +478,38 @@ func TestOverBudgetCommitRejected(t *testing.T) {
 	if cur, _ := s.Current(); cur.Commit != good {
 		t.Fatalf("current %s, want the last good %s", cur.Commit, good)
 	}
+}
+
+// Credentials in the repository URL appear neither in the status (written
+// to source.yaml on the status branch) nor in the logs.
+func TestCredentialsScrubbed(t *testing.T) {
+	const secret = "tok3n-very-secret"
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	s := startSource(t, Options{
+		URL:    "http://x-access-token:" + secret + "@127.0.0.1:1/fleet.git",
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil)),
+	})
+	st := waitStatus(t, s, "unavailable", func(st Status) bool { return st.Reason == FetchFailed })
+	mu.Lock()
+	defer mu.Unlock()
+	for what, text := range map[string]string{"status URL": st.URL, "status message": st.Message, "logs": logs.String()} {
+		if strings.Contains(text, secret) || strings.Contains(text, "x-access-token") {
+			t.Errorf("%s holds the credentials: %s", what, text)
+		}
+	}
+	if !strings.Contains(st.URL, "redacted@127.0.0.1:1") {
+		t.Errorf("status URL %q", st.URL)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

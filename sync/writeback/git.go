@@ -22,6 +22,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/go-git/go-git/v5/plumbing/transport/client"
 	"github.com/go-git/go-git/v5/storage/memory"
+
+	"herd.dev/herd/sync/gitutil"
 )
 
 // maxStoreObjects bounds the in-memory object store; past it the store is
@@ -87,7 +89,7 @@ func (w *Writer) write(ctx context.Context, snap state) error {
 		w.log.Debug("status push lost a race; rebuilding", "attempt", attempt+1, "err", err)
 	}
 	w.recordError(last)
-	return fmt.Errorf("write status to %s %s: %w", w.opts.URL, w.opts.Branch, last)
+	return fmt.Errorf("write status to %s %s: %w", gitutil.RedactURL(w.opts.URL), w.opts.Branch, last)
 }
 
 // tryWrite makes one attempt; it returns the pushed commit, or the zero

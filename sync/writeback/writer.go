@@ -153,11 +153,11 @@ func New(opts Options) (*Writer, error) {
 	}
 	auth, err := opts.Auth.Method(opts.URL)
 	if err != nil {
-		return nil, fmt.Errorf("writeback: auth for %s: %w", opts.URL, err)
+		return nil, fmt.Errorf("writeback: auth for %s: %w", gitutil.RedactURL(opts.URL), err)
 	}
 	return &Writer{
 		opts:   opts,
-		log:    opts.Logger.With("url", opts.URL, "branch", opts.Branch, "cluster", opts.Cluster),
+		log:    opts.Logger.With("url", gitutil.RedactURL(opts.URL), "branch", opts.Branch, "cluster", opts.Cluster),
 		auth:   auth,
 		ep:     ep,
 		latest: state{pools: map[string]*poolState{}},
