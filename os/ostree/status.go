@@ -41,7 +41,7 @@ type Deployment struct {
 	// OSKernelArgs are the boot entry's arguments that belong to the OS,
 	// which deploys keep (see Sysroot.PoolArg).
 	OSKernelArgs []string
-	Origin     string // refspec from the .origin file, when present
+	Origin       string // refspec from the .origin file, when present
 }
 
 // ID is "osname checksum.serial", as ostree admin status prints it.
