@@ -3,10 +3,14 @@ package controller
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -212,7 +216,7 @@ func Run(ctx context.Context, cfg Config) error {
 	status := &sourcestatus.Updater{
 		Client: mgr.GetClient(),
 		Source: src,
-		Spec: herdsource.Spec{URL: cfg.Repo, Branch: cmp.Or(cfg.Branch, "main"), Path: cfg.Path,
+		Spec: herdsource.Spec{URL: gitutil.RedactURL(cfg.Repo), Branch: cmp.Or(cfg.Branch, "main"), Path: cfg.Path,
 			Interval: metav1.Duration{Duration: cmp.Or(cfg.Interval, time.Minute)}, Verify: cfg.Verify != nil},
 		Events: recorder,
 	}
@@ -221,7 +225,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	r := New(mgr, Options{
 		Source:   src,
-		History:  gitHistory(src.GitDir(), cfg.Path, cfg.Budget),
+		History:  gitHistory(src.GitDir(), cfg.Path, fleets.loadFiles),
 		Status:   sink,
 		Events:   recorder,
 		Metrics:  reconcileMetrics(),
@@ -269,13 +273,15 @@ func appliedRevision(ctx context.Context, c client.Reader) (string, error) {
 }
 
 // evaluator evaluates fleet revisions in a child process under the budget
-// and keeps the last result, so the reconciler takes on the revision the
-// source validated without evaluating it again.
+// and keeps the last result, so the reconciler, and the history walk that
+// starts at the same revision, take on what the source validated without
+// evaluating it again.
 type evaluator struct {
 	budget sandbox.Budget
 
 	mu  sync.Mutex
 	dir string
+	key string // of the files the result was evaluated from
 	res *loader.Result
 }
 
@@ -303,15 +309,40 @@ func (e *evaluator) load(ctx context.Context, dir string) (*loader.Result, error
 	if err != nil {
 		return nil, err
 	}
-	e.dir, e.res = dir, res
+	e.dir, e.res, e.key = dir, res, ""
+	if files, err := e.budget.ReadDir(dir); err == nil {
+		e.key = filesKey(files)
+	}
 	return res, nil
 }
 
+// loadFiles evaluates a fleet's files, or returns the last result when they
+// are the files it was evaluated from.
+func (e *evaluator) loadFiles(ctx context.Context, files map[string][]byte) (*loader.Result, error) {
+	e.mu.Lock()
+	res, key := e.res, e.key
+	e.mu.Unlock()
+	if res != nil && key != "" && key == filesKey(files) {
+		return res, nil
+	}
+	return sandbox.Load(ctx, files, e.budget)
+}
+
+// filesKey identifies a fleet's files by their names and contents.
+func filesKey(files map[string][]byte) string {
+	h := sha256.New()
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		fmt.Fprintf(h, "%d:%s%d:", len(name), name, len(files[name]))
+		h.Write(files[name])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
 // gitHistory evaluates the fleet's earlier revisions from the source's copy
-// of the remote, each in a child process under the budget (an earlier
-// commit may be one the source rejected), keeping evaluated trees between
-// calls.
-func gitHistory(gitDir, path string, budget sandbox.Budget) func(commit string) (*revisions.History, error) {
+// of the remote with evaluate (in a child process under the budget: an
+// earlier commit may be one the source rejected), keeping evaluated trees
+// between calls.
+func gitHistory(gitDir, path string, evaluate func(context.Context, map[string][]byte) (*loader.Result, error)) func(commit string) (*revisions.History, error) {
 	cache := revisions.NewCache()
 	return func(commit string) (*revisions.History, error) {
 		// Opened for each new revision: go-git caches the list of packs,
@@ -322,7 +353,7 @@ func gitHistory(gitDir, path string, budget sandbox.Budget) func(commit string) 
 		}
 		repo.Cache = cache
 		repo.Evaluate = func(files map[string][]byte) (*loader.Result, error) {
-			return sandbox.Load(context.Background(), files, budget)
+			return evaluate(context.Background(), files)
 		}
 		return repo.LoadFrom(commit, HistoryDepth)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"herd.dev/herd/schema/loader"
 	"herd.dev/herd/schema/sandbox"
 	"herd.dev/herd/sync/source"
 	"herd.dev/herd/test/fleettest"
@@ -44,5 +45,18 @@ func TestEvaluator(t *testing.T) {
 	again, err := e.load(context.Background(), good)
 	if err != nil || again != first {
 		t.Errorf("load after validate evaluated again: %p, %p, %v", first, again, err)
+	}
+	// The history walk's first revision is the validated one: no second
+	// evaluation either; other files are evaluated.
+	files, err := loader.ReadDir(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromFiles, err := e.loadFiles(context.Background(), files); err != nil || fromFiles != first {
+		t.Errorf("loadFiles of the validated files evaluated again: %p, %v", fromFiles, err)
+	}
+	files["pools/extra.cue"] = []byte("package fleet\n")
+	if other, err := e.loadFiles(context.Background(), files); err != nil || other == first {
+		t.Errorf("loadFiles of other files returned the cached result: %v", err)
 	}
 }
