@@ -32,6 +32,9 @@ type cluster struct {
 	r                                *rand.Rand
 
 	log []string // what happened, for scenario output
+
+	rm         *repairModel // faults, conditions and repairs (repair_test.go)
+	repairKept RepairState  // what the HerdPool status keeps of repairs
 }
 
 // mnode is a node: what the planner sees, and what its agent does.
@@ -102,7 +105,8 @@ func (c *cluster) node(name string) *mnode {
 // input is the planner's input as the controller observes it.
 func (c *cluster) input() Input {
 	in := Input{Pools: []Pool{c.pool()}, Now: c.now, Earlier: c.earlier, Freeze: c.freeze,
-		Rollouts: map[string]Rollout{"p": c.state}, Resume: map[string]string{"p": c.resume}}
+		Rollouts: map[string]Rollout{"p": c.state}, Resume: map[string]string{"p": c.resume},
+		Repairs: map[string]RepairState{"p": c.repairKept}}
 	for _, n := range c.nodes {
 		in.Nodes = append(in.Nodes, n.Node)
 	}
@@ -122,6 +126,9 @@ func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 			c.attempt++ // forgiven nodes are tried again: a new attempt
 		}
 	}
+	if pp.StartsRepairs() {
+		c.repairKept = pp.NextRepairs // written ahead: a repair is counted before it starts
+	}
 	for _, a := range pp.Actions {
 		if keep != nil && !keep(a) {
 			continue
@@ -129,7 +136,7 @@ func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 		c.act(a)
 	}
 	if keep == nil {
-		c.state = pp.Next
+		c.state, c.repairKept = pp.Next, pp.NextRepairs
 	}
 	return pp
 }
@@ -138,6 +145,10 @@ func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 // looks at the node first and does only what is missing.
 func (c *cluster) act(a Action) {
 	n := c.node(a.Node)
+	if a.Repair != nil {
+		c.actRepair(n, a)
+		return
+	}
 	switch a.Kind {
 	case ActStart:
 		if a.Drain {
@@ -266,6 +277,7 @@ func (c *cluster) agents() (rebooted []*mnode) {
 			c.logf("%s booted %s", n.Name, c.name(n.applying.OSCommit))
 		}
 	}
+	c.repairAgents()
 	return rebooted
 }
 
@@ -301,6 +313,12 @@ func (c *cluster) describeActions(pp PoolPlan) string {
 					b.WriteString(" " + f.name)
 				}
 			}
+		}
+		if rs := a.Repair; rs != nil && rs.State != nil {
+			fmt.Fprintf(&b, " %s", rs.State.Action)
+		}
+		if a.Repair != nil && a.Repair.DryRun {
+			b.WriteString(" dry-run")
 		}
 		if a.Why != nil {
 			fmt.Fprintf(&b, " (%s)", a.Why.Message())

@@ -47,7 +47,9 @@ var regressionSeeds = []uint64{113, 137, 140, 143}
 //   - 139: a node reboots twice toward one target in one attempt (a
 //     rollback to the last good target, then forward again).
 //   - 540: the pool does not converge after the calm.
-var openSeeds = []uint64{139, 540}
+//   - 141, 941: as 139, in runs where repairs changed the rollout's course
+//     (faults make nodes NotReady); no repair touches the node.
+var openSeeds = []uint64{139, 540, 141, 941}
 
 const modelSteps = 360
 
@@ -86,13 +88,22 @@ type model struct {
 	drained    map[string]int             // drains by node, target and attempt
 	rebooted   map[string]int             // reboots by node, target and attempt
 	fellBack   map[string]map[string]bool // nodes whose boot of a target fell back
+	starts     []repairStart              // rungs started (repair_model_test.go)
+	rrnd       *rand.Rand                 // the repairs' draws, apart: the rollout's replay as before
+	toldBefore map[string]told            // each node's target before the step
+}
+
+// told is the target a node was told, and when.
+type told struct {
+	hash string
+	at   time.Time
 }
 
 func newModel(t *testing.T, seed uint64) *model {
 	r := rand.New(rand.NewPCG(seed, 7))
 	c := newCluster(time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC))
 	c.r = r
-	m := &model{cluster: c, t: t, seed: seed, rnd: r, startedAt: map[string]bool{}, drained: map[string]int{}, rebooted: map[string]int{}, fellBack: map[string]map[string]bool{}}
+	m := &model{cluster: c, t: t, seed: seed, rnd: r, rrnd: rand.New(rand.NewPCG(seed, 13)), startedAt: map[string]bool{}, drained: map[string]int{}, rebooted: map[string]int{}, fellBack: map[string]map[string]bool{}}
 	m.push(m.newTarget())
 	for i := range 8 + r.IntN(25) {
 		m.addNode(fmt.Sprintf("n-%02d", i), []string{"a", "b", "c"}[i%3], false)
@@ -124,6 +135,7 @@ func (m *model) newTarget() Pool {
 		if r.IntN(3) == 0 {
 			s.Rollout.Quarantine = &schema.Quarantine{After: 1 + r.IntN(2)}
 		}
+		m.repairPolicy(s)
 	})
 	if r.IntN(3) == 0 {
 		w, err := schema.Window{Days: []string{"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}, Start: "06:00", End: "18:00", TimeZone: "Europe/Berlin"}.Compile()
@@ -148,7 +160,7 @@ func (m *model) dump() string {
 	out := fmt.Sprintf("target %s/%s (maxUnavailable %s, canary %d, maxFailures %d, %s), last good %s; state: halt %q, rolling back %v, forgiven %v\n",
 		short(p.Hash), short(p.Spec.OS.Commit), p.Spec.Rollout.MaxUnavailable, p.Spec.Rollout.Canary, p.Spec.Rollout.MaxFailures, p.Spec.Rollout.FailurePolicy,
 		short(m.lastGood.Hash), s.Halt.Message(), s.RollingBack, s.Forgiven)
-	out += m.describeNodes()
+	out += m.describeNodes() + m.describeRepairState()
 	return out + strings.Join(m.log, "\n")
 }
 
@@ -201,6 +213,7 @@ func (m *model) events() {
 	case 5:
 		m.freeze = !m.freeze
 	}
+	m.repairEvents()
 }
 
 // calm ends the trouble: no more failures; someone lifts the freeze and
@@ -213,6 +226,7 @@ func (m *model) calm() {
 	}
 	m.freeze = false
 	m.resume = "calm"
+	m.calmRepairs()
 }
 
 // step runs the agents and one reconcile, crashing after a random subset
@@ -235,17 +249,27 @@ func (m *model) step(crash bool) {
 	}
 	before := map[string]bool{}
 	drainStarted := map[string]bool{}
+	m.toldBefore = map[string]told{}
 	for _, n := range m.nodes {
 		before[n.Name] = m.out(n)
 		drainStarted[n.Name] = !n.DrainStarted.IsZero()
+		m.toldBefore[n.Name] = told{n.DesiredConfig, n.Dispatched}
 	}
 	var keep func(Action) bool
 	if crash {
-		keep = func(Action) bool { return m.rnd.IntN(2) == 0 }
+		keep = func(a Action) bool {
+			if a.Repair != nil {
+				return m.rrnd.IntN(2) == 0
+			}
+			return m.rnd.IntN(2) == 0
+		}
 	}
 	p := m.pool()
+	m.replaceMarked()
+	snap := m.snapshotRepairs()
 	pp := m.controller(keep)
 	m.check(pp, p, before, drainStarted)
+	m.checkRepairs(pp, snap, crash)
 	m.updateLastGood()
 }
 
@@ -273,7 +297,7 @@ func (m *model) check(pp PoolPlan, p Pool, before, drainStarted map[string]bool)
 				taken = append(taken, n.Name)
 			}
 		}
-		if !drainStarted[n.Name] && !n.DrainStarted.IsZero() {
+		if !drainStarted[n.Name] && !n.DrainStarted.IsZero() && n.Remediation == nil { // a repair's drain is not the rollout's
 			k := fmt.Sprintf("%s/%s/%v/%d", n.Name, p.Hash, m.state.RollingBack, m.attempt)
 			if m.drained[k]++; m.drained[k] > 1 {
 				m.fatalf("%s drained twice toward %s in one attempt", n.Name, short(p.Hash))
@@ -281,13 +305,14 @@ func (m *model) check(pp PoolPlan, p Pool, before, drainStarted map[string]bool)
 		}
 	}
 	budget := p.Spec.Rollout.MaxUnavailable.Resolve(members)
-	if len(taken) > 0 {
-		if out > budget {
-			m.fatalf("took %v out: %d of %d nodes out, maxUnavailable %d", taken, out, members, budget)
-		}
-		if m.freeze || !p.Windows.Open(m.now) {
-			m.fatalf("took %v out while frozen (%v) or outside the windows", taken, m.freeze)
-		}
+	if len(taken) > 0 && out > budget {
+		m.fatalf("took %v out: %d of %d nodes out, maxUnavailable %d", taken, out, members, budget)
+	}
+	// Repairs take nodes out too, bound to the budget, but not to windows,
+	// a freeze or a canary.
+	taken = slices.DeleteFunc(taken, func(name string) bool { return m.node(name).Remediation != nil })
+	if len(taken) > 0 && (m.freeze || !p.Windows.Open(m.now)) {
+		m.fatalf("took %v out while frozen (%v) or outside the windows", taken, m.freeze)
 	}
 	m.checkCanary(p, taken)
 	for _, n := range m.nodes {
@@ -326,7 +351,7 @@ func (m *model) checkCanary(p Pool, taken []string) {
 	}
 	going := 0 // taken out toward the target, and neither failed nor back
 	for name := range m.startedAt {
-		if n := m.node(name); m.out(n) && n.State != schema.StateDegraded && n.FailedTarget != p.Hash {
+		if n := m.node(name); m.out(n) && n.State != schema.StateDegraded && n.FailedTarget != p.Hash && n.Remediation == nil {
 			going++
 		}
 	}
@@ -344,7 +369,11 @@ func (m *model) reallyFailed(n *mnode, hash string) bool {
 	if m.fellBack[n.Name][hash] {
 		return true
 	}
-	return n.DesiredConfig == hash && m.now.Sub(n.Dispatched) > m.pool().Spec.Rollout.NodeTimeoutDuration()
+	timeout := m.pool().Spec.Rollout.NodeTimeoutDuration()
+	if d, ok := m.toldBefore[n.Name]; ok && d.hash == hash && m.now.Sub(d.at) > timeout {
+		return true // it timed out, and the step sent it elsewhere (a rollback)
+	}
+	return n.DesiredConfig == hash && m.now.Sub(n.Dispatched) > timeout
 }
 
 // updateLastGood notes the target once every node runs it.
@@ -367,7 +396,7 @@ func (m *model) updateLastGood() {
 func (m *model) converged() {
 	p := m.pool()
 	retried := false
-	for range 600 {
+	for range 900 { // 75 hours: a one-at-a-time rollout with soaks and repairs takes long
 		m.now = m.now.Add(5 * time.Minute)
 		m.step(false)
 		if m.state.Halt != nil && m.state.Halt.Code != CodeRolledBack {
@@ -378,11 +407,12 @@ func (m *model) converged() {
 			// once they really failed: herd resume.
 			m.resume, retried = "retry", true
 		}
-		if m.atTarget(p) {
+		if _, over := m.repairsOver(); over && m.atTarget(p) {
 			return
 		}
 	}
-	m.fatalf("the nodes did not converge on %s", short(p.Hash))
+	why, _ := m.repairsOver()
+	m.fatalf("the nodes did not converge on %s %s", short(p.Hash), why)
 }
 
 // failedWithinBudget reports whether the rollout sits with failed nodes that
