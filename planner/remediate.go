@@ -546,7 +546,8 @@ func (r *repairer) healed(n *Node, st *schema.RemediationState) bool {
 	if after.IsZero() {
 		after = st.Started
 	}
-	return !n.Conditions[i].Heartbeat.Before(after)
+	// Node conditions keep whole seconds: compare to the second.
+	return !n.Conditions[i].Heartbeat.Before(after.Truncate(time.Second))
 }
 
 // escalate gives way to the next rung, or quarantines the node after the

@@ -91,6 +91,12 @@ func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, n
 		out.mu.Unlock()
 		return nil
 	}
+	if a.Repair != nil {
+		if err := r.repair(ctx, obs, p, node, a, out); err != nil {
+			return err
+		}
+		return done()
+	}
 	switch a.Kind {
 	case planner.ActStart:
 		if a.Drain {

@@ -81,6 +81,12 @@ type Options struct {
 	// Evaluate evaluates the fleet of an accepted revision; default: in a
 	// child process within sandbox.DefaultBudget.
 	Evaluate func(ctx context.Context, dir string) (*loader.Result, error)
+	// Cluster names the cluster, for the replacement webhook.
+	Cluster string
+	// ReplaceWebhook, set by the operator (never by the fleet repo), is
+	// posted a ReplaceRequest for every node a repair marks for
+	// replacement; "" for none.
+	ReplaceWebhook string
 }
 
 // HistoryDepth is how many earlier fleet revisions the controller
@@ -229,6 +235,9 @@ func (r *Reconciler) reconcilePool(ctx context.Context, obs *observation, pp *pl
 	if err := r.store(ctx, obs, obs.pool(pp.Name)); err != nil {
 		return 0, err
 	}
+	if err := r.keepRepairs(ctx, np, pp); err != nil {
+		return 0, err
+	}
 	return 0, r.act(ctx, obs, pp, out)
 }
 
@@ -238,13 +247,21 @@ func (r *Reconciler) reconcilePool(ctx context.Context, obs *observation, pp *pl
 func (r *Reconciler) wake(obs *observation, pp *planner.PoolPlan, out *outcome) time.Duration {
 	busy := len(pp.Actions) > 0 || len(pp.Soaking) > 0 || len(out.draining)+len(out.drainBlocked) > 0 ||
 		len(pp.Batches) > 0 && pp.Closed == nil && pp.Halt == nil && !pp.Paused
+	wake := time.Duration(0)
 	switch {
 	case busy:
-		return r.Resync
+		wake = r.Resync
 	case pp.Closed != nil && !pp.Closed.Time.IsZero():
-		return max(pp.Closed.Time.Sub(obs.now), r.Resync)
+		wake = max(pp.Closed.Time.Sub(obs.now), r.Resync)
 	}
-	return 0
+	if next := pp.Repairs.Next; !next.IsZero() {
+		// A problem's duration ends, or a rung's timeout: look then, to
+		// the second (the figure docs/benchmarks.md measures).
+		if d := max(next.Sub(obs.now), time.Second/4); wake == 0 || d < wake {
+			wake = d
+		}
+	}
+	return wake
 }
 
 func short(hash string) string { return schema.Short(hash) }

@@ -1,0 +1,186 @@
+package controller_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"herd.dev/herd/schema"
+	"herd.dev/herd/sync/herdpool"
+)
+
+// The controller repairs on the real API server, the test playing the
+// agents: it publishes the health conditions and answers the requests in
+// herd.dev/remediate as herd-agent does. A rung heals a node; a rung that
+// does not gives way to a reboot, which cordons, drains and gives the node
+// back; too many sick nodes at once stop every repair (Stalled); every rung
+// is on the node, in the HerdPool status and on the status branch.
+func TestRepairs(t *testing.T) {
+	e := newEnv(t)
+	e.edit("pools/general.cue", `remediation: maxUnhealthy: "34%"`, `remediation: {
+		maxUnhealthy: "34%"
+		problems: HerdKubeletUnhealthy: {duration: "1s", rungs: [{action: "restart-kubelet", timeout: "3s"}, {action: "reboot", timeout: "1m"}]}
+	}`)
+	e.push("general: quick repairs")
+	ctrl := e.startController("herd", false)
+	defer ctrl.stop(t)
+	nodes := e.addNodes("general", 6)
+	e.waitFor("general up to date", time.Minute, func() (bool, error) {
+		var np herdpool.HerdPool
+		err := e.c.Get(e.t.Context(), client.ObjectKey{Name: "general"}, &np)
+		return err == nil && np.Status.Phase == herdpool.PhaseUpToDate, nil
+	})
+
+	// A hung kubelet: restart-kubelet heals it.
+	sick := nodes[1]
+	e.health(sick, corev1.ConditionTrue, schema.ReasonKubeletHealthzFailed)
+	req := e.waitRequest(sick, schema.RepairRestartKubelet)
+	e.report(sick, req, schema.ResultSucceeded)
+	e.health(sick, corev1.ConditionFalse, schema.ReasonKubeletHealthy)
+	e.waitFor(sick+"'s repair to end", 30*time.Second, func() (bool, error) {
+		n := e.node(sick)
+		return n.Annotations[schema.AnnotationRemediation] == "", nil
+	})
+	h := e.history(sick)
+	if len(h) != 1 || h[0].Action != schema.RepairRestartKubelet || h[0].Outcome != schema.OutcomeHealed || h[0].ID != req.ID {
+		t.Fatalf("%s's history: %+v", sick, h)
+	}
+	if n := e.node(sick); n.Spec.Unschedulable {
+		t.Errorf("%s cordoned by a kubelet restart", sick)
+	}
+
+	// A kubelet restart that does not help: after its timeout (3s) a
+	// reboot, which cordons and drains the node first, and gives it back.
+	sick = nodes[2]
+	e.health(sick, corev1.ConditionTrue, schema.ReasonKubeletHealthzTimeout)
+	req = e.waitRequest(sick, schema.RepairRestartKubelet)
+	e.report(sick, req, schema.ResultSucceeded)
+	e.health(sick, corev1.ConditionTrue, schema.ReasonKubeletHealthzTimeout) // still hung
+	reboot := e.waitRequest(sick, schema.RepairReboot)
+	n := e.node(sick)
+	if !n.Spec.Unschedulable || n.Annotations[schema.AnnotationDrainStarted] == "" {
+		t.Fatalf("%s asked to reboot, uncordoned (%v) or undrained (%q)", sick, n.Spec.Unschedulable, n.Annotations[schema.AnnotationDrainStarted])
+	}
+	e.report(sick, reboot, schema.ResultSucceeded)
+	e.health(sick, corev1.ConditionFalse, schema.ReasonKubeletHealthy)
+	e.waitFor(sick+" given back after its reboot", 30*time.Second, func() (bool, error) {
+		n := e.node(sick)
+		return n.Annotations[schema.AnnotationRemediation] == "" && !n.Spec.Unschedulable, nil
+	})
+	if h := e.history(sick); len(h) != 2 || h[0].Outcome != schema.OutcomeTimedOut || h[1].Action != schema.RepairReboot || h[1].Outcome != schema.OutcomeHealed {
+		t.Fatalf("%s's history: %+v", sick, h)
+	}
+	log := e.nodePool("general").Status.Repairs.Log
+	if len(log) != 3 {
+		t.Fatalf("the HerdPool keeps %d rungs, want 3: %+v", len(log), log)
+	}
+	e.waitFor("the repairs on the status branch", 30*time.Second, func() (bool, error) {
+		out := statusFile(e, "general")
+		return strings.Count(out, "outcome: Healed") == 2 && strings.Contains(out, "outcome: TimedOut"), nil
+	})
+
+	// Three of six sick at once, more than maxUnhealthy (34%: 2): nothing
+	// is repaired, and the pool is Stalled until fewer are sick.
+	for _, name := range nodes[3:] {
+		e.health(name, corev1.ConditionTrue, schema.ReasonKubeletHealthzFailed)
+	}
+	e.waitFor("general Stalled", 30*time.Second, func() (bool, error) {
+		c := conditions.Get(e.nodePool("general"), meta.StalledCondition)
+		return c != nil && c.Reason == "RepairsStopped", nil
+	})
+	// Past the problem's duration (1s) several times over, still nothing.
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, name := range nodes[3:] {
+			if r := e.node(name).Annotations[schema.AnnotationRemediate]; r != "" {
+				t.Fatalf("%s asked for %s while the breaker holds", name, r)
+			}
+		}
+		<-time.After(200 * time.Millisecond)
+	}
+	e.health(nodes[3], corev1.ConditionFalse, schema.ReasonKubeletHealthy)
+	e.health(nodes[4], corev1.ConditionFalse, schema.ReasonKubeletHealthy)
+	e.waitRequest(nodes[5], schema.RepairRestartKubelet)
+	if c := conditions.Get(e.nodePool("general"), meta.StalledCondition); c != nil && c.Reason == "RepairsStopped" {
+		t.Errorf("still Stalled once fewer are sick: %s", c.Message)
+	}
+}
+
+func (e *env) node(name string) *corev1.Node {
+	e.t.Helper()
+	var n corev1.Node
+	if err := e.c.Get(e.t.Context(), client.ObjectKey{Name: name}, &n); err != nil {
+		e.t.Fatal(err)
+	}
+	return &n
+}
+
+// health publishes the node's HerdKubeletUnhealthy condition, as the
+// agent's Publisher does: a strategic merge patch of its status, with a
+// fresh heartbeat.
+func (e *env) health(name string, status corev1.ConditionStatus, reason schema.HealthReason) {
+	e.t.Helper()
+	now := metav1.Now()
+	body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{{
+		Type: corev1.NodeConditionType(schema.ConditionKubeletUnhealthy), Status: status, Reason: string(reason),
+		LastHeartbeatTime: now, LastTransitionTime: now,
+	}}}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.kube.CoreV1().Nodes().PatchStatus(e.t.Context(), name, body); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// waitRequest waits until the node's agent is asked for action, and
+// returns the request.
+func (e *env) waitRequest(name string, action schema.RemediationAction) schema.RemediationRequest {
+	e.t.Helper()
+	var req schema.RemediationRequest
+	e.waitFor(fmt.Sprintf("%s asked for %s", name, action), 30*time.Second, func() (bool, error) {
+		r, err := schema.ParseRemediationRequest(e.node(name).Annotations[schema.AnnotationRemediate])
+		req = r
+		return err == nil && r.Action == action, nil
+	})
+	return req
+}
+
+// report answers a request as the agent does.
+func (e *env) report(name string, req schema.RemediationRequest, res schema.RepairResult) {
+	e.t.Helper()
+	n := e.node(name)
+	before := n.DeepCopy()
+	n.Annotations[schema.AnnotationRemediated] = schema.RemediationReport{Request: req, Result: res}.String()
+	if err := e.c.Patch(e.t.Context(), n, client.MergeFrom(before)); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) history(name string) []schema.RemediationRecord {
+	e.t.Helper()
+	h, err := schema.ParseRemediationRecords(e.node(name).Annotations[schema.AnnotationRemediations])
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return h
+}
+
+// statusFile reads the pool's file on the status branch ("" before it is
+// there).
+func statusFile(e *env, pool string) string {
+	out, err := exec.Command("git", "-C", strings.TrimPrefix(e.remote, "file://"), "show", "herd/status:clusters/test/"+pool+".yaml").Output()
+	if err != nil {
+		return ""
+	}
+	return string(out)
+}
