@@ -13,9 +13,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"herd.dev/herd/node"
+	"herd.dev/herd/node/healer"
+	"herd.dev/herd/node/health"
 	"herd.dev/herd/node/systemd"
 	"herd.dev/herd/os/ostree"
 	"herd.dev/herd/schema"
@@ -28,6 +33,8 @@ type agentFlags struct {
 	remote, logLevel      string
 	osTrust               string
 	rebootTimeout         time.Duration
+	kubeletHealthz        string
+	criSocket             string
 }
 
 func newAgentCmd() *cobra.Command {
@@ -56,6 +63,14 @@ joins registers with the taint herd.dev/converging (kubelet
 --register-with-taints=herd.dev/converging=:NoSchedule); the agent removes
 it, and only it, once the node is Idle at its target.
 
+Beside that, every 10 s it checks the node (kubelet's /healthz and Lease,
+PLEG, the runtime's CRI, leftover pod sandboxes, disk, memory pressure, OS
+drift) and publishes Herd's Node conditions; it answers herd diagnose's
+NodeDiagnostics for its node; and it carries out, once, the repair the
+controller asks for in herd.dev/remediate (restart kubelet or containerd
+through systemd, clean sandboxes, reboot after an evidence bundle) and
+reports it in herd.dev/remediated (docs/health.md).
+
 Its journal, the manifest of the files it wrote and their previous versions
 live in --state-dir, so an agent killed at any point finishes the change
 when it starts again. It runs as root on the node, with a ServiceAccount
@@ -76,6 +91,8 @@ token bound to its pod (see config/agent).`,
 	fl.StringVar(&f.remote, "remote", "", "OSTree remote to pull from when the rendered config names none")
 	fl.DurationVar(&f.rebootTimeout, "reboot-timeout", node.DefaultRebootTimeout, "request the reboot again when the node has not rebooted after this long")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.StringVar(&f.kubeletHealthz, "kubelet-healthz-url", health.DefaultKubeletHealthzURL, "kubelet's /healthz, which the kubelet check asks (the agent runs in the host's network)")
+	fl.StringVar(&f.criSocket, "cri-socket", "", "the container runtime's CRI socket (default /run/containerd/containerd.sock under --root)")
 	return cmd
 }
 
@@ -116,6 +133,12 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags) error {
 	defer stop()
 	units := &systemd.Units{}
 	defer units.Close()
+	// One watch of its own Node, for the agent and its health side.
+	watch, err := node.WatchNodes(ctx, cs, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", f.node).String()})
+	if err != nil {
+		return failure(fmt.Errorf("watch node %s: %w", f.node, err))
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	a, err := node.New(node.Options{
 		NodeName: f.node,
 		Client:   cs,
@@ -128,13 +151,37 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags) error {
 		OSTrustFile:   f.osTrust,
 		Services:      units,
 		Rebooter:      systemd.Logind{},
-		Log:           slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+		Feed:          watch.Feed(f.node),
+		Log:           log,
 		RebootTimeout: f.rebootTimeout,
 	})
 	if err != nil {
 		return failure(err)
 	}
-	if err := a.Run(ctx); err != nil {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return failure(fmt.Errorf("kubernetes client: %w", err))
+	}
+	bootID, err := os.ReadFile(filepath.Join(f.root, "proc/sys/kernel/random/boot_id"))
+	if err != nil {
+		return failure(fmt.Errorf("read the boot ID: %w", err))
+	}
+	healed := make(chan error, 1)
+	go func() {
+		healed <- healer.Run(ctx, healer.Options{
+			NodeName: f.node, Client: cs, Dynamic: dyn, Feed: watch.Feed(f.node),
+			Root: f.root, StateDir: f.stateDir, BootID: strings.TrimSpace(string(bootID)),
+			KubeletHealthzURL: f.kubeletHealthz, CRISocket: f.criSocket,
+			Units: units, Rebooter: systemd.Logind{},
+			Sysroot: &ostree.Sysroot{Path: f.sysroot, OSName: osname}, Log: log,
+		})
+	}()
+	err = a.Run(ctx)
+	stop() // the health side stops with the agent
+	if herr := <-healed; err == nil {
+		err = herr
+	}
+	if err != nil {
 		return failure(err)
 	}
 	return nil

@@ -20,6 +20,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -134,6 +135,24 @@ type Options struct {
 	KeepNodes bool
 	// Log receives the simulator's and the agents' logs; nil discards them.
 	Log *slog.Logger
+
+	// Healer runs each node's health side beside its agent (node/healer):
+	// the checks and their conditions, herd diagnose's answers, repairs.
+	// Unit restarts restart the simulated kubelet (clearing its faults,
+	// InjectKubeletFault) or the node's runtime (Runtimes).
+	Healer bool
+	// CheckInterval of the healers; schema.DefaultCheckInterval when zero.
+	CheckInterval time.Duration
+	// Runtimes gives nodes, by name, a real container runtime: its CRI
+	// socket, which the runtime and sandbox checks read, and how to
+	// restart it. Other nodes have none (no runtime checks).
+	Runtimes map[string]Runtime
+}
+
+// Runtime is a node's container runtime: a real containerd in tests.
+type Runtime struct {
+	Socket  string
+	Restart func(ctx context.Context) error
 }
 
 // Fleet is a running simulation.
@@ -141,12 +160,14 @@ type Fleet struct {
 	opts    Options
 	log     *slog.Logger
 	cs      kubernetes.Interface
+	dyn     dynamic.Interface // herd diagnose's NodeDiagnostics, for the healers
 	repo    *osfixture.Repo
 	dir     string
 	tmpDir  bool
 	shm     string
 	watch   *node.NodeWatch
 	kubelet *kubelet
+	healthz string // the kubelets' /healthz server
 	started time.Duration
 
 	mu       sync.Mutex
@@ -242,8 +263,12 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("sim: client: %w", err)
 	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("sim: client: %w", err)
+	}
 
-	f := &Fleet{opts: opts, log: log, cs: cs, nodes: map[string]*simNode{}, poolSize: map[string]int{}, failBoot: map[string]*failSet{}}
+	f := &Fleet{opts: opts, log: log, cs: cs, dyn: dyn, nodes: map[string]*simNode{}, poolSize: map[string]int{}, failBoot: map[string]*failSet{}}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -271,6 +296,9 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 	}
 	f.kubelet, err = startKubelet(f.ctx, f)
 	if err != nil {
+		return nil, err
+	}
+	if f.healthz, err = f.kubelet.serveHealthz(f.ctx); err != nil {
 		return nil, err
 	}
 
@@ -434,6 +462,9 @@ func (f *Fleet) setupNode(ctx context.Context, n *simNode) error {
 	if err := n.newBoot(); err != nil {
 		return err
 	}
+	if err := healthDirs(n.root); err != nil {
+		return err
+	}
 	if f.repo.KeyPath != "" {
 		key, err := os.ReadFile(f.repo.KeyPath)
 		if err != nil {
@@ -492,6 +523,11 @@ func (f *Fleet) waitReported(ctx context.Context, names []string) error {
 // same state directory.
 func (f *Fleet) runNode(n *simNode) {
 	defer f.wg.Done()
+	feed := f.watch.Feed(n.name)
+	var healed node.NodeFeed
+	if f.opts.Healer {
+		healed = f.watch.Feed(n.name)
+	}
 	for {
 		actx, stop := context.WithCancel(f.ctx)
 		a, err := node.New(node.Options{
@@ -504,7 +540,7 @@ func (f *Fleet) runNode(n *simNode) {
 			OSTrustFile:    f.opts.TrustFile,
 			Services:       services{},
 			Rebooter:       rebooter(n.reboot),
-			Feed:           f.watch.Feed(n.name),
+			Feed:           feed,
 			Metrics:        n.metrics,
 			Log:            f.log,
 			RebootTimeout:  time.Hour,
@@ -516,13 +552,16 @@ func (f *Fleet) runNode(n *simNode) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- a.Run(actx) }()
+		healerDone := f.startHealer(actx, n, healed)
 		select {
 		case <-f.ctx.Done():
 			stop()
 			<-done
+			<-healerDone
 			return
 		case err := <-done:
 			stop()
+			<-healerDone
 			if f.ctx.Err() == nil {
 				f.log.Error("sim: agent stopped", "node", n.name, "err", err)
 			}
@@ -532,6 +571,7 @@ func (f *Fleet) runNode(n *simNode) {
 		// The reboot: the agent goes down with the node.
 		stop()
 		<-done
+		<-healerDone
 		f.kubelet.setReady(n, false)
 		t := time.NewTimer(f.opts.RebootDelay)
 		select {
@@ -558,6 +598,7 @@ func (f *Fleet) runNode(n *simNode) {
 			n.bootFailures++
 		}
 		n.mu.Unlock()
+		f.kubelet.booted(n.name)
 		f.kubelet.setReady(n, true)
 	}
 }
@@ -795,10 +836,11 @@ type simNode struct {
 	metrics          *node.Metrics
 	reboot           chan struct{}
 
-	mu           sync.Mutex
-	boots        int
-	bootFailures int
-	bootN        int
+	mu            sync.Mutex
+	boots         int
+	bootFailures  int
+	bootN         int
+	runtimeStarts int // its runtime's restarts by repairs
 }
 
 func (n *simNode) keysDir() string { return filepath.Join(n.root, "etc/herd/trusted.gpg.d") }
