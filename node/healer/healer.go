@@ -53,8 +53,8 @@ type Options struct {
 	NoRuntime bool
 	// SandboxGrace: health.DefaultSandboxGrace when zero.
 	SandboxGrace time.Duration
-	Units     remedy.Units
-	Rebooter  remedy.Rebooter
+	Units        remedy.Units
+	Rebooter     remedy.Rebooter
 	// Sysroot, when set, adds the OSTree deployments to the diagnosis.
 	Sysroot *ostree.Sysroot
 	// Interval between check rounds: schema.DefaultCheckInterval when zero.
