@@ -573,6 +573,7 @@ func (r *repairer) escalate(n *Node, st *schema.RemediationState, why *Reason, w
 	}
 	ended := st.Record(outcome, why.Message())
 	next := r.newState(n, st.Problem, st.Reason, st.Rung+1, rung.Action)
+	next.Since = st.Since
 	r.begin(n, next, &ended, why)
 }
 
@@ -624,6 +625,7 @@ func (r *repairer) start(n *Node, s Sick) {
 		return
 	}
 	st := r.newState(n, s.Problem, s.Reason, 0, rung.Action)
+	st.Since = s.Since
 	r.begin(n, st, nil, &Reason{Code: CodeProblem, Problem: s.Problem, Health: s.Reason, Duration: r.now.Sub(s.Since).Truncate(time.Second)})
 }
 

@@ -143,8 +143,11 @@ type RemediationState struct {
 	// Requested is when the agent was asked (after the drain, for a rung
 	// that takes the node down); the rung's timeout runs from it.
 	Requested time.Time `json:"requested,omitzero"`
-	Cordoned  bool      `json:"cordoned,omitempty"` // the repair cordoned the node
-	Marked    time.Time `json:"marked,omitzero"`    // replace: when the node was marked for replacement
+	// Since is when the problem's condition turned on: the repair's
+	// first rung started its ladder's duration after it.
+	Since    time.Time `json:"since,omitzero"`
+	Cordoned bool      `json:"cordoned,omitempty"` // the repair cordoned the node
+	Marked   time.Time `json:"marked,omitzero"`    // replace: when the node was marked for replacement
 }
 
 // Request is the agent's request of the state's rung.

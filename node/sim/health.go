@@ -40,6 +40,7 @@ func (f *Fleet) startHealer(ctx context.Context, n *simNode, feed node.NodeFeed)
 		Units:             &simUnits{f: f, n: n},
 		Rebooter:          rebooter(n.reboot),
 		Interval:          f.opts.CheckInterval,
+		SandboxGrace:      f.opts.SandboxGrace,
 		Log:               f.log,
 	}
 	go func() {
@@ -67,6 +68,7 @@ func (u *simUnits) Restart(ctx context.Context, unit string) error {
 		u.n.mu.Lock()
 		u.n.runtimeStarts++
 		u.n.mu.Unlock()
+		u.f.kubelet.runtimeRestarted(u.n.name)
 		if rt, ok := u.f.opts.Runtimes[u.n.name]; ok && rt.Restart != nil {
 			return rt.Restart(ctx)
 		}

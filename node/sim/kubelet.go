@@ -50,8 +50,9 @@ type nodeState struct {
 }
 
 // KubeletFault is what goes wrong with a simulated node's kubelet. A
-// kubelet restart clears it unless it Survives the restart; a reboot
-// clears it unless it Survives the reboot too.
+// kubelet restart clears it unless it Survives the restart (a runtime
+// restart clears PLEG too); a reboot clears it unless it Survives the
+// reboot too.
 type KubeletFault struct {
 	NoLease   bool // it stops renewing the node's Lease (the node goes NotReady once the Lease expires)
 	NoHealthz bool // its /healthz answers 500
@@ -421,6 +422,21 @@ func (k *kubelet) restart(name string) error {
 		return k.renewLease(ctx, name, uid)
 	}
 	return nil
+}
+
+// runtimeRestarted clears a PLEG fault that a runtime restart clears: a
+// PLEG that stalls on a hung runtime relists once it answers again.
+func (k *kubelet) runtimeRestarted(name string) {
+	k.mu.Lock()
+	st := k.state[name]
+	cleared := st != nil && st.fault.PLEG && st.fault.Survives < SurvivesRestart
+	if cleared {
+		st.fault.PLEG = false
+	}
+	k.mu.Unlock()
+	if cleared {
+		_ = k.postStatus(k.f.ctx, name)
+	}
 }
 
 // booted clears the faults a reboot clears.

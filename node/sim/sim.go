@@ -124,7 +124,8 @@ type Options struct {
 	QPS   float32
 	Burst int
 	// LeaseDuration and LeaseRenew: node Leases last LeaseDuration
-	// (default 40s) and are renewed every LeaseRenew (default 10s).
+	// (default 40s) and are renewed every LeaseRenew (default a quarter
+	// of it, 10s, as kubelet does).
 	LeaseDuration, LeaseRenew time.Duration
 	// StatusInterval is how often Ready is re-posted besides changes;
 	// default 5m, as the kubelet's nodeStatusReportFrequency.
@@ -143,6 +144,9 @@ type Options struct {
 	Healer bool
 	// CheckInterval of the healers; schema.DefaultCheckInterval when zero.
 	CheckInterval time.Duration
+	// SandboxGrace is how old a leftover pod sandbox must be to count
+	// (health.DefaultSandboxGrace when zero).
+	SandboxGrace time.Duration
 	// Runtimes gives nodes, by name, a real container runtime: its CRI
 	// socket, which the runtime and sandbox checks read, and how to
 	// restart it. Other nodes have none (no runtime checks).
@@ -244,7 +248,7 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 		opts.LeaseDuration = 40 * time.Second
 	}
 	if opts.LeaseRenew <= 0 {
-		opts.LeaseRenew = 10 * time.Second
+		opts.LeaseRenew = opts.LeaseDuration / 4 // kubelet's 10s of 40s
 	}
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 5 * time.Minute

@@ -12,6 +12,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"herd.dev/herd/schema"
@@ -183,4 +184,82 @@ func statusFile(e *env, pool string) string {
 		return ""
 	}
 	return string(out)
+}
+
+// BenchmarkProblemToRepair measures, on a real API server with 1,000 nodes
+// whose heartbeats are renewed every 10 s, the time from the end of a
+// problem's declared duration (its condition's lastTransitionTime, as the
+// API server keeps it, plus the ladder's 1s) to the first rung's request
+// on the node: the controller's share of fault-to-repair. The agent's is
+// at most one check interval (10 s) before the condition turns on.
+//
+//	go test ./sync/controller -run '^$' -bench ProblemToRepair -benchtime 20x
+func BenchmarkProblemToRepair(b *testing.B) {
+	e := newEnvTB(b)
+	e.edit("pools/general.cue", `remediation: maxUnhealthy: "34%"`, `remediation: {
+		maxPerHour: 100
+		problems: HerdKubeletUnhealthy: {duration: "1s", rungs: [{action: "restart-kubelet", timeout: "1m"}]}
+	}`)
+	e.push("general: repairs after 1s")
+	const nodes = 1000
+	e.addNodesFast(b, "general", nodes)
+	stopBeats := e.heartbeats(b, 10*time.Second)
+	defer stopBeats()
+	run := e.startControllerWith("herd", false, nil)
+	defer run.cancel()
+	e.waitForB(b, "general up to date", 2*time.Minute, func() bool {
+		var np herdpool.HerdPool
+		err := e.c.Get(b.Context(), client.ObjectKey{Name: "general"}, &np)
+		return err == nil && np.Status.Phase == herdpool.PhaseUpToDate && np.Status.Nodes == nodes
+	})
+	var total, most time.Duration
+	i := 0
+	for b.Loop() {
+		name := fmt.Sprintf("general-%04d", i*37%nodes)
+		i++
+		w, err := e.kube.CoreV1().Nodes().Watch(b.Context(), metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+		if err != nil {
+			b.Fatal(err)
+		}
+		e.health(name, corev1.ConditionTrue, schema.ReasonKubeletHealthzFailed)
+		var since time.Time
+		for _, c := range e.node(name).Status.Conditions {
+			if c.Type == corev1.NodeConditionType(schema.ConditionKubeletUnhealthy) {
+				since = c.LastTransitionTime.Time
+			}
+		}
+		req, asked := waitRequested(b, w)
+		w.Stop()
+		d := asked.Sub(since.Add(time.Second))
+		total, most = total+d, max(most, d)
+		b.StopTimer()
+		e.report(name, req, schema.ResultSucceeded)
+		e.health(name, corev1.ConditionFalse, schema.ReasonKubeletHealthy)
+		e.waitForB(b, name+"'s repair to end", time.Minute, func() bool {
+			return e.node(name).Annotations[schema.AnnotationRemediation] == ""
+		})
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(i), "ms-after-duration")
+	b.ReportMetric(float64(most.Milliseconds()), "ms-after-duration-max")
+}
+
+// waitRequested waits for the watched node's repair request, and says when
+// it arrived.
+func waitRequested(b *testing.B, w watch.Interface) (schema.RemediationRequest, time.Time) {
+	deadline := time.After(time.Minute)
+	for {
+		select {
+		case ev := <-w.ResultChan():
+			n, ok := ev.Object.(*corev1.Node)
+			if !ok {
+				continue
+			}
+			if r, err := schema.ParseRemediationRequest(n.Annotations[schema.AnnotationRemediate]); err == nil {
+				return r, time.Now()
+			}
+		case <-deadline:
+			b.Fatal("no repair asked for within a minute")
+		}
+	}
 }

@@ -45,6 +45,8 @@ type Entry struct {
 	// RevertedBy lists later commits that undid this one's change.
 	RevertedBy []string `json:"revertedBy,omitempty"`
 	Events     []Event  `json:"events,omitempty"`
+
+	first bool // the fleet's first revision: shown whatever it changed
 }
 
 // PoolChange is what a commit changed in one pool.
@@ -113,7 +115,19 @@ func Load(opts Options) ([]Entry, error) {
 			e.Events = append(e.Events, ev.Event)
 		}
 	}
-	return entries, nil
+	// An entry shows what a commit changed (of the pool asked for), or
+	// that it was invalid; the first one always; any under which a node
+	// was repaired, whatever it changed.
+	oldest := len(revs) - 1
+	if len(entries) > 0 && oldest >= opts.Limit {
+		oldest = -1 // the oldest shown is not the repository's first
+	}
+	for i := range entries {
+		entries[i].first = i == oldest
+	}
+	return slices.DeleteFunc(entries, func(e Entry) bool {
+		return len(e.Changes) == 0 && e.Invalid == "" && !e.first && !slices.ContainsFunc(e.Events, func(ev Event) bool { return ev.Repair })
+	}), nil
 }
 
 // specEntries diffs each revision against the one before it.
@@ -162,9 +176,7 @@ func specEntries(revs []revisions.Revision, opts Options) []Entry {
 				e.Changes = append(e.Changes, c)
 			}
 		}
-		if len(e.Changes) > 0 || e.Invalid != "" || i == len(revs)-1 {
-			out = append(out, e)
-		}
+		out = append(out, e) // Load keeps those that show something
 	}
 	return out
 }

@@ -52,6 +52,15 @@ type Options struct {
 	Log *slog.Logger
 	// Progress receives a line per setup step; nil discards.
 	Progress io.Writer
+
+	// Healer runs each simulated node's health side (checks, herd
+	// diagnose, repairs) every CheckInterval, with Leases of LeaseDuration
+	// (sim's defaults when zero) and the nodes' real Runtimes.
+	Healer        bool
+	CheckInterval time.Duration
+	LeaseDuration time.Duration
+	SandboxGrace  time.Duration
+	Runtimes      map[string]sim.Runtime
 }
 
 // Story is the running setup.
@@ -136,7 +145,9 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 
 	step("herd sim: %d nodes on real OSTree sysroots, trusting only that repository", total(opts.Pools))
 	if s.Fleet, err = sim.Start(ctx, sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay,
-		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile}); err != nil {
+		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile,
+		Healer: opts.Healer, CheckInterval: opts.CheckInterval, LeaseDuration: opts.LeaseDuration,
+		SandboxGrace: opts.SandboxGrace, Runtimes: opts.Runtimes}); err != nil {
 		return s, err
 	}
 
