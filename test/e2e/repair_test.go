@@ -332,5 +332,3 @@ func (r *run) history(t *testing.T, name string) []schema.RemediationRecord {
 	}
 	return h
 }
-
-
