@@ -35,6 +35,7 @@ type agentFlags struct {
 	rebootTimeout         time.Duration
 	kubeletHealthz        string
 	criSocket             string
+	checkInterval         time.Duration
 }
 
 func newAgentCmd() *cobra.Command {
@@ -92,6 +93,7 @@ token bound to its pod (see config/agent).`,
 	fl.DurationVar(&f.rebootTimeout, "reboot-timeout", node.DefaultRebootTimeout, "request the reboot again when the node has not rebooted after this long")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.kubeletHealthz, "kubelet-healthz-url", health.DefaultKubeletHealthzURL, "kubelet's /healthz, which the kubelet check asks (the agent runs in the host's network)")
+	fl.DurationVar(&f.checkInterval, "check-interval", schema.DefaultCheckInterval, "how often the node's health is checked; shorter sees faults sooner, at a CPU cost (docs/benchmarks.md)")
 	fl.StringVar(&f.criSocket, "cri-socket", "", "the container runtime's CRI socket (default /run/containerd/containerd.sock under --root)")
 	return cmd
 }
@@ -173,7 +175,7 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags) error {
 			Root: f.root, StateDir: f.stateDir, BootID: strings.TrimSpace(string(bootID)),
 			KubeletHealthzURL: f.kubeletHealthz, CRISocket: f.criSocket,
 			Units: units, Rebooter: systemd.Logind{},
-			Sysroot: &ostree.Sysroot{Path: f.sysroot, OSName: osname}, Log: log,
+			Sysroot: &ostree.Sysroot{Path: f.sysroot, OSName: osname}, Interval: f.checkInterval, Log: log,
 		})
 	}()
 	err = a.Run(ctx)

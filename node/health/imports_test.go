@@ -6,13 +6,13 @@ import (
 	"testing"
 )
 
-// TestAgentImports: the agent's health, CRI and diagnose packages, built as
+// TestAgentImports: the agent's health, CRI, diagnose and repair packages, built as
 // the agent is (-tags grpcnotrace), link no CUE, CEL, kustomize or
 // controller-runtime, and no text/template: grpc's default tracing pulls in
 // html/template, whose reflection keeps every method of the binary and
 // costs the agent 18 MB of binary (docs/benchmarks.md).
 func TestAgentImports(t *testing.T) {
-	pkgs := []string{"herd.dev/herd/node", "herd.dev/herd/node/health", "herd.dev/herd/node/cri", "herd.dev/herd/node/diagnose"}
+	pkgs := []string{"herd.dev/herd/node", "herd.dev/herd/node/health", "herd.dev/herd/node/cri", "herd.dev/herd/node/diagnose", "herd.dev/herd/node/remedy", "herd.dev/herd/node/healer"}
 	out, err := exec.Command("go", append([]string{"list", "-tags", "grpcnotrace", "-deps"}, pkgs...)...).Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
