@@ -593,6 +593,9 @@ func (r *repairer) start(n *Node, s Sick) {
 	if len(ladder.Rungs) == 0 {
 		return // declared to count for the breaker, not repaired
 	}
+	if s.Since.IsZero() {
+		return // since when is not known: it never lasted long enough
+	}
 	if due := s.Since.Add(ladder.HoldFor()); r.now.Before(due) {
 		r.wake(due)
 		return
