@@ -23,7 +23,7 @@ type outcome struct {
 	failed       []string                       // failures recorded now
 	quarantined  []string                       // nodes quarantined now
 	draining     map[string]cluster.DrainResult // nodes still being drained
-	drainBlocked map[string]cluster.DrainResult // drains past their timeout
+	drainBlocked map[string]cluster.DrainResult // drains refused by the policy or past their timeout
 }
 
 func newOutcome() *outcome {
@@ -90,16 +90,18 @@ func (r *Reconciler) do(ctx context.Context, st *run, p planner.Pool, node *core
 			if err := r.nodes.Cordon(ctx, node); err != nil {
 				return err
 			}
-			res, err := r.nodes.Drain(ctx, node, cluster.DrainPolicy{
-				Timeout: p.Spec.Rollout.DrainTimeout(),
-				Force:   p.Spec.Rollout.Drain.Force,
-			}, st.now)
+			policy, err := cluster.DrainPolicyFor(p.Spec.Rollout.Drain)
+			if err != nil {
+				return fmt.Errorf("pool %s: %w", p.Name, err)
+			}
+			res, err := r.nodes.Drain(ctx, node, policy, st.now)
 			if err != nil {
 				return err
 			}
-			if !res.Done {
+			r.recordDrain(st, p, a.Node, res)
+			if !res.Done() {
 				out.mu.Lock()
-				if res.TimedOut && len(res.Blocked) > 0 {
+				if res.Blocked() {
 					out.drainBlocked[a.Node] = res
 				} else {
 					out.draining[a.Node] = res
@@ -173,11 +175,44 @@ func involved(n *corev1.Node, t planner.Target) bool {
 		schema.NodeState(a[schema.AnnotationState]).Busy()
 }
 
-// blockedPods lists the pods that block a drain, for messages.
-func blockedPods(res cluster.DrainResult) string {
-	pods := slices.Clone(res.Blocked)
-	if len(pods) > 5 {
-		pods = append(pods[:5], fmt.Sprintf("and %d more", len(res.Blocked)-5))
+// recordDrain logs a drain pass, and records the pods it moved as an event
+// on the pool, a warning when they lose data or were deleted, as kubectl
+// warns.
+func (r *Reconciler) recordDrain(st *run, p planner.Pool, node string, res cluster.DrainResult) {
+	evicted, deleted := res.With(cluster.PodEvicted), res.With(cluster.PodDeleted)
+	if len(evicted)+len(deleted) == 0 {
+		r.log.V(1).Info("drain", "node", node, "state", res.State, "pods", res.String())
+		return
 	}
-	return strings.Join(pods, ", ")
+	r.log.Info("drain", "node", node, "state", res.State, "evicted", podNames(evicted), "deleted", podNames(deleted))
+	if r.Events == nil {
+		return
+	}
+	kind := corev1.EventTypeNormal
+	var what []string
+	if len(evicted) > 0 {
+		what = append(what, "evicted "+cluster.ListPods(evicted, len(evicted)))
+	}
+	if len(deleted) > 0 {
+		kind = corev1.EventTypeWarning
+		what = append(what, "deleted after the drain timeout "+cluster.ListPods(deleted, len(deleted)))
+	}
+	for _, pod := range evicted {
+		if pod.Reason == cluster.ReasonUnmanaged || pod.Reason == cluster.ReasonEmptyDir || pod.Reason == cluster.ReasonOrphanedDaemonSet {
+			kind = corev1.EventTypeWarning
+		}
+	}
+	r.Events.Eventf(st.rollouts[p.Name], nil, kind, "PodsEvicted", "Drain", "%s: %s", node, strings.Join(what, "; "))
 }
+
+func podNames(pods []cluster.PodResult) []string {
+	names := make([]string, len(pods))
+	for i, p := range pods {
+		names[i] = p.Pod
+	}
+	return names
+}
+
+// blockedPods lists the pods that block a drain, with their reasons, for
+// messages.
+func blockedPods(res cluster.DrainResult) string { return cluster.ListPods(res.Blocking(), 5) }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -139,8 +141,9 @@ func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *herdpool.Herd
 	}
 
 	var blocked []string
-	for name, res := range out.drainBlocked {
-		blocked = append(blocked, fmt.Sprintf("%s: %s", name, blockedPods(res)))
+	s.DrainBlocked = drainBlocked(out)
+	for _, d := range s.DrainBlocked {
+		blocked = append(blocked, fmt.Sprintf("%s: %s", d.Node, blockedPods(out.drainBlocked[d.Node])))
 	}
 	quarantined := ""
 	if len(pp.Quarantined) > 0 {
@@ -174,7 +177,7 @@ func (r *Reconciler) poolStatus(st *run, pp *planner.PoolPlan, np *herdpool.Herd
 		conditions.Delete(np, meta.StalledCondition)
 	case len(blocked) > 0:
 		s.Phase = herdpool.PhaseProgressing
-		s.Message = "DrainBlocked: " + strings.Join(sortedStrings(blocked), "; ")
+		s.Message = "DrainBlocked: " + strings.Join(blocked, "; ") + fmt.Sprintf("; %d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
 		conditions.MarkStalled(np, "DrainBlocked", "%s", s.Message)
 		conditions.MarkFalse(np, meta.ReadyCondition, "DrainBlocked", "%s", s.Message)
 	case pp.Closed != "" && len(pp.Batches) == 0 || pp.Closed != "" && allInFlight(pp):
@@ -259,12 +262,17 @@ func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan,
 		r.Events.Eventf(np, nil, corev1.EventTypeNormal, "BatchStarted", "Rollout",
 			"batch %s to %s: %s", np.Status.Batch, short(pp.OSCommit), strings.Join(out.started, ", "))
 	}
-	for name, res := range out.drainBlocked {
-		if strings.Contains(before.Status.Message, name+":") {
+	for _, d := range np.Status.DrainBlocked {
+		if slices.ContainsFunc(before.Status.DrainBlocked, func(b herdpool.DrainBlockedNode) bool { return reflect.DeepEqual(b, d) }) {
 			continue // reported already
 		}
+		res := out.drainBlocked[d.Node]
+		why := "past its timeout"
+		if res.State == cluster.Refused {
+			why = "by its pool's drain policy"
+		}
 		r.Events.Eventf(np, nil, corev1.EventTypeWarning, "DrainBlocked", "Drain",
-			"drain of %s blocked past its timeout by %s", name, blockedPods(res))
+			"drain of %s blocked %s: %s", d.Node, why, blockedPods(res))
 	}
 	if before.Status.Degraded < np.Status.Degraded {
 		r.Events.Eventf(np, nil, corev1.EventTypeWarning, "NodeDegraded", "Rollout",
@@ -337,9 +345,9 @@ func nodeStatus(st *run, c planner.Change, out *outcome) writeback.NodeStatus {
 		ns.State = "Waiting"
 	case c.Batch > 1:
 		ns.State = "Pending"
-	case out.drainBlocked[c.Node].Started != (time.Time{}):
+	case isKey(out.drainBlocked, c.Node):
 		ns.State, ns.Message = "DrainBlocked", "blocked by "+blockedPods(out.drainBlocked[c.Node])
-	case out.draining[c.Node].Started != (time.Time{}):
+	case isKey(out.draining, c.Node):
 		ns.State, ns.Message = "Draining", out.draining[c.Node].String()
 	case agent.Busy():
 		ns.State, ns.Message = string(agent), a[schema.AnnotationMessage]
@@ -404,14 +412,23 @@ func (r *Reconciler) collect(ctx context.Context, st *run) error {
 	return err
 }
 
-func sortedStrings(s []string) []string {
-	out := append([]string(nil), s...)
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j] < out[j-1]; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
+// drainBlocked lists the blocked drains of a pool, by node, for its status.
+func drainBlocked(out *outcome) []herdpool.DrainBlockedNode {
+	var nodes []herdpool.DrainBlockedNode
+	for name, res := range out.drainBlocked {
+		d := herdpool.DrainBlockedNode{Node: name}
+		for _, p := range res.Blocking() {
+			d.Pods = append(d.Pods, herdpool.BlockedPod{Name: p.Pod, Reason: string(p.Reason), Message: p.Message})
 		}
+		nodes = append(nodes, d)
 	}
-	return out
+	slices.SortFunc(nodes, func(a, b herdpool.DrainBlockedNode) int { return strings.Compare(a.Node, b.Node) })
+	return nodes
+}
+
+func isKey[V any](m map[string]V, k string) bool {
+	_, ok := m[k]
+	return ok
 }
 
 func joinMessage(a, b string) string {

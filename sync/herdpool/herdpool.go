@@ -88,6 +88,9 @@ type Status struct {
 	// Failed and Quarantined list nodes, for status readers.
 	Failed      []string `json:"failed,omitempty"`
 	Quarantined []string `json:"quarantined,omitempty"`
+	// DrainBlocked lists the nodes whose drain cannot go on by itself, and
+	// the pods in the way; each stays cordoned until they are dealt with.
+	DrainBlocked []DrainBlockedNode `json:"drainBlocked,omitempty"`
 
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
@@ -106,6 +109,22 @@ type RolloutStatus struct {
 	// ResumedBy is the last resume honoured: the spec's rollout.resume, or
 	// the herd.dev/resume annotation `herd resume` sets.
 	ResumedBy string `json:"resumedBy,omitempty"`
+}
+
+// DrainBlockedNode is a node whose drain is blocked: refused by the pool's
+// drain policy, or past its timeout.
+type DrainBlockedNode struct {
+	Node string       `json:"node"`
+	Pods []BlockedPod `json:"pods"`
+}
+
+// BlockedPod is a pod in a drain's way, and why.
+type BlockedPod struct {
+	Name string `json:"name"` // namespace/name
+	// Reason is Unmanaged, EmptyDir, DaemonSet, OrphanedDaemonSet,
+	// DisruptionBudget, StuckTerminating or EvictionError.
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
 }
 
 // AnnotationResume on a HerdPool asks the controller to lift its halt;
