@@ -236,7 +236,7 @@ func (r *Reconciler) reconcilePool(ctx context.Context, obs *observation, pp *pl
 // anything is in progress (drains are polled, soaks end), or when its next
 // maintenance window opens.
 func (r *Reconciler) wake(obs *observation, pp *planner.PoolPlan, out *outcome) time.Duration {
-	busy := len(pp.Actions) > 0 || len(pp.Soaking) > 0 || len(out.draining)+len(out.drainBlocked) > 0 ||
+	busy := len(pp.Actions) > 0 || len(pp.Soaking) > 0 || out.pending() ||
 		len(pp.Batches) > 0 && pp.Closed == nil && pp.Halt == nil && !pp.Paused
 	switch {
 	case busy:

@@ -154,6 +154,10 @@ func TestUserStory(t *testing.T) {
 			t.Errorf("herd history lacks %q:\n%s", want, out)
 		}
 	}
+
+	// 6. A pod without a controller keeps its node: the next OS bump
+	// rolls out around it, and finishes once its owner deletes it.
+	barePodKeepsItsNode(&run{t: t, Story: s}, herd)
 }
 
 // buildHerd builds the herd binary for the commands the story runs.
