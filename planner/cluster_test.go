@@ -47,6 +47,7 @@ type mnode struct {
 	pulled     time.Time
 	dispatchAt int  // the attempt its target was dispatched in
 	stuck      bool // its agent hangs in its apply
+	barePod    bool // runs a pod without a controller: the drain policy refuses its drain
 }
 
 func newCluster(start time.Time) *cluster {
@@ -142,6 +143,15 @@ func (c *cluster) act(a Action) {
 	case ActStart:
 		if a.Drain {
 			c.cordon(n)
+			if n.barePod {
+				// The drain policy keeps the pod: nothing is evicted.
+				if !n.DrainBlocked {
+					n.DrainBlocked = true
+					c.logf("%s drain refused", a.Node)
+				}
+				return
+			}
+			n.DrainBlocked = false
 			if n.DrainStarted.IsZero() {
 				n.DrainStarted = c.now
 				n.drainUntil = c.now.Add(c.duration(c.drainTime, 3))
@@ -163,7 +173,7 @@ func (c *cluster) act(a Action) {
 		if n.Cordoned {
 			n.Unschedulable = false
 		}
-		n.Cordoned, n.DrainStarted = false, time.Time{}
+		n.Cordoned, n.DrainStarted, n.DrainBlocked = false, time.Time{}, false
 		c.logf("%s uncordon", a.Node)
 	case ActFail:
 		n.Failures++
@@ -194,6 +204,7 @@ func (c *cluster) dispatch(n *mnode, t Target) {
 	}
 	n.DesiredConfig, n.DesiredOS, n.Dispatched = t.Hash, t.OSCommit, c.now
 	n.AtTarget, n.FailedTarget = time.Time{}, "" // a new attempt
+	n.DrainBlocked = false
 	n.dispatchAt = c.attempt
 	c.logf("%s dispatch %s", n.Name, c.name(t.Hash))
 }
@@ -389,6 +400,9 @@ func (c *cluster) describeNodes() string {
 		}
 		if n.FailedTarget != "" {
 			flags = append(flags, "failed="+c.name(n.FailedTarget))
+		}
+		if n.DrainBlocked {
+			flags = append(flags, "drain-blocked")
 		}
 		fmt.Fprintf(&b, "%s %s desired=%s current=%s os=%s %s\n", n.Name, n.State, c.name(n.DesiredConfig), c.name(n.CurrentConfig), c.name(n.OSBooted), strings.Join(flags, " "))
 	}

@@ -184,6 +184,7 @@ func (pl *poolPlanner) setGoal() {
 type sorted struct {
 	members    int
 	free       []*Node   // out of date, already Herd's: in flight, taken out, or to retarget
+	blocked    int       // free nodes whose drain is blocked: the batch does not wait for them
 	settling   []*Node   // busy toward an older target: wait for a safe point
 	candidates []*Node   // out of date and available
 	joining    []*Node   // joined the pool, converging: no budget
@@ -318,6 +319,9 @@ func (pl *poolPlanner) sortOutOfDate(s *sorted, n *Node, u Unavailable, toGoal, 
 		s.finishing = append(s.finishing, n.Name)
 	case unavailable && herdOwned(n), toAnyTarget(n):
 		s.free = append(s.free, n) // Herd's already: go on, or retarget it
+		if n.DrainBlocked {
+			s.blocked++
+		}
 	case unavailable:
 		s.stayUnavailable++
 		s.waiting = append(s.waiting, Change{Node: n.Name, Wait: &Reason{Code: CodeUnavailable, Detail: u.Message()}})
@@ -490,16 +494,19 @@ func (pl *poolPlanner) batch(s *sorted) [][]*Node {
 		if c := r.Canary; c > 0 && !pl.st.RollingBack {
 			// Until the canary batch is done, batch 1 is the canary batch.
 			if done := pl.done(); done < c {
+				// A canary whose drain is blocked is still the canary.
 				pp.Canary = true
-				first = min(first, c-done)
+				first = max(min(first, c-done-s.blocked), 0)
 			}
 		}
-		if s.inFlight > 0 || len(s.finishing) > 0 || len(s.free) > 0 {
+		if s.inFlight > 0 || len(s.finishing) > 0 || len(s.free) > s.blocked {
 			// A batch starts only when the one before it is done: its
 			// nodes at the target and back to work. Nodes Herd works on
 			// (dispatched, draining, to retarget) are that batch; starting
 			// more now, in the room the finishing nodes leave, would split
-			// it, or pass the canary.
+			// it, or pass the canary. A node whose drain is blocked is
+			// waited for by no one: it keeps its slot, and the rollout
+			// goes on around it, as kubectl drain's users expect.
 			first = 0
 		}
 		first = min(first, len(order))

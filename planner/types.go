@@ -34,6 +34,11 @@ type Node struct {
 	DesiredOS     string
 	Cordoned      bool      // Herd cordoned it (herd.dev/cordoned)
 	DrainStarted  time.Time // Herd began draining it (herd.dev/drain-started)
+	// DrainBlocked is set while Herd's drain of it cannot go on by itself
+	// (herd.dev/drain-blocked): the drain policy keeps a pod, or pods are
+	// still in the way past the drain timeout. The node keeps its slot,
+	// but the rollout does not wait for it.
+	DrainBlocked bool
 
 	CurrentConfig string
 	OSBooted      string

@@ -46,7 +46,8 @@ func (n *Nodes) Cordon(ctx context.Context, node *corev1.Node) error {
 // Uncordon makes the node schedulable again if Herd cordoned it, and clears
 // Herd's drain bookkeeping.
 func (n *Nodes) Uncordon(ctx context.Context, node *corev1.Node) error {
-	if node.Annotations[schema.AnnotationCordoned] != "true" && node.Annotations[schema.AnnotationDrainStarted] == "" {
+	a := node.Annotations
+	if a[schema.AnnotationCordoned] != "true" && a[schema.AnnotationDrainStarted] == "" && a[schema.AnnotationDrainBlocked] == "" {
 		return nil
 	}
 	patch := client.MergeFrom(node)
@@ -56,6 +57,7 @@ func (n *Nodes) Uncordon(ctx context.Context, node *corev1.Node) error {
 	}
 	delete(node.Annotations, schema.AnnotationCordoned)
 	delete(node.Annotations, schema.AnnotationDrainStarted)
+	delete(node.Annotations, schema.AnnotationDrainBlocked)
 	if err := n.Client.Patch(ctx, node, patch); err != nil {
 		return fmt.Errorf("uncordon node %s: %w", node.Name, err)
 	}
@@ -78,11 +80,37 @@ func (n *Nodes) SetDesired(ctx context.Context, node *corev1.Node, hash, commit 
 	setAnnotation(node, schema.AnnotationDesiredConfig, hash)
 	setAnnotation(node, schema.AnnotationDesiredOS, commit)
 	setAnnotation(node, schema.AnnotationDispatched, now.UTC().Format(time.RFC3339))
-	// A new attempt: no soak yet, and the last failure is history.
+	// A new attempt: no soak yet, and the last failure is history; the
+	// drain, if any, is done.
 	delete(node.Annotations, schema.AnnotationAtTarget)
 	delete(node.Annotations, schema.AnnotationFailedTarget)
+	delete(node.Annotations, schema.AnnotationDrainBlocked)
 	if err := n.Client.Patch(ctx, node, patch); err != nil {
 		return fmt.Errorf("set desired config of node %s: %w", node.Name, err)
+	}
+	return nil
+}
+
+// MarkDrainBlocked records on the node whether Herd's drain of it is
+// blocked (herd.dev/drain-blocked: Refused or TimedOut), so that plans
+// know, after a restart too, that the rollout need not wait for it.
+func (n *Nodes) MarkDrainBlocked(ctx context.Context, node *corev1.Node, res DrainResult) error {
+	want := ""
+	if res.Blocked() {
+		want = string(res.State)
+	}
+	if node.Annotations[schema.AnnotationDrainBlocked] == want {
+		return nil
+	}
+	patch := client.MergeFrom(node)
+	node = node.DeepCopy()
+	if want == "" {
+		delete(node.Annotations, schema.AnnotationDrainBlocked)
+	} else {
+		setAnnotation(node, schema.AnnotationDrainBlocked, want)
+	}
+	if err := n.Client.Patch(ctx, node, patch); err != nil {
+		return fmt.Errorf("mark the drain of node %s: %w", node.Name, err)
 	}
 	return nil
 }

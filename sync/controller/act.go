@@ -129,6 +129,9 @@ func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, n
 				return err
 			}
 			r.logDrain(a.Node, res)
+			if err := r.nodes.MarkDrainBlocked(ctx, node, res); err != nil {
+				return err
+			}
 			out.mu.Lock()
 			out.drains[a.Node] = res
 			out.mu.Unlock()
