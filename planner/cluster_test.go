@@ -113,24 +113,27 @@ func (c *cluster) input() Input {
 // plan is the controller's decision now.
 func (c *cluster) plan() PoolPlan { return Compute(c.input()).Pools[0] }
 
-// controller runs one reconcile: decide, act, persist. With keep, it crashes
-// after the actions keep selects (any subset: a batch's actions run side
-// by side), and the rollout state is not persisted.
+// controller runs one reconcile: decide, keep the rollout state, act. With
+// keep, it crashes after the actions keep selects: nodes are acted on side
+// by side, so any subset of the nodes, and of each node's actions, which
+// run in order, those before the first it does not keep.
 func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 	pp := c.plan()
+	// The rollout state is kept before the actions are carried out, as
+	// raft persists before it sends: what they rest on is never lost.
+	c.state = pp.Next
 	for _, e := range pp.Events {
-		if e.Kind == EventResumed && keep == nil {
+		if e.Kind == EventResumed {
 			c.attempt++ // forgiven nodes are tried again: a new attempt
 		}
 	}
+	stopped := map[string]bool{}
 	for _, a := range pp.Actions {
-		if keep != nil && !keep(a) {
+		if stopped[a.Node] || keep != nil && !keep(a) {
+			stopped[a.Node] = true
 			continue
 		}
 		c.act(a)
-	}
-	if keep == nil {
-		c.state = pp.Next
 	}
 	return pp
 }
@@ -187,7 +190,12 @@ func (c *cluster) act(a Action) {
 		n.PrestageOS = a.Target.OSCommit
 	case ActReset:
 		n.DesiredConfig, n.DesiredOS, n.FailedTarget, n.AtTarget = "", "", "", time.Time{}
-		c.logf("%s reset", a.Node)
+		uncordon := ""
+		if n.Cordoned {
+			n.Unschedulable, uncordon = false, ", uncordon"
+		}
+		n.Cordoned, n.DrainStarted, n.DrainBlocked = false, time.Time{}, false
+		c.logf("%s reset%s", a.Node, uncordon)
 	}
 }
 

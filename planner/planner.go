@@ -564,7 +564,10 @@ func (pl *poolPlanner) changes(s *sorted, batches [][]*Node) {
 		pp.Batches = append(pp.Batches, names)
 	}
 	if len(started) > 0 {
-		pl.st.Batches++
+		if !subset(started, pl.st.Batch) {
+			pl.st.Batches++ // not the last batch started again
+			pl.st.Batch = started
+		}
 		pl.event(Event{Kind: EventBatchStarted, Nodes: started})
 	}
 	slices.SortFunc(s.waiting, func(a, b Change) int { return strings.Compare(a.Node, b.Node) })
@@ -696,9 +699,11 @@ func dispatchedTo(n *Node, t Target) bool {
 }
 
 // herdOwned reports whether Herd is why the node is unavailable, or soon
-// will be: taken out by Herd, or told a target it has not reached.
+// will be: taken out by Herd, busy with a target Herd told it, or told a
+// target it has not reached. A node told no target is not Herd's: its
+// agent stands down (after a reset) or is busy on its own.
 func herdOwned(n *Node) bool {
-	return n.State.Busy() || n.Cordoned || !n.DrainStarted.IsZero() || toAnyTarget(n)
+	return n.State.Busy() && n.DesiredConfig != "" || n.Cordoned || !n.DrainStarted.IsZero() || toAnyTarget(n)
 }
 
 // involved reports whether Herd already works on the node for target t:
@@ -778,6 +783,16 @@ func (pl *poolPlanner) change(n *Node) Change {
 		c.Disruption = schema.DisruptionReboot
 	}
 	return c
+}
+
+// subset reports whether every name of a is in b.
+func subset(a, b []string) bool {
+	for _, name := range a {
+		if !slices.Contains(b, name) {
+			return false
+		}
+	}
+	return true
 }
 
 func nodeByName(nodes []*Node, name string) *Node {

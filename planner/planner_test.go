@@ -221,6 +221,7 @@ func TestBatches(t *testing.T) {
 		name: "nodes Herd works on go first, at no extra cost, as a batch of their own",
 		pool: testPool(t, "p", osNew, 110, maxUnavailable(schema.IntOrPercent{Int: 2})),
 		nodes: with(nodes(4), 3, func(n *Node) {
+			n.DesiredConfig, n.DesiredOS = "earlier", osNew // failed an earlier target
 			n.State = schema.StateDegraded
 		}),
 		batches: [][]string{{"p-03"}, {"p-00", "p-01"}, {"p-02"}},

@@ -104,6 +104,10 @@ type Rollout struct {
 	Revision string    `json:"revision,omitempty"` // the fleet commit that set the target
 	Started  time.Time `json:"started,omitzero"`   // when the target was first planned
 	Batches  int       `json:"batches"`            // batches started so far
+	// Batch lists the nodes the last batch started. The state is kept
+	// before the batch's actions are carried out, so a controller that
+	// stops in between starts them again: that is the same batch.
+	Batch []string `json:"batch,omitempty"`
 
 	// Halt says why the rollout to Target is halted; nil when it is not.
 	Halt *Reason `json:"halt,omitempty"`
@@ -178,7 +182,8 @@ const (
 	ActQuarantine ActionKind = "quarantine"
 	// ActPrestage asks the node to pull its target's OS commit ahead.
 	ActPrestage ActionKind = "prestage"
-	// ActReset takes a failed node's target and failure mark away, so that
+	// ActReset takes a failed node's target and failure mark away, and
+	// gives it back to work if Herd took it out (one write), so that
 	// its agent stands down and it is tried again like any node.
 	ActReset ActionKind = "reset"
 )

@@ -144,8 +144,9 @@ func (n *Nodes) Annotate(ctx context.Context, node *corev1.Node, set map[string]
 	return nil
 }
 
-// ClearDesired takes the node's target and failure mark away: its agent
-// stands down, and the node is tried again like any other.
+// ClearDesired takes the node's target and failure mark away, and gives it
+// back to work if Herd took it out, in one write: its agent stands down,
+// and the node is tried again like any other.
 func (n *Nodes) ClearDesired(ctx context.Context, node *corev1.Node) error {
 	a := node.Annotations
 	if a[schema.AnnotationDesiredConfig] == "" && a[schema.AnnotationDesiredOS] == "" && a[schema.AnnotationFailedTarget] == "" {
@@ -153,7 +154,11 @@ func (n *Nodes) ClearDesired(ctx context.Context, node *corev1.Node) error {
 	}
 	patch := client.MergeFrom(node)
 	node = node.DeepCopy()
-	for _, k := range []string{schema.AnnotationDesiredConfig, schema.AnnotationDesiredOS, schema.AnnotationFailedTarget, schema.AnnotationAtTarget} {
+	if a[schema.AnnotationCordoned] == "true" {
+		node.Spec.Unschedulable = false
+	}
+	for _, k := range []string{schema.AnnotationDesiredConfig, schema.AnnotationDesiredOS, schema.AnnotationFailedTarget, schema.AnnotationAtTarget,
+		schema.AnnotationCordoned, schema.AnnotationDrainStarted, schema.AnnotationDrainBlocked} {
 		delete(node.Annotations, k)
 	}
 	if err := n.Client.Patch(ctx, node, patch); err != nil {

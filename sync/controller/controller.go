@@ -8,8 +8,10 @@
 //	          pool's rollout state (HerdPool status), health checks
 //	decide  → one planner.Compute call on planinput.Build's input, the
 //	          same call `herd plan` makes: every decision, typed
-//	act     → per pool: mirror the HerdPool, store the render, carry the
-//	          pool's actions out (cordon, drain, dispatch, ...)
+//	act     → per pool: mirror the HerdPool, store the render, keep the
+//	          planner's next rollout state in its status (before acting,
+//	          as raft persists before it sends), carry the pool's actions
+//	          out (cordon, drain, dispatch, ...)
 //	persist → per pool, deferred so it always runs (as Flux's
 //	          SummarizeAndPatch): HerdPool status with the planner's next
 //	          rollout state and kstatus conditions, events, metrics, the
@@ -227,6 +229,9 @@ func (r *Reconciler) reconcilePool(ctx context.Context, obs *observation, pp *pl
 		return 0, err
 	}
 	if err := r.store(ctx, obs, obs.pool(pp.Name)); err != nil {
+		return 0, err
+	}
+	if err := r.keepRollout(ctx, np, pp.Next); err != nil {
 		return 0, err
 	}
 	return 0, r.act(ctx, obs, pp, out)

@@ -58,6 +58,20 @@ func (r *Reconciler) persist(ctx context.Context, obs *observation, pp *planner.
 	return nil
 }
 
+// keepRollout writes the planner's next rollout state to the HerdPool
+// before any of the pool's actions is carried out. A controller that stops
+// half-way then leaves actions undone, which the next plan redoes, but
+// never loses a decision they rest on: a rollback under way, a halt, the
+// batch it started.
+func (r *Reconciler) keepRollout(ctx context.Context, np *herdpool.HerdPool, next planner.Rollout) error {
+	if jsonEqual(np.Status.Rollout, next) {
+		return nil
+	}
+	before := np.DeepCopy()
+	np.Status.Rollout = next
+	return r.patchStatus(ctx, np, before)
+}
+
 // summarize fills the HerdPool's status from the plan and the outcome.
 func summarize(obs *observation, pp *planner.PoolPlan, np *herdpool.HerdPool, out *outcome, actErr error) {
 	s := &np.Status
