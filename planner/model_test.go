@@ -153,13 +153,11 @@ func (m *model) dump() string {
 	p := m.pool()
 	s := m.state
 	out := fmt.Sprintf("target %s/%s (maxUnavailable %s, canary %d, maxFailures %d, %s), last good %s; state: halt %q, rolling back %v, forgiven %v\n",
-		short(p.Hash), short(p.Spec.OS.Commit), p.Spec.Rollout.MaxUnavailable, p.Spec.Rollout.Canary, p.Spec.Rollout.MaxFailures, p.Spec.Rollout.FailurePolicy,
-		short(m.lastGood.Hash), s.Halt.Message(), s.RollingBack, s.Forgiven)
+		schema.Short(p.Hash), schema.Short(p.Spec.OS.Commit), p.Spec.Rollout.MaxUnavailable, p.Spec.Rollout.Canary, p.Spec.Rollout.MaxFailures, p.Spec.Rollout.FailurePolicy,
+		schema.Short(m.lastGood.Hash), s.Halt.Message(), s.RollingBack, s.Forgiven)
 	out += m.describeNodes()
 	return out + strings.Join(m.log, "\n")
 }
-
-func short(h string) string { return schema.Short(h) }
 
 func (m *model) run() {
 	for step := range modelSteps {
@@ -234,7 +232,7 @@ func (m *model) step(crash bool) {
 	for _, n := range m.agents() {
 		k := fmt.Sprintf("%s/%s/%d", n.Name, n.applying.Hash, n.dispatchAt)
 		if m.rebooted[k]++; m.rebooted[k] > 1 {
-			m.fatalf("%s rebooted twice for %s in one attempt", n.Name, short(n.applying.Hash))
+			m.fatalf("%s rebooted twice for %s in one attempt", n.Name, schema.Short(n.applying.Hash))
 		}
 	}
 	for _, n := range m.nodes {
@@ -291,7 +289,7 @@ func (m *model) check(pp PoolPlan, p Pool, before, drainStarted map[string]bool)
 		if !drainStarted[n.Name] && !n.DrainStarted.IsZero() {
 			k := fmt.Sprintf("%s/%s/%v/%d", n.Name, p.Hash, m.state.RollingBack, m.attempt)
 			if m.drained[k]++; m.drained[k] > 1 {
-				m.fatalf("%s drained twice toward %s in one attempt", n.Name, short(p.Hash))
+				m.fatalf("%s drained twice toward %s in one attempt", n.Name, schema.Short(p.Hash))
 			}
 		}
 	}
@@ -308,7 +306,7 @@ func (m *model) check(pp PoolPlan, p Pool, before, drainStarted map[string]bool)
 	for _, n := range m.nodes {
 		t := Target{n.DesiredConfig, n.DesiredOS}
 		if t.Hash != "" && t != (Target{p.Hash, p.Spec.OS.Commit}) && t != m.lastGood && n.Dispatched.Equal(m.now) {
-			m.fatalf("%s sent to %s, neither the target %s nor the last good %s", n.Name, short(t.Hash), short(p.Hash), short(m.lastGood.Hash))
+			m.fatalf("%s sent to %s, neither the target %s nor the last good %s", n.Name, schema.Short(t.Hash), schema.Short(p.Hash), schema.Short(m.lastGood.Hash))
 		}
 	}
 	for _, e := range pp.Events {
@@ -317,7 +315,7 @@ func (m *model) check(pp PoolPlan, p Pool, before, drainStarted map[string]bool)
 		}
 		for _, name := range e.Why.Nodes {
 			if !m.reallyFailed(m.node(name), p.Hash) && !m.reallyFailed(m.node(name), m.state.LastGood.Hash) {
-				m.fatalf("%s names %s, which did not fail %s", e.Kind, name, short(p.Hash))
+				m.fatalf("%s names %s, which did not fail %s", e.Kind, name, schema.Short(p.Hash))
 			}
 		}
 	}
@@ -346,7 +344,7 @@ func (m *model) checkCanary(p Pool, taken []string) {
 		}
 	}
 	if done < c && going > c {
-		m.fatalf("canary %d: %d nodes out toward %s before the canary was done", c, going, short(p.Hash))
+		m.fatalf("canary %d: %d nodes out toward %s before the canary was done", c, going, schema.Short(p.Hash))
 	}
 	if done >= c {
 		m.canaryDone = true
@@ -399,7 +397,7 @@ func (m *model) converged() {
 			return
 		}
 	}
-	m.fatalf("the nodes did not converge on %s", short(p.Hash))
+	m.fatalf("the nodes did not converge on %s", schema.Short(p.Hash))
 }
 
 // patience is how long converging may take after the calm: what is in

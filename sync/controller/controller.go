@@ -251,5 +251,3 @@ func (r *Reconciler) wake(obs *observation, pp *planner.PoolPlan, out *outcome) 
 	}
 	return 0
 }
-
-func short(hash string) string { return schema.Short(hash) }

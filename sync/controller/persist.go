@@ -111,10 +111,10 @@ func message(pp *planner.PoolPlan, np *herdpool.HerdPool) string {
 	if len(pp.Quarantined) > 0 {
 		quarantined = "; quarantined: " + strings.Join(pp.Quarantined, ", ")
 	}
-	at := fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
+	at := fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, schema.Short(pp.OSCommit))
 	switch pp.Phase {
 	case planner.PhaseRollingBack:
-		return fmt.Sprintf("rolling back to %s%s", short(pp.Next.LastGood.Hash), failedText(pp))
+		return fmt.Sprintf("rolling back to %s%s", schema.Short(pp.Next.LastGood.Hash), failedText(pp))
 	case planner.PhaseHalted:
 		return "halted: " + pp.Halt.Message() + "; lift it with `herd resume " + np.Name + "` or a new rollout.resume" + quarantined
 	case planner.PhaseUpToDate:
@@ -253,13 +253,13 @@ func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan,
 	for _, e := range pp.Events {
 		switch e.Kind {
 		case planner.EventBatchStarted:
-			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "batch %s to %s: %s", np.Status.Batch, short(pp.OSCommit), strings.Join(e.Nodes, ", "))
+			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "batch %s to %s: %s", np.Status.Batch, schema.Short(pp.OSCommit), strings.Join(e.Nodes, ", "))
 		case planner.EventHalted, planner.EventRollbackStarted:
 			ev(corev1.EventTypeWarning, string(e.Kind), "Rollout", "%s", e.Why.Message())
 		case planner.EventCompleted:
-			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "all %d nodes at config %s, OS %s", pp.Nodes, short(pp.ConfigHash), short(pp.OSCommit))
+			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "all %d nodes at config %s, OS %s", pp.Nodes, schema.Short(pp.ConfigHash), schema.Short(pp.OSCommit))
 		case planner.EventRolloutStarted:
-			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "new target: config %s, OS %s (revision %s)", short(pp.ConfigHash), short(pp.OSCommit), short(pp.Next.Revision))
+			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "new target: config %s, OS %s (revision %s)", schema.Short(pp.ConfigHash), schema.Short(pp.OSCommit), schema.Short(pp.Next.Revision))
 		case planner.EventResumed:
 			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "resumed; failures forgiven: %s", joinOrNone(e.Nodes))
 		}
@@ -267,7 +267,7 @@ func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan,
 	for _, a := range out.done {
 		switch a.Kind {
 		case planner.ActFail:
-			ev(corev1.EventTypeWarning, "NodeFailed", "Rollout", "%s failed config %s: %s", a.Node, short(a.Target.Hash), a.Why.Message())
+			ev(corev1.EventTypeWarning, "NodeFailed", "Rollout", "%s failed config %s: %s", a.Node, schema.Short(a.Target.Hash), a.Why.Message())
 		case planner.ActQuarantine:
 			ev(corev1.EventTypeWarning, "NodeQuarantined", "Rollout", "%s quarantined: %s; remove its %s annotation to bring it back", a.Node, a.Why.Message(), schema.AnnotationQuarantined)
 		}

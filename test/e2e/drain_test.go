@@ -83,7 +83,7 @@ func barePodKeepsItsNode(r *run, herd string) {
 		t.Fatal(err)
 	}
 	if !k.Spec.Unschedulable || k.Annotations[schema.AnnotationDesiredOS] == v2 {
-		t.Errorf("%s: unschedulable %v, desired OS %s; want it cordoned, not told the new OS", node, k.Spec.Unschedulable, short(k.Annotations[schema.AnnotationDesiredOS]))
+		t.Errorf("%s: unschedulable %v, desired OS %s; want it cordoned, not told the new OS", node, k.Spec.Unschedulable, schema.Short(k.Annotations[schema.AnnotationDesiredOS]))
 	}
 	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil || pod.DeletionTimestamp != nil {
 		t.Fatalf("the bare pod was evicted: %v", err)
@@ -95,7 +95,7 @@ func barePodKeepsItsNode(r *run, herd string) {
 	}
 	r.converge("the bumped OS, after the bare pod left")
 	if b := booted(t, r.Fleet, node); b != v2 {
-		t.Errorf("%s booted %s, want %s", node, short(b), short(v2))
+		t.Errorf("%s booted %s, want %s", node, schema.Short(b), schema.Short(v2))
 	}
 	if got := budget.max(); got > 2 {
 		t.Errorf("%d general nodes were unavailable at once; maxUnavailable is 2", got)

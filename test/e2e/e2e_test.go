@@ -90,7 +90,7 @@ func TestUserStory(t *testing.T) {
 	for _, n := range general {
 		d := after[n].diff(before[n])
 		if d.Pulls != 1 || d.Reboots != 1 || booted(t, s.Fleet, n) != v2 {
-			t.Errorf("%s: %d pulls, %d reboots, booted %s; want 1, 1, %s", n, d.Pulls, d.Reboots, short(booted(t, s.Fleet, n)), short(v2))
+			t.Errorf("%s: %d pulls, %d reboots, booted %s; want 1, 1, %s", n, d.Pulls, d.Reboots, schema.Short(booted(t, s.Fleet, n)), schema.Short(v2))
 		}
 		prestaged += d.Prestaged
 	}
@@ -135,7 +135,7 @@ func TestUserStory(t *testing.T) {
 	for _, n := range general {
 		d := after[n].diff(before[n])
 		if d.Pulls != 0 || d.FastPaths != 1 || booted(t, s.Fleet, n) != v1 {
-			t.Errorf("%s: %d pulls, %d fast paths, booted %s after the revert; want 0, 1, %s", n, d.Pulls, d.FastPaths, short(booted(t, s.Fleet, n)), short(v1))
+			t.Errorf("%s: %d pulls, %d fast paths, booted %s after the revert; want 0, 1, %s", n, d.Pulls, d.FastPaths, schema.Short(booted(t, s.Fleet, n)), schema.Short(v1))
 		}
 	}
 
@@ -275,13 +275,6 @@ func readFile(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-func short(s string) string {
-	if len(s) > 8 {
-		return s[:8]
-	}
-	return s
 }
 
 func firstLines(s string, n int) string {

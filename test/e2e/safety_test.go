@@ -67,7 +67,7 @@ func TestBootFailureHalts(t *testing.T) {
 	}
 	for _, n := range nodesOf(r.Fleet, "general")[1:] {
 		if b := booted(t, r.Fleet, n); b != v1 {
-			t.Errorf("%s booted %s while the pool is halted after its canary failed", n, short(b))
+			t.Errorf("%s booted %s while the pool is halted after its canary failed", n, schema.Short(b))
 		}
 	}
 	// The status writer commits a phase change at once; allow for the push.
@@ -84,7 +84,7 @@ func TestBootFailureHalts(t *testing.T) {
 	r.converge("after herd resume")
 	for _, n := range nodesOf(r.Fleet, "general") {
 		if b := booted(t, r.Fleet, n); b != v2 {
-			t.Errorf("%s booted %s after the resume, want %s", n, short(b), short(v2))
+			t.Errorf("%s booted %s after the resume, want %s", n, schema.Short(b), schema.Short(v2))
 		}
 	}
 }
@@ -118,7 +118,7 @@ func TestBootFailureRollsBack(t *testing.T) {
 		return n.Annotations[schema.AnnotationOSBooted] == v1 && n.Annotations[schema.AnnotationState] == string(schema.StateIdle)
 	})
 	if b := booted(t, r.Fleet, "general-0"); b != v1 {
-		t.Errorf("general-0 booted %s after the rollback, want %s", short(b), short(v1))
+		t.Errorf("general-0 booted %s after the rollback, want %s", schema.Short(b), schema.Short(v1))
 	}
 	d := counters(r.Fleet, []string{"general-0"})["general-0"].diff(before["general-0"])
 	if d.Pulls != 1 { // v2, once; the way back needs none
@@ -191,7 +191,7 @@ func TestJoinAndNewCommitMidRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cluster.HasTaint(&node, schema.TaintConverging) || node.Annotations[schema.AnnotationOSBooted] != v2 {
-		t.Errorf("joined node %s: taints %v, booted %s; want no converging taint, %s", joined[0], node.Spec.Taints, short(node.Annotations[schema.AnnotationOSBooted]), short(v2))
+		t.Errorf("joined node %s: taints %v, booted %s; want no converging taint, %s", joined[0], node.Spec.Taints, schema.Short(node.Annotations[schema.AnnotationOSBooted]), schema.Short(v2))
 	}
 	for _, n := range nodesOf(r.Fleet, "general") {
 		if v := strings.TrimSpace(readFile(t, r.Fleet.Root(n)+"/proc/sys/net/core/somaxconn")); v != "8192" {
@@ -249,7 +249,7 @@ func TestWindowsAndQuarantine(t *testing.T) {
 	}
 	for _, n := range nodesOf(r.Fleet, "general")[1:] {
 		if b := booted(t, r.Fleet, n); b != v2 {
-			t.Errorf("%s booted %s, want %s: the pool should go on without the quarantined node", n, short(b), short(v2))
+			t.Errorf("%s booted %s, want %s: the pool should go on without the quarantined node", n, schema.Short(b), schema.Short(v2))
 		}
 	}
 }
