@@ -40,6 +40,9 @@ type Source struct {
 	ssh      *sshConn // kept open between checks; nil unless ssh:// with a key
 	verifier *gitutil.Verifier
 	repoPtr  atomic.Pointer[git.Repository] // replaced after a repack
+	// storeMu keeps readers of the cache (ReadGitDir) out while a fetch
+	// or a repack writes packs and refs.
+	storeMu  sync.RWMutex
 	fetchRef plumbing.ReferenceName
 
 	trigger chan struct{}
@@ -334,6 +337,8 @@ func (s *Source) alreadyHandled(head plumbing.Hash) bool {
 var repackThreshold = 64
 
 func (s *Source) maybeRepack() {
+	s.storeMu.Lock()
+	defer s.storeMu.Unlock()
 	pos, ok := s.repo().Storer.(storer.PackedObjectStorer)
 	if !ok {
 		return
