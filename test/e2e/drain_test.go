@@ -44,7 +44,7 @@ func barePodKeepsItsNode(r *run, herd string) {
 		return r.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod) == nil && pod.Status.Phase == corev1.PodRunning
 	})
 
-	budget := watchBudget(t, r.Story, "general")
+	budget := watchNodes(t, r.Story, "general")
 	r.edit("pools/general.cue", `os: commit: _releases["2026.10.1"]`, `os: commit: _releases["2026.11.0"]`)
 	r.edit("pools/general.cue", `maxUnavailable: "25%"`, `maxUnavailable: 2`)
 	r.push("general: 2026.11.0, two at a time")
