@@ -120,6 +120,7 @@ type poolPlanner struct {
 	goal   Target  // where nodes go: the target, or back to the last good one
 
 	soak, timeout time.Duration
+	recheck       time.Time                // PoolPlan.Recheck
 	quarantine    map[string]bool          // nodes quarantined now
 	startNow      map[*Node]bool           // the nodes of the batch that runs now
 	diffs         map[string]schema.Change // by current config hash
@@ -166,6 +167,20 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 }
 
 func (pl *poolPlanner) act(a Action) { pl.pp.Actions = append(pl.pp.Actions, a) }
+
+// at notes a time after Now at which the plan changes by the clock alone.
+func (pl *poolPlanner) at(t time.Time) {
+	if t.After(pl.in.Now) && (pl.recheck.IsZero() || t.Before(pl.recheck)) {
+		pl.recheck = t
+	}
+}
+
+// timesOut notes when a node dispatched to the goal times out.
+func (pl *poolPlanner) timesOut(n *Node) {
+	if !n.Dispatched.IsZero() {
+		pl.at(n.Dispatched.Add(pl.timeout + time.Millisecond)) // timedOut: past the timeout
+	}
+}
 
 func (pl *poolPlanner) event(e Event) { pl.pp.Events = append(pl.pp.Events, e) }
 
@@ -285,6 +300,11 @@ func (pl *poolPlanner) sortAtGoal(s *sorted, n *Node, toGoal, unavailable bool) 
 	case toGoal:
 		pp.Soaking = append(pp.Soaking, n.Name)
 		s.inFlight++
+		if n.AtTarget.IsZero() {
+			pl.timesOut(n)
+		} else {
+			pl.at(n.AtTarget.Add(pl.soak))
+		}
 	default:
 		pp.UpToDate = append(pp.UpToDate, n.Name) // there before this rollout
 	}
@@ -313,6 +333,7 @@ func (pl *poolPlanner) sortOutOfDate(s *sorted, n *Node, u Unavailable, toGoal, 
 	case toGoal:
 		s.free = append(s.free, n)
 		s.inFlight++
+		pl.timesOut(n)
 	case herdOwned(n) && (n.State == schema.StateWorking || n.State == schema.StateRebooting):
 		s.settling = append(s.settling, n)
 		s.stayUnavailable++ // Herd's, and back soon: like a node finishing
@@ -405,6 +426,7 @@ func (pl *poolPlanner) closed() {
 		pl.pp.Closed = reason(CodeFrozen)
 	case !pl.p.Windows.Open(pl.in.Now):
 		pl.pp.Closed = &Reason{Code: CodeOutsideWindow, Time: pl.p.Windows.NextOpen(pl.in.Now)}
+		pl.at(pl.pp.Closed.Time)
 	}
 }
 
@@ -630,6 +652,7 @@ func (pl *poolPlanner) finish(s *sorted) {
 		st.LastGood, st.LastGoodRevision = pl.target, st.Revision
 	}
 	pp.Halt = st.Halt
+	pp.Recheck = pl.recheck
 	pp.Phase = pl.phase()
 	slices.SortStableFunc(pp.Actions, func(a, b Action) int { return strings.Compare(a.Node, b.Node) })
 	pp.Next = *st

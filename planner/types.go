@@ -271,6 +271,11 @@ type PoolPlan struct {
 	Quarantined []string `json:"quarantined,omitempty"` // out of rollouts
 	Joining     []string `json:"joining,omitempty"`     // new nodes converging
 
+	// Recheck is the earliest time after Now at which the plan changes by
+	// the clock alone: a node's soak ends or its nodeTimeout passes, a
+	// window opens. Zero when nothing waits on the clock.
+	Recheck time.Time `json:"recheck,omitzero"`
+
 	// Actions are what the controller does now, node by node.
 	Actions []Action `json:"actions,omitempty"`
 	// Events are the rollout's notable moments decided now.
