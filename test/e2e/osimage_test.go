@@ -24,6 +24,7 @@ import (
 // commit (a valid signature copied onto another commit) is refused on the
 // node that tries it, which keeps running what it ran.
 func TestOSImageRollout(t *testing.T) {
+	t.Parallel()
 	r := startStory(t, story.Options{Pools: map[string]int{"general": 2, "system": 1, "batch": 1}, RebootDelay: 500 * time.Millisecond})
 	herd := buildHerd(t)
 	v1, v2 := r.OS.Commits[0], r.OS.Commits[1]
