@@ -234,7 +234,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		feed = f
 	}
 	a.feed = feed
-	a.log.Info("agent started", "bootID", a.bootID, "applied", short(a.j.Applied), "step", a.j.Step)
+	a.log.Info("agent started", "bootID", a.bootID, "applied", schema.Short(a.j.Applied), "step", a.j.Step)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -396,12 +396,4 @@ func (r *refusal) Unwrap() error { return r.err }
 
 func refusef(format string, args ...any) error {
 	return &refusal{msg: fmt.Sprintf(format, args...)}
-}
-
-// short abbreviates a hash or commit for messages.
-func short(h string) string {
-	if len(h) > 12 {
-		return h[:12]
-	}
-	return h
 }

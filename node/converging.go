@@ -43,7 +43,7 @@ func (a *Agent) removeConvergingTaint(ctx context.Context, n *corev1.Node, want 
 	a.taintFails, a.taintRetryAt = 0, time.Time{}
 	if removed {
 		a.metrics.add(func(c *Counters) { c.Untainted++ })
-		a.log.Info("at the target: removed the taint "+schema.TaintConverging, "config", short(want.Config))
+		a.log.Info("at the target: removed the taint "+schema.TaintConverging, "config", schema.Short(want.Config))
 	}
 	return 0
 }

@@ -61,7 +61,7 @@ func (a *Agent) prestage(ctx context.Context, n *corev1.Node, want key) bool {
 	}
 
 	state, msg := a.reported.State, a.reported.Message
-	if err := a.publish(ctx, a.report(state, "pulling OS commit "+short(commit)+" ahead of its rollout (pre-stage)")); err != nil {
+	if err := a.publish(ctx, a.report(state, "pulling OS commit "+schema.Short(commit)+" ahead of its rollout (pre-stage)")); err != nil {
 		a.log.Warn("report failed", "err", err)
 	}
 	pctx, done := a.whileUnchanged(ctx, want, commit)
@@ -119,7 +119,7 @@ func (a *Agent) prestageSource(ctx context.Context, want key) (schema.OSConfig, 
 // state: the node is not Degraded by it.
 func (a *Agent) prestageFailed(ctx context.Context, commit string, err error) {
 	a.log.Warn("pre-stage failed; the apply will pull the commit", "commit", commit, "err", err)
-	msg := fmt.Sprintf("pre-staging OS commit %s failed (the apply will pull it): %v", short(commit), err)
+	msg := fmt.Sprintf("pre-staging OS commit %s failed (the apply will pull it): %v", schema.Short(commit), err)
 	if perr := a.publish(ctx, a.report(a.reported.State, msg)); perr != nil {
 		a.log.Warn("report failed", "err", perr)
 	}

@@ -78,19 +78,19 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 	commit := r.Config.OS.Commit
 	if want.OS != "" {
 		if commit != "" && commit != want.OS {
-			return refusef("desired-os %s is not the OS commit %s of config %s", short(want.OS), short(commit), short(want.Config))
+			return refusef("desired-os %s is not the OS commit %s of config %s", schema.Short(want.OS), schema.Short(commit), schema.Short(want.Config))
 		}
 		commit = want.OS
 	}
 	if !hexRE.MatchString(commit) {
-		return refusef("config %s names no valid OS commit (%q) and desired-os is not set", short(want.Config), commit)
+		return refusef("config %s names no valid OS commit (%q) and desired-os is not set", schema.Short(want.Config), commit)
 	}
 	kargs := r.Config.KernelArgs
 	if kargs == nil {
 		kargs = []string{}
 	}
 	if err := checkKernelArgs(kargs); err != nil {
-		return refusef("config %s: %v", short(want.Config), err)
+		return refusef("config %s: %v", schema.Short(want.Config), err)
 	}
 	bootedOK := booted.Checksum == commit && slices.Equal(booted.KernelArgs, kargs)
 
@@ -103,7 +103,7 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 		}
 		if !bootedOK {
 			return refusef("rebooted into OS commit %s (kernel arguments %q) for config %s, but the node booted %s (kernel arguments %q): it fell back to the previous deployment",
-				short(commit), kargs, short(want.Config), short(booted.Checksum), booted.KernelArgs)
+				schema.Short(commit), kargs, schema.Short(want.Config), schema.Short(booted.Checksum), booted.KernelArgs)
 		}
 		if err := a.opts.Sysroot.Cleanup(ctx); err != nil {
 			a.log.Warn("ostree cleanup after boot", "err", err)
@@ -115,7 +115,7 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 	if err := apply.CheckSysctls(a.opts.Root, r.Config.Sysctl); err != nil {
 		var se *apply.SysctlError
 		if errors.As(err, &se) {
-			return refusef("config %s: %v", short(want.Config), se)
+			return refusef("config %s: %v", schema.Short(want.Config), se)
 		}
 		return err
 	}
@@ -133,9 +133,9 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 	staged := a.staged != "" && def.Checksum == commit && slices.Equal(def.KernelArgs, kargs) && !def.Staged
 	// While retrying, the failure stays the message until it is over.
 	if a.failures == 0 && (len(changes) > 0 || needOS || len(a.j.Pending) > 0 || a.j.Applied != want.Config || a.staged != "") {
-		msg := "applying config " + short(want.Config)
+		msg := "applying config " + schema.Short(want.Config)
 		if needOS {
-			msg += " and OS commit " + short(commit)
+			msg += " and OS commit " + schema.Short(commit)
 		}
 		if err := a.publish(ctx, a.report(schema.StateWorking, msg)); err != nil {
 			return err
@@ -194,7 +194,7 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 		a.j.addPending(apply.Classes(done)...)
 		a.metrics.add(func(c *Counters) { c.Files += len(done) })
 		if len(done) > 0 {
-			a.log.Info("files written", "config", short(want.Config), "changed", len(done))
+			a.log.Info("files written", "config", schema.Short(want.Config), "changed", len(done))
 		}
 		if err := a.hook(ctx, HookFilesWritten); err != nil {
 			return err
@@ -219,7 +219,7 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 				continue
 			}
 			if err := a.opts.Services.Restart(ctx, s.unit); err != nil {
-				return fmt.Errorf("config %s: %w", short(want.Config), err)
+				return fmt.Errorf("config %s: %w", schema.Short(want.Config), err)
 			}
 			a.metrics.restarted(s.unit)
 			a.log.Info("restarted", "unit", s.unit)
@@ -235,7 +235,7 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 			// A deployment staged for an earlier target would boot next:
 			// make the running commit the default again.
 			if err := a.opts.Sysroot.Deploy(ctx, booted.Checksum, kargs); err != nil {
-				return fmt.Errorf("unstage %s: %w", short(a.staged), err)
+				return fmt.Errorf("unstage %s: %w", schema.Short(a.staged), err)
 			}
 			a.metrics.add(func(c *Counters) { c.Deploys++ })
 			a.staged = ""
@@ -253,15 +253,15 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 
 	// A reboot: into a new deployment when the OS target changed. The files
 	// are written, so ostree merges them into the new deployment's /etc.
-	msg := "rebooting to take on config " + short(want.Config)
+	msg := "rebooting to take on config " + schema.Short(want.Config)
 	if needOS {
 		if !staged {
 			start := time.Now()
 			if err := a.opts.Sysroot.Deploy(ctx, commit, kargs); err != nil {
 				if errors.Is(err, ostree.ErrCommitNotFound) {
-					return &refusal{msg: fmt.Sprintf("OS commit %s: %v", short(commit), err), err: err}
+					return &refusal{msg: fmt.Sprintf("OS commit %s: %v", schema.Short(commit), err), err: err}
 				}
-				return fmt.Errorf("deploy OS commit %s: %w", short(commit), err)
+				return fmt.Errorf("deploy OS commit %s: %w", schema.Short(commit), err)
 			}
 			a.metrics.add(func(c *Counters) {
 				c.Deploys++
@@ -282,7 +282,7 @@ func (a *Agent) apply(ctx context.Context, want key) error {
 		if err := a.hook(ctx, HookDeployed); err != nil {
 			return err
 		}
-		msg = "rebooting into OS commit " + short(commit) + " for config " + short(want.Config)
+		msg = "rebooting into OS commit " + schema.Short(commit) + " for config " + schema.Short(want.Config)
 		if how := deployedHow(a.j); how != "" {
 			msg += " (" + how + ")"
 		}
@@ -316,7 +316,7 @@ func checkKernelArgs(kargs []string) error {
 }
 
 func idleMessage(config, commit, how string) string {
-	msg := "up to date: config " + short(config) + " on OS commit " + short(commit)
+	msg := "up to date: config " + schema.Short(config) + " on OS commit " + schema.Short(commit)
 	if how != "" {
 		msg += " (" + how + ")"
 	}
@@ -365,7 +365,7 @@ func (a *Agent) fetch(ctx context.Context, hash string) (*schema.Rendered, error
 	}
 	r, err := schema.ParseRendered([]byte(data), hash)
 	if err != nil {
-		return nil, refusef("config %s: %v", short(hash), err)
+		return nil, refusef("config %s: %v", schema.Short(hash), err)
 	}
 	a.render = r
 	return r, nil
@@ -405,7 +405,7 @@ type StageOptions struct {
 func PullOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit string, opts StageOptions) (bool, time.Duration, error) {
 	has, err := s.HasCommit(ctx, commit)
 	if err != nil {
-		return false, 0, fmt.Errorf("look for OS commit %s: %w", short(commit), err)
+		return false, 0, fmt.Errorf("look for OS commit %s: %w", schema.Short(commit), err)
 	}
 	if has {
 		return false, 0, nil
@@ -425,12 +425,12 @@ func PullOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit 
 			ropts.GPGKeyPath = trustedKey(opts.TrustedKeysDir, remote)
 		}
 		if err := s.EnsureRemote(ctx, remote, osc.Remote.URL, ropts); err != nil {
-			return false, 0, fmt.Errorf("pull OS commit %s: %w", short(commit), err)
+			return false, 0, fmt.Errorf("pull OS commit %s: %w", schema.Short(commit), err)
 		}
 	}
 	if remote == "" {
 		return false, 0, &refusal{
-			msg: fmt.Sprintf("OS commit %s is not on disk and the rendered config names no remote to pull it from", short(commit)),
+			msg: fmt.Sprintf("OS commit %s is not on disk and the rendered config names no remote to pull it from", schema.Short(commit)),
 			err: ostree.ErrCommitNotFound,
 		}
 	}
@@ -438,9 +438,9 @@ func PullOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit 
 	stats, err := s.PullWithStats(ctx, remote, osc.Ref, commit)
 	if err != nil {
 		if errors.Is(err, ostree.ErrCommitNotFound) || errors.Is(err, ostree.ErrVerification) {
-			return false, 0, &refusal{msg: fmt.Sprintf("OS commit %s: %v", short(commit), err), err: err}
+			return false, 0, &refusal{msg: fmt.Sprintf("OS commit %s: %v", schema.Short(commit), err), err: err}
 		}
-		return false, 0, fmt.Errorf("pull OS commit %s: %w", short(commit), err)
+		return false, 0, fmt.Errorf("pull OS commit %s: %w", schema.Short(commit), err)
 	}
 	if stats.DeltaParts > 0 {
 		opts.Metrics.add(func(c *Counters) { c.DeltaPulls++ })
@@ -483,7 +483,7 @@ func StageOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit
 		return pulled, err
 	}
 	if err := s.Deploy(ctx, commit, kargs); err != nil {
-		return pulled, fmt.Errorf("deploy OS commit %s: %w", short(commit), err)
+		return pulled, fmt.Errorf("deploy OS commit %s: %w", schema.Short(commit), err)
 	}
 	return pulled, nil
 }

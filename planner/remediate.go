@@ -53,9 +53,10 @@ const (
 
 // RepairStep is what a repair action carries out.
 type RepairStep struct {
-	// New is set when a rung starts (not when its drain goes on): the
-	// controller keeps the pool's repair state before it acts, so that a
-	// rung is counted for the rate limit even should its node vanish.
+	// New is set when a rung starts (not when its drain goes on): it is
+	// counted and reported once. The controller keeps the pool's repair
+	// state before it acts, so the rate limit counts a rung even should
+	// its node vanish.
 	New        bool                      `json:"new,omitempty"`
 	State      *schema.RemediationState  `json:"state,omitempty"`
 	Ended      *schema.RemediationRecord `json:"ended,omitempty"`
@@ -66,20 +67,20 @@ type RepairStep struct {
 
 // Why repairs start, give way, end, or wait.
 const (
-	CodeProblem         Code = "Problem"         // Problem (its condition's reason Health) on for Duration: a rung starts
-	CodeRungTimedOut    Code = "RungTimedOut"    // Action did not heal the node within Duration
-	CodeRungFailed      Code = "RungFailed"      // its agent reports Action failed; Detail says why
-	CodeHealed          Code = "Healed"          // Problem cleared after Action
-	CodeLadderExhausted Code = "LadderExhausted" // every rung of Problem's ladder tried, the last Action
-	CodeFlapping        Code = "Flapping"        // repaired Count times within Duration
-	CodeBreakerPool     Code = "BreakerPool"     // Count of Total nodes sick (Nodes), more than Limit
-	CodeBreakerZone     Code = "BreakerZone"     // Count of Total nodes of zone Detail sick, more than Limit
-	CodeRateLimited     Code = "RateLimited"     // Count rungs started in the last hour, Limit
-	CodeRepairNoRoom    Code = "RepairNoRoom"    // Count of Total nodes unavailable: no room under Limit for Action
-	CodeStale           Code = "StaleConditions" // the node's conditions are stale: nothing is decided on them
-	CodeRepairAbandoned Code = "RepairAbandoned" // the repair stops: Detail says why
-	CodeRepairing       Code = "Repairing"       // a repair has the node (Action): the rollout waits
-	CodeReplaced        Code = "Replaced"        // marked for replacement
+	CodeProblem          Code = "Problem"          // Problem (its condition's reason Health) on for Duration: a rung starts
+	CodeRungTimedOut     Code = "RungTimedOut"     // Action did not heal the node within Duration
+	CodeRungFailed       Code = "RungFailed"       // its agent reports Action failed; Detail says why
+	CodeHealed           Code = "Healed"           // Problem cleared after Action
+	CodeLadderExhausted  Code = "LadderExhausted"  // every rung of Problem's ladder tried, the last Action
+	CodeFlapping         Code = "Flapping"         // repaired Count times within Duration
+	CodeBreakerPool      Code = "BreakerPool"      // Count of Total nodes sick (Nodes), more than Limit
+	CodeBreakerZone      Code = "BreakerZone"      // Count of Total nodes of zone Detail sick, more than Limit
+	CodeRateLimited      Code = "RateLimited"      // Count rungs started in the last hour, Limit
+	CodeRepairNoRoom     Code = "RepairNoRoom"     // Count of Total nodes unavailable: no room under Limit for Action
+	CodeStale            Code = "StaleConditions"  // the node's conditions are stale: nothing is decided on them
+	CodeRepairAbandoned  Code = "RepairAbandoned"  // the repair stops: Detail says why
+	CodeRepairing        Code = "Repairing"        // a repair has the node (Action): the rollout waits
+	CodeReplaced         Code = "Replaced"         // marked for replacement
 )
 
 // repairMessage renders the repairs' reasons.
@@ -186,9 +187,6 @@ type RepairPlan struct {
 	Repairing []Repairing `json:"repairing,omitempty"`
 	// Stopped says why no repair starts or gives way: the breaker.
 	Stopped *Reason `json:"stopped,omitempty"`
-	// Next is when repairs want another look (a problem's duration ends,
-	// a rung times out); zero: when something changes.
-	Next time.Time `json:"next,omitzero"`
 }
 
 // Sick is a node with a problem on.
@@ -747,17 +745,6 @@ func (r *repairer) act(n *Node, st schema.RemediationState, ended *schema.Remedi
 		Repair: &RepairStep{New: start, State: &st, Ended: ended, DryRun: r.dry}})
 }
 
-// StartsRepairs reports whether the plan starts a rung that does
-// something: the controller keeps NextRepairs before it acts then.
-func (pp *PoolPlan) StartsRepairs() bool {
-	for _, a := range pp.Actions {
-		if a.Repair != nil && a.Repair.New && !a.Repair.DryRun {
-			return true
-		}
-	}
-	return false
-}
-
 // startWhy is why a rung still starting (draining) started.
 func (r *repairer) startWhy(n *Node, st *schema.RemediationState) *Reason {
 	return &Reason{Code: CodeProblem, Problem: st.Problem, Health: st.Reason, Duration: r.now.Sub(st.Started).Truncate(time.Second)}
@@ -878,9 +865,6 @@ func (r *repairer) pruned(log []RepairLog) []RepairLog {
 	return slices.Clone(log[keep:])
 }
 
-// wake notes when repairs want another look.
-func (r *repairer) wake(t time.Time) {
-	if r.plan.Next.IsZero() || t.Before(r.plan.Next) {
-		r.plan.Next = t
-	}
-}
+// wake notes when repairs change by the clock alone (PoolPlan.Recheck): a
+// problem lasts long enough, a rung times out.
+func (r *repairer) wake(t time.Time) { r.pl.at(t) }

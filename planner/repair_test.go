@@ -469,8 +469,8 @@ func describeRepairs(pp PoolPlan) string {
 		}
 		b.WriteString("\n")
 	}
-	if !r.Next.IsZero() {
-		fmt.Fprintf(&b, "next look: %s\n", r.Next.Format("15:04:05"))
+	if !pp.Recheck.IsZero() {
+		fmt.Fprintf(&b, "next look: %s\n", pp.Recheck.Format("15:04:05"))
 	}
 	return b.String()
 }

@@ -8,8 +8,10 @@
 //	          pool's rollout state (HerdPool status), health checks
 //	decide  → one planner.Compute call on planinput.Build's input, the
 //	          same call `herd plan` makes: every decision, typed
-//	act     → per pool: mirror the HerdPool, store the render, carry the
-//	          pool's actions out (cordon, drain, dispatch, ...)
+//	act     → per pool: mirror the HerdPool, store the render, keep the
+//	          planner's next rollout and repair state in its status
+//	          (before acting, as raft persists before it sends), carry the
+//	          pool's actions out (cordon, drain, dispatch, repair, ...)
 //	persist → per pool, deferred so it always runs (as Flux's
 //	          SummarizeAndPatch): HerdPool status with the planner's next
 //	          rollout state and kstatus conditions, events, metrics, the
@@ -235,33 +237,31 @@ func (r *Reconciler) reconcilePool(ctx context.Context, obs *observation, pp *pl
 	if err := r.store(ctx, obs, obs.pool(pp.Name)); err != nil {
 		return 0, err
 	}
-	if err := r.keepRepairs(ctx, np, pp); err != nil {
+	if err := r.keep(ctx, np, pp); err != nil {
 		return 0, err
 	}
 	return 0, r.act(ctx, obs, pp, out)
 }
 
-// wake says how soon a pool wants another look without an event: soon while
-// anything is in progress (drains are polled, soaks end), or when its next
-// maintenance window opens.
+// wake says how soon a pool wants another look without an event: every
+// Resync while anything is in progress (drains and health checks are
+// polled), and at the moment the plan changes by the clock alone (a soak
+// ends, a node times out, a window opens, a problem lasts long enough, a
+// rung times out), so no batch or repair waits for a poll.
 func (r *Reconciler) wake(obs *observation, pp *planner.PoolPlan, out *outcome) time.Duration {
-	busy := len(pp.Actions) > 0 || len(pp.Soaking) > 0 || len(out.draining)+len(out.drainBlocked) > 0 ||
+	busy := len(pp.Actions) > 0 || len(pp.Soaking) > 0 || out.pending() ||
 		len(pp.Batches) > 0 && pp.Closed == nil && pp.Halt == nil && !pp.Paused
-	wake := time.Duration(0)
-	switch {
-	case busy:
-		wake = r.Resync
-	case pp.Closed != nil && !pp.Closed.Time.IsZero():
-		wake = max(pp.Closed.Time.Sub(obs.now), r.Resync)
+	d := time.Duration(0)
+	if busy {
+		d = r.Resync
 	}
-	if next := pp.Repairs.Next; !next.IsZero() {
-		// A problem's duration ends, or a rung's timeout: look then, to
-		// the second (the figure docs/benchmarks.md measures).
-		if d := max(next.Sub(obs.now), time.Second/4); wake == 0 || d < wake {
-			wake = d
+	if !pp.Recheck.IsZero() {
+		// A little past it: whole-second annotation times, and the clock
+		// may read just short of it.
+		soon := pp.Recheck.Sub(obs.now) + 50*time.Millisecond
+		if d == 0 || soon < d {
+			d = soon
 		}
 	}
-	return wake
+	return d
 }
-
-func short(hash string) string { return schema.Short(hash) }

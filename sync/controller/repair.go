@@ -14,7 +14,6 @@ import (
 
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
-	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
 )
 
@@ -84,19 +83,8 @@ func (r *Reconciler) remediate(ctx context.Context, obs *observation, p planner.
 		return err
 	}
 	if a.Drain {
-		res, err := r.nodes.Drain(ctx, node, cluster.DrainPolicy{Timeout: p.Spec.Rollout.DrainTimeout(), Force: p.Spec.Rollout.Drain.Force}, obs.now)
-		if err != nil {
+		if err := r.drain(ctx, obs, p, node, out); err != nil {
 			return err
-		}
-		if !res.Done {
-			out.mu.Lock()
-			if res.TimedOut && len(res.Blocked) > 0 {
-				out.drainBlocked[a.Node] = res
-			} else {
-				out.draining[a.Node] = res
-			}
-			out.mu.Unlock()
-			return errDrainPending
 		}
 	}
 	if st.Requested.IsZero() {
@@ -145,17 +133,6 @@ func (r *Reconciler) callReplaceHook(ctx context.Context, pool, node string, st 
 		return fmt.Errorf("replacement webhook for node %s: %s", node, resp.Status)
 	}
 	return nil
-}
-
-// keepRepairs writes the pool's repair state before a rung starts, so the
-// rate limit counts it even should the controller stop and its node go.
-func (r *Reconciler) keepRepairs(ctx context.Context, np *herdpool.HerdPool, pp *planner.PoolPlan) error {
-	if !pp.StartsRepairs() || np.CreationTimestamp.IsZero() {
-		return nil
-	}
-	before := np.DeepCopy()
-	np.Status.Repairs = pp.NextRepairs
-	return r.patchStatus(ctx, np, before)
 }
 
 // summarizeRepairs fills the HerdPool status's repair fields.

@@ -12,16 +12,19 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/cluster"
+	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/test/story"
 )
 
 // BenchmarkRollout100 rolls a new OS out to 100 simulated nodes with
-// maxUnavailable 10 and a fixed 2 s reboot, and reports the wall time over
-// the ideal: ⌈100/10⌉ batches × the time one node takes, from its dispatch
-// to its being back at work (the median over the nodes).
+// maxUnavailable 10, a fixed 2 s reboot and the pool's soak, and reports
+// the wall time over the ideal: ⌈100/10⌉ batches × (the time one node
+// takes, from its dispatch to its being back at work (the median over the
+// nodes), + the soak, which a batch must pass before the next starts).
 //
 //	go test ./test/e2e -run '^$' -bench Rollout100 -benchtime 1x -timeout 30m
 func BenchmarkRollout100(b *testing.B) {
@@ -57,6 +60,11 @@ func BenchmarkRollout100(b *testing.B) {
 	if err := s.WaitUpToDate(b.Context(), 10*time.Minute); err != nil {
 		b.Fatal(err)
 	}
+	var np herdpool.HerdPool
+	if err := s.Client.Get(b.Context(), client.ObjectKey{Name: "general"}, &np); err != nil {
+		b.Fatal(err)
+	}
+	soak := np.Spec.Rollout.SoakDuration()
 
 	for b.Loop() {
 		times := watchNodeTimes(b, s)
@@ -69,9 +77,10 @@ func BenchmarkRollout100(b *testing.B) {
 		}
 		total := time.Since(start)
 		perNode := times.median()
-		ideal := time.Duration((nodes+maxUnavailable-1)/maxUnavailable) * perNode
+		ideal := time.Duration((nodes+maxUnavailable-1)/maxUnavailable) * (perNode + soak)
 		b.ReportMetric(total.Seconds(), "s/rollout")
 		b.ReportMetric(perNode.Seconds(), "s/node")
+		b.ReportMetric(soak.Seconds(), "s/soak")
 		b.ReportMetric(total.Seconds()/ideal.Seconds(), "wall/ideal")
 	}
 }

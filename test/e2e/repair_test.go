@@ -272,7 +272,7 @@ func (r *run) dryRun(t *testing.T) {
 // repair reboots one of its nodes, which holds the one slot: the rollout
 // waits for it, and never more than one node is out.
 func (r *run) budget(t *testing.T) {
-	watch := watchBudget(t, r.Story, "batch")
+	watch := watchNodes(t, r.Story, "batch")
 	const sick = "batch-2"
 	if err := r.Fleet.InjectKubeletFault(sick, sim.KubeletFault{NoHealthz: true, Survives: sim.SurvivesRestart}); err != nil {
 		t.Fatal(err)
