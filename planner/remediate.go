@@ -657,6 +657,7 @@ func (r *repairer) hold(n *Node, action schema.RemediationAction) *Reason {
 	case r.plan.Stopped != nil:
 		return r.plan.Stopped
 	case r.rate >= r.spec.MaxPerHour:
+		r.wake(r.rateFrees())
 		return &Reason{Code: CodeRateLimited, Count: r.rate, Limit: r.spec.MaxPerHour}
 	case action.TakesNodeDown() && available(n) && r.used >= r.limit:
 		return &Reason{Code: CodeRepairNoRoom, Count: r.used, Total: r.total, Limit: r.limit, Action: action}
@@ -848,6 +849,17 @@ func (r *repairer) startedWithin(d time.Duration) int {
 	return k
 }
 
+// rateFrees is when the oldest rung counted by the rate limit leaves the
+// hour.
+func (r *repairer) rateFrees() time.Time {
+	for _, l := range r.next.Log { // oldest first
+		if l.DryRun == r.dry && r.now.Sub(l.Time) < time.Hour {
+			return l.Time.Add(time.Hour)
+		}
+	}
+	return time.Time{}
+}
+
 // pruned keeps the log entries of the last hour, and at least the last
 // MaxRepairLog.
 func (r *repairer) pruned(log []RepairLog) []RepairLog {
@@ -866,5 +878,5 @@ func (r *repairer) pruned(log []RepairLog) []RepairLog {
 }
 
 // wake notes when repairs change by the clock alone (PoolPlan.Recheck): a
-// problem lasts long enough, a rung times out.
+// problem lasts long enough, a rung times out, the rate limit frees up.
 func (r *repairer) wake(t time.Time) { r.pl.at(t) }
