@@ -80,6 +80,7 @@ const (
 	CodeStale            Code = "StaleConditions"  // the node's conditions are stale: nothing is decided on them
 	CodeRepairAbandoned  Code = "RepairAbandoned"  // the repair stops: Detail says why
 	CodeRepairing        Code = "Repairing"        // a repair has the node (Action): the rollout waits
+	CodeRungDrainBlocked Code = "RungDrainBlocked" // the rung's drain cannot go on by itself: it waits for people
 	CodeReplaced         Code = "Replaced"         // marked for replacement
 )
 
@@ -112,6 +113,8 @@ func repairMessage(r *Reason) (string, bool) {
 		return "the repair stops: " + r.Detail, true
 	case CodeRepairing:
 		return "being repaired (" + string(r.Action) + "): waits for the repair", true
+	case CodeRungDrainBlocked:
+		return "its drain for " + string(r.Action) + " is blocked (refused by the pool's drain policy, or past its timeout): the rung waits", true
 	case CodeReplaced:
 		return "marked for replacement", true
 	}
@@ -484,9 +487,15 @@ func (r *repairer) progress(n *Node, st *schema.RemediationState) {
 		requested = st.Started
 	}
 	if requested.IsZero() {
-		// Still draining: carry on starting the rung.
+		// Still draining: carry on starting the rung. A drain kubectl
+		// would refuse, or blocked past its timeout, holds the rung (and
+		// its room) until people make way, as a rollout's does.
 		r.act(n, *st, nil, r.startWhy(n, st), false)
-		wait(nil)
+		if n.DrainBlocked {
+			wait(&Reason{Code: CodeRungDrainBlocked, Action: st.Action})
+		} else {
+			wait(nil)
+		}
 		return
 	}
 	if !known && n.Ready {

@@ -206,6 +206,15 @@ func (c *cluster) actRepair(n *mnode, a Action) {
 			c.cordon(n)
 		}
 		if a.Drain {
+			if n.barePod {
+				// The drain policy keeps the pod: nothing is evicted.
+				if !n.DrainBlocked {
+					n.DrainBlocked = true
+					c.logf("%s drain refused", n.Name)
+				}
+				return
+			}
+			n.DrainBlocked = false
 			if n.DrainStarted.IsZero() {
 				n.DrainStarted = c.now
 				n.drainUntil = c.now.Add(c.duration(c.drainTime, 3))
@@ -236,6 +245,7 @@ func (c *cluster) actRepair(n *mnode, a Action) {
 		if !rs.Quarantine {
 			n.DrainStarted = time.Time{}
 		}
+		n.DrainBlocked = false // the rung's drain ends with it
 		n.Remediation = nil
 		c.logf("%s repair over: %s", n.Name, a.Why.Message())
 	}

@@ -105,6 +105,7 @@ func (n *Nodes) EndRepair(ctx context.Context, node *corev1.Node, st schema.Reme
 	node = node.DeepCopy()
 	delete(node.Annotations, schema.AnnotationRemediation)
 	delete(node.Annotations, schema.AnnotationRemediate)
+	delete(node.Annotations, schema.AnnotationDrainBlocked) // the rung's drain ends with it
 	if err := appendRecord(node, ended); err != nil {
 		return err
 	}
