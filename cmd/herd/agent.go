@@ -15,12 +15,9 @@ import (
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"herd.dev/herd/node"
-	"herd.dev/herd/node/healer"
-	"herd.dev/herd/node/health"
 	"herd.dev/herd/node/systemd"
 	"herd.dev/herd/os/ostree"
 	"herd.dev/herd/schema"
@@ -33,9 +30,7 @@ type agentFlags struct {
 	remote, logLevel      string
 	osTrust               string
 	rebootTimeout         time.Duration
-	kubeletHealthz        string
-	criSocket             string
-	checkInterval         time.Duration
+	healer                healerFlags
 }
 
 func newAgentCmd() *cobra.Command {
@@ -92,9 +87,7 @@ token bound to its pod (see config/agent).`,
 	fl.StringVar(&f.remote, "remote", "", "OSTree remote to pull from when the rendered config names none")
 	fl.DurationVar(&f.rebootTimeout, "reboot-timeout", node.DefaultRebootTimeout, "request the reboot again when the node has not rebooted after this long")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fl.StringVar(&f.kubeletHealthz, "kubelet-healthz-url", health.DefaultKubeletHealthzURL, "kubelet's /healthz, which the kubelet check asks (the agent runs in the host's network)")
-	fl.DurationVar(&f.checkInterval, "check-interval", schema.DefaultCheckInterval, "how often the node's health is checked; shorter sees faults sooner, at a CPU cost (docs/benchmarks.md)")
-	fl.StringVar(&f.criSocket, "cri-socket", "", "the container runtime's CRI socket (default /run/containerd/containerd.sock under --root)")
+	f.healer.register(fl)
 	return cmd
 }
 
@@ -160,27 +153,14 @@ func runAgent(ctx context.Context, stderr io.Writer, f agentFlags) error {
 	if err != nil {
 		return failure(err)
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	waitHealer, err := startHealer(ctx, cfg, cs, f.healer, healerSetup{node: f.node, root: f.root, stateDir: f.stateDir,
+		sysroot: &ostree.Sysroot{Path: f.sysroot, OSName: osname}, feed: watch.Feed(f.node), units: units, log: log})
 	if err != nil {
-		return failure(fmt.Errorf("kubernetes client: %w", err))
+		return failure(err)
 	}
-	bootID, err := os.ReadFile(filepath.Join(f.root, "proc/sys/kernel/random/boot_id"))
-	if err != nil {
-		return failure(fmt.Errorf("read the boot ID: %w", err))
-	}
-	healed := make(chan error, 1)
-	go func() {
-		healed <- healer.Run(ctx, healer.Options{
-			NodeName: f.node, Client: cs, Dynamic: dyn, Feed: watch.Feed(f.node),
-			Root: f.root, StateDir: f.stateDir, BootID: strings.TrimSpace(string(bootID)),
-			KubeletHealthzURL: f.kubeletHealthz, CRISocket: f.criSocket,
-			Units: units, Rebooter: systemd.Logind{},
-			Sysroot: &ostree.Sysroot{Path: f.sysroot, OSName: osname}, Interval: f.checkInterval, Log: log,
-		})
-	}()
 	err = a.Run(ctx)
 	stop() // the health side stops with the agent
-	if herr := <-healed; err == nil {
+	if herr := waitHealer(); err == nil {
 		err = herr
 	}
 	if err != nil {
