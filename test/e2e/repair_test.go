@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,14 +193,29 @@ func (r *run) ladder(t *testing.T, ctd *containerd.Containerd) {
 	}
 
 	// Half the pool NotReady at once (PLEG): no repair, the pool Stalled.
+	// The faults are injected while the controller is stopped, and it
+	// starts again once every agent reports them, so that it sees them
+	// together: a node sick alone for the ladder's duration, while its
+	// agents' next check rounds are late, would rightly be repaired.
 	half := []string{"general-0", "general-1", "general-2"}
 	before := map[string]int{}
+	if err := r.StopController(); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range half {
 		before[n] = len(r.history(t, n))
 		if err := r.Fleet.InjectKubeletFault(n, sim.KubeletFault{PLEG: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for _, n := range half {
+		waitNode(t, r, n, func(n *corev1.Node) bool {
+			return slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
+				return string(c.Type) == string(schema.ConditionPLEGUnhealthy) && c.Status == corev1.ConditionTrue
+			})
+		})
+	}
+	r.StartController()
 	r.waitPool("general", "repairs stopped", time.Minute, func(np *herdpool.HerdPool) bool {
 		c := conditions.Get(np, meta.StalledCondition)
 		return c != nil && c.Reason == "RepairsStopped"
