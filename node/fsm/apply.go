@@ -193,19 +193,16 @@ func (m *machine) finishBoot() Action {
 			return m.end(Refusef("rebooted into OS commit %s (kernel arguments %q) for config %s, but the node booted %s (kernel arguments %q): it fell back to the previous deployment",
 				short(p.commit), p.kargs, short(want.Config), short(b.Checksum), b.KernelArgs))
 		}
+		m.noteApplied() // with the journal write that says so: exactly once
 	}
 	if !p.cleaned {
 		return Action{Kind: Cleanup}
-	}
-	if !p.noted {
-		m.noteApplied()
 	}
 	return m.publishThenEnd(m.report(schema.StateIdle, idleMessage(want.Config, p.commit, p.how)))
 }
 
 // noteApplied notes the desired state reached.
 func (m *machine) noteApplied() {
-	m.pass.noted = true
 	n := Note{Kind: NoteApplied, Config: m.pass.want.Config, Commit: m.pass.commit}
 	if s := m.Journal.Started; !s.IsZero() && m.now.After(s) {
 		n.Took = m.now.Sub(s)

@@ -138,7 +138,6 @@ type pass struct {
 	unstaged    bool
 	deployed    bool
 	cleaned     bool
-	noted       bool // NoteApplied or NoteStaged given
 	rebooting   bool // the reboot was requested
 
 	// settled

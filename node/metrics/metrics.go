@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"herd.dev/herd/schema"
 )
@@ -217,7 +218,7 @@ func (a *Agent) Snapshot() Counters {
 // Parse reads counters from an agent's /metrics in the Prometheus text
 // format.
 func Parse(r io.Reader) (Counters, error) {
-	var p expfmt.TextParser
+	p := expfmt.NewTextParser(model.LegacyValidation)
 	fams, err := p.TextToMetricFamilies(r)
 	if err != nil {
 		return Counters{}, fmt.Errorf("parse agent metrics: %w", err)

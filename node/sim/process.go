@@ -50,14 +50,14 @@ func (f *Fleet) startProc(n *simNode) (*agentProc, error) {
 		"--reboot-timeout", time.Hour.String(),
 		"--metrics-addr", addr,
 		"--log-level", level)
-	cmd.Env = append(append(os.Environ(), osfixture.Env...), f.bus.env())
+	cmd.Env = append(append(os.Environ(), osfixture.Env...), f.bus.Env())
 	cmd.Stdout, cmd.Stderr = f.opts.AgentLog, f.opts.AgentLog
 	// The agent dies with the simulator.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", f.opts.AgentBinary, err)
 	}
-	f.bus.track(cmd.Process.Pid, n)
+	f.bus.Track(cmd.Process.Pid, n.requestReboot)
 	p := &agentProc{cmd: cmd, addr: addr, exited: make(chan error, 1)}
 	go func() { p.exited <- cmd.Wait() }()
 	return p, nil
@@ -75,7 +75,7 @@ func (f *Fleet) stopProc(n *simNode, p *agentProc) {
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	}
-	f.bus.untrack(p.cmd.Process.Pid)
+	f.bus.Untrack(p.cmd.Process.Pid)
 }
 
 // scrape reads the counters of a node's agent process from its /metrics.

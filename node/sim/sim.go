@@ -28,6 +28,7 @@ import (
 	"herd.dev/herd/node/apply"
 	"herd.dev/herd/node/kube"
 	"herd.dev/herd/node/metrics"
+	"herd.dev/herd/node/sim/hostbus"
 	"herd.dev/herd/os/ostree"
 	"herd.dev/herd/os/ostree/osfixture"
 )
@@ -163,9 +164,9 @@ type Fleet struct {
 	agents  *kube.Client // the in-process agents' client
 	kubelet *kubelet
 
-	bus        *bus   // with AgentBinary: systemd and logind for the agent processes
-	kubeconfig string // with AgentBinary: the agent processes' kubeconfig
-	trustFile  string // with AgentBinary: the agent processes' --os-trust
+	bus        *hostbus.Bus // with AgentBinary: systemd and logind for the agent processes
+	kubeconfig string       // with AgentBinary: the agent processes' kubeconfig
+	trustFile  string       // with AgentBinary: the agent processes' --os-trust
 	started    time.Duration
 
 	mu       sync.Mutex
@@ -619,7 +620,7 @@ func (f *Fleet) runProcess(n *simNode) bool {
 			f.stopProc(n, p)
 			return false
 		case err := <-p.exited:
-			f.bus.untrack(p.cmd.Process.Pid)
+			f.bus.Untrack(p.cmd.Process.Pid)
 			f.retire(n)
 			f.log.Error("sim: herd-agent exited; starting it again", "node", n.name, "err", err)
 			t := time.NewTimer(time.Second)
@@ -704,7 +705,7 @@ func (f *Fleet) startAgentProcesses(cfg *rest.Config) error {
 			return err
 		}
 	}
-	b, err := startBus(f.shm)
+	b, err := hostbus.Start(f.shm)
 	if err != nil {
 		return err
 	}
@@ -885,7 +886,7 @@ func (f *Fleet) Stop() error {
 			f.kubelet.wait()
 		}
 		if f.bus != nil {
-			f.bus.close()
+			f.bus.Close()
 		}
 		var errs []error
 		if !f.opts.KeepNodes && len(f.Nodes()) > 0 {
@@ -950,6 +951,14 @@ type simNode struct {
 	boots        int
 	bootFailures int
 	bootN        int
+}
+
+// requestReboot hands a reboot request to the node's loop.
+func (n *simNode) requestReboot() {
+	select {
+	case n.reboot <- struct{}{}:
+	default:
+	}
 }
 
 func (n *simNode) keysDir() string { return filepath.Join(n.root, "etc/herd/trusted.gpg.d") }

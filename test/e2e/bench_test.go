@@ -18,7 +18,8 @@ import (
 	"herd.dev/herd/test/story"
 )
 
-// BenchmarkRollout100 rolls a new OS out to 100 simulated nodes with
+// BenchmarkRollout100 rolls a new OS out to 100 simulated nodes (each a
+// herd-agent process) with
 // maxUnavailable 10 and a fixed 2 s reboot, and reports the wall time over
 // the ideal: ⌈100/10⌉ batches × the time one node takes, from its dispatch
 // to its being back at work (the median over the nodes).
@@ -30,6 +31,7 @@ func BenchmarkRollout100(b *testing.B) {
 		Dir:         b.TempDir(),
 		Pools:       map[string]int{"general": nodes},
 		RebootDelay: 2 * time.Second,
+		AgentBinary: agentBinary(b),
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -30,7 +30,7 @@ func TestUserStory(t *testing.T) {
 		t.Skipf("%s=1", controlplane.SkipEnv)
 	}
 	ctx := t.Context()
-	s, err := story.Start(ctx, story.Options{Dir: t.TempDir(), RebootDelay: time.Second, Interval: 10 * time.Second})
+	s, err := story.Start(ctx, story.Options{Dir: t.TempDir(), RebootDelay: time.Second, Interval: 10 * time.Second, AgentBinary: agentBinary(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

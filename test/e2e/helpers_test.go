@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +20,36 @@ import (
 	"herd.dev/herd/test/controlplane"
 	"herd.dev/herd/test/story"
 )
+
+var (
+	agentOnce sync.Once
+	agentBin  string
+	agentErr  error
+	agentDir  string
+)
+
+// agentBinary is the herd-agent every simulated node runs, built once per
+// test binary as make build builds it.
+func agentBinary(tb testing.TB) string {
+	tb.Helper()
+	agentOnce.Do(func() {
+		if agentDir, agentErr = os.MkdirTemp("", "herd-e2e-agent-"); agentErr == nil {
+			agentBin, agentErr = story.BuildAgent(agentDir)
+		}
+	})
+	if agentErr != nil {
+		tb.Fatal(agentErr)
+	}
+	return agentBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if agentDir != "" {
+		os.RemoveAll(agentDir)
+	}
+	os.Exit(code)
+}
 
 // run is one end-to-end story with helpers to change the fleet repo with
 // the git CLI, as a person would.
@@ -34,6 +65,9 @@ func startStory(t *testing.T, opts story.Options) *run {
 	}
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
+	}
+	if opts.AgentBinary == "" {
+		opts.AgentBinary = agentBinary(t)
 	}
 	s, err := story.Start(t.Context(), opts)
 	if err != nil {

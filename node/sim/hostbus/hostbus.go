@@ -1,4 +1,11 @@
-package sim
+// Package hostbus is a private D-Bus system bus on which systemd and
+// logind are played, for herd-agent processes of simulated nodes.
+//
+// Agents speak real D-Bus to it, as on a node (DBUS_SYSTEM_BUS_ADDRESS
+// points them at it): unit restarts succeed, and a reboot request is handed
+// to the simulated machine whose agent made it, known by the caller's
+// process ID. Nothing reaches the host's own systemd or logind.
+package hostbus
 
 import (
 	"bufio"
@@ -14,11 +21,8 @@ import (
 	"github.com/godbus/dbus/v5"
 )
 
-// bus is a private D-Bus system bus for herd-agent processes, with systemd
-// and logind played by the simulator: restarts succeed, and a reboot
-// request is handed to the node whose agent made it (known by the caller's
-// process ID). The agents speak real D-Bus to it, as on a node.
-type bus struct {
+// Bus is the bus and its stand-ins. Safe for concurrent use.
+type Bus struct {
 	addr   string
 	daemon *exec.Cmd
 	conn   *dbus.Conn
@@ -26,13 +30,13 @@ type bus struct {
 	jobs atomic.Uint32
 
 	mu   sync.Mutex
-	pids map[uint32]*simNode
+	pids map[uint32]func() // the reboot of each tracked process's machine
 }
 
-// startBus starts dbus-daemon on a socket in dir and serves the stand-ins.
-func startBus(dir string) (_ *bus, err error) {
+// Start starts dbus-daemon on a socket in dir and serves the stand-ins.
+func Start(dir string) (_ *Bus, err error) {
 	if _, err := exec.LookPath("dbus-daemon"); err != nil {
-		return nil, fmt.Errorf("sim: herd-agent processes need dbus-daemon (apt-get install -y dbus-daemon): %w", err)
+		return nil, fmt.Errorf("host bus: herd-agent processes need dbus-daemon (apt-get install -y dbus-daemon): %w", err)
 	}
 	conf := filepath.Join(dir, "bus.conf")
 	err = os.WriteFile(conf, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -50,30 +54,30 @@ func startBus(dir string) (_ *bus, err error) {
 </busconfig>
 `), 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("sim: bus: %w", err)
+		return nil, fmt.Errorf("host bus: %w", err)
 	}
-	b := &bus{pids: map[uint32]*simNode{}}
+	b := &Bus{pids: map[uint32]func(){}}
 	b.daemon = exec.Command("dbus-daemon", "--config-file="+conf, "--nofork", "--nopidfile", "--print-address")
 	b.daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := b.daemon.StdoutPipe()
 	if err != nil {
-		return nil, fmt.Errorf("sim: bus: %w", err)
+		return nil, fmt.Errorf("host bus: %w", err)
 	}
 	if err := b.daemon.Start(); err != nil {
-		return nil, fmt.Errorf("sim: bus: %w", err)
+		return nil, fmt.Errorf("host bus: %w", err)
 	}
 	defer func() {
 		if err != nil {
-			b.close()
+			b.Close()
 		}
 	}()
 	addr, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
-		return nil, fmt.Errorf("sim: dbus-daemon printed no address: %w", err)
+		return nil, fmt.Errorf("host bus: dbus-daemon printed no address: %w", err)
 	}
 	b.addr = strings.TrimSpace(addr)
 	if b.conn, err = dbus.Connect(b.addr); err != nil {
-		return nil, fmt.Errorf("sim: bus: %w", err)
+		return nil, fmt.Errorf("host bus: %w", err)
 	}
 	for _, s := range []struct {
 		name, path, iface string
@@ -83,49 +87,52 @@ func startBus(dir string) (_ *bus, err error) {
 		{"org.freedesktop.login1", "/org/freedesktop/login1", "org.freedesktop.login1.Manager", logindStandIn{b}},
 	} {
 		if err := b.conn.Export(s.obj, dbus.ObjectPath(s.path), s.iface); err != nil {
-			return nil, fmt.Errorf("sim: bus: %w", err)
+			return nil, fmt.Errorf("host bus: %w", err)
 		}
 		reply, err := b.conn.RequestName(s.name, dbus.NameFlagDoNotQueue)
 		if err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
-			return nil, fmt.Errorf("sim: bus: own %s: %v (reply %v)", s.name, err, reply)
+			return nil, fmt.Errorf("host bus: own %s: %v (reply %v)", s.name, err, reply)
 		}
 	}
 	return b, nil
 }
 
-// Env is the environment that points an agent at the bus.
-func (b *bus) env() string { return "DBUS_SYSTEM_BUS_ADDRESS=" + b.addr }
+// Env is the environment variable that points an agent at the bus.
+func (b *Bus) Env() string { return "DBUS_SYSTEM_BUS_ADDRESS=" + b.addr }
 
-// track makes calls from process pid count as node n's.
-func (b *bus) track(pid int, n *simNode) {
+// Track accepts calls from process pid: its reboot requests call reboot.
+// Calls from processes not tracked fail.
+func (b *Bus) Track(pid int, reboot func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.pids[uint32(pid)] = n
+	b.pids[uint32(pid)] = reboot
 }
 
-func (b *bus) untrack(pid int) {
+// Untrack forgets process pid.
+func (b *Bus) Untrack(pid int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.pids, uint32(pid))
 }
 
-// caller returns the node whose agent sent a call.
-func (b *bus) caller(sender dbus.Sender) (*simNode, *dbus.Error) {
+// caller returns the reboot of the machine whose agent sent a call.
+func (b *Bus) caller(sender dbus.Sender) (func(), *dbus.Error) {
 	var pid uint32
 	err := b.conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, string(sender)).Store(&pid)
 	if err != nil {
 		return nil, dbus.MakeFailedError(err)
 	}
 	b.mu.Lock()
-	n := b.pids[pid]
+	reboot := b.pids[pid]
 	b.mu.Unlock()
-	if n == nil {
-		return nil, dbus.MakeFailedError(fmt.Errorf("process %d is no simulated node's agent", pid))
+	if reboot == nil {
+		return nil, dbus.MakeFailedError(fmt.Errorf("process %d is no simulated machine's agent", pid))
 	}
-	return n, nil
+	return reboot, nil
 }
 
-func (b *bus) close() {
+// Close stops the bus.
+func (b *Bus) Close() {
 	if b.conn != nil {
 		b.conn.Close()
 	}
@@ -137,7 +144,7 @@ func (b *bus) close() {
 
 // systemdStandIn plays org.freedesktop.systemd1.Manager: RestartUnit
 // succeeds, and the job's JobRemoved signal says done, as systemd's does.
-type systemdStandIn struct{ b *bus }
+type systemdStandIn struct{ b *Bus }
 
 func (s systemdStandIn) RestartUnit(sender dbus.Sender, name, _ string) (dbus.ObjectPath, *dbus.Error) {
 	if _, err := s.b.caller(sender); err != nil {
@@ -152,17 +159,14 @@ func (s systemdStandIn) RestartUnit(sender dbus.Sender, name, _ string) (dbus.Ob
 }
 
 // logindStandIn plays org.freedesktop.login1.Manager: Reboot hands the
-// reboot to the calling agent's node.
-type logindStandIn struct{ b *bus }
+// reboot to the calling agent's machine.
+type logindStandIn struct{ b *Bus }
 
 func (l logindStandIn) Reboot(sender dbus.Sender, _ bool) *dbus.Error {
-	n, err := l.b.caller(sender)
+	reboot, err := l.b.caller(sender)
 	if err != nil {
 		return err
 	}
-	select {
-	case n.reboot <- struct{}{}:
-	default:
-	}
+	reboot()
 	return nil
 }
