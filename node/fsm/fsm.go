@@ -59,11 +59,9 @@ func New(j Journal, bootID string, rebootTimeout time.Duration) State {
 	return State{Journal: j, BootID: bootID, RebootTimeout: rebootTimeout}
 }
 
-// Reported returns what the agent last published, and whether it has.
-func (s *State) Reported() (Report, bool) { return s.reported, s.hasReported }
-
 // Input is one step's input: the Node as seen now, which starts a new
-// sync, or the result of the action the previous step returned.
+// sync, or the result of the action the previous step returned. An input
+// with neither (or a result when no sync is in progress) waits.
 type Input struct {
 	Now    time.Time
 	Node   *Node

@@ -57,9 +57,6 @@ func New(cfg *rest.Config) (*Client, error) {
 	return &Client{rest: rc}, nil
 }
 
-// REST returns the underlying REST client of core/v1.
-func (c *Client) REST() rest.Interface { return c.rest }
-
 // Node reads the Node called name.
 func (c *Client) Node(ctx context.Context, name string) (*corev1.Node, error) {
 	n := &corev1.Node{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -33,10 +34,10 @@ func (f *Fleet) startProc(n *simNode) (*agentProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	level := "error"
-	if f.log.Enabled(context.Background(), -4) {
+	level := "error" // the agents' levels are the controller's: no warn
+	if f.log.Enabled(context.Background(), slog.LevelDebug) {
 		level = "debug"
-	} else if f.log.Enabled(context.Background(), 0) {
+	} else if f.log.Enabled(context.Background(), slog.LevelInfo) {
 		level = "info"
 	}
 	cmd := exec.Command(f.opts.AgentBinary,
@@ -63,9 +64,9 @@ func (f *Fleet) startProc(n *simNode) (*agentProc, error) {
 	return p, nil
 }
 
-// stop stops the agent as a shutdown does (SIGTERM; SIGKILL after 10 s)
-// and returns the counters it reported last.
-func (f *Fleet) stopProc(n *simNode, p *agentProc) {
+// stopProc stops an agent process as a shutdown does (SIGTERM;
+// SIGKILL after 10 s).
+func (f *Fleet) stopProc(p *agentProc) {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	t := time.NewTimer(10 * time.Second)
 	defer t.Stop()

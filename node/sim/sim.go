@@ -617,7 +617,7 @@ func (f *Fleet) runProcess(n *simNode) bool {
 		n.mu.Unlock()
 		select {
 		case <-f.ctx.Done():
-			f.stopProc(n, p)
+			f.stopProc(p)
 			return false
 		case err := <-p.exited:
 			f.bus.Untrack(p.cmd.Process.Pid)
@@ -632,7 +632,7 @@ func (f *Fleet) runProcess(n *simNode) bool {
 			}
 		case <-n.reboot:
 			f.awaitRebootCounted(n)
-			f.stopProc(n, p)
+			f.stopProc(p)
 			f.retire(n)
 			return true
 		}
@@ -646,14 +646,23 @@ func (f *Fleet) awaitRebootCounted(n *simNode) {
 	n.mu.Lock()
 	want := n.last.Reboots + 1
 	n.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && f.ctx.Err() == nil {
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
 		if c, ok := f.scrapeNode(n); ok && c.Reboots >= want {
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-deadline.C:
+			f.log.Warn("sim: the agent did not count the reboot it requested", "node", n.name)
+			return
+		case <-tick.C:
+		}
 	}
-	f.log.Warn("sim: the agent did not count the reboot it requested", "node", n.name)
 }
 
 // scrapeNode reads the counters of node n's running agent process and
