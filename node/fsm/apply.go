@@ -33,21 +33,7 @@ func (m *machine) apply() Action {
 		return m.end(Refusef("the OSTree sysroot has no booted deployment"))
 	}
 	if !p.began {
-		p.began = true
-		m.booted, m.staged = booted.Checksum, ""
-		if def := p.os.Default; def != nil && def.ID != booted.ID {
-			m.staged = def.Checksum
-		}
-		// A reboot since the journal was written took every pending
-		// restart and reboot on: the services started with the files on
-		// disk.
-		p.rebooted = j.BootID != "" && m.BootID != "" && j.BootID != m.BootID
-		if p.rebooted {
-			j.Pending = nil
-		}
-		if j.Refused != nil && (j.Refused.Config != want.Config || j.Refused.OS != want.OS) {
-			j.Refused = nil // the desired state changed: try again
-		}
+		m.beginApply()
 	}
 
 	if want.Config == "" {
@@ -99,15 +85,7 @@ func (m *machine) apply() Action {
 		}
 	}
 	if !j.is(want.Config, p.commit, p.kargs) {
-		// A new change. Pending disruptions of the one before carry over.
-		*j = Journal{
-			Applied: j.Applied, OSPulled: j.OSPulled, PrePulled: j.PrePulled, Pending: j.Pending, BootID: j.BootID,
-			Config: want.Config, OS: p.commit, KernelArgs: slices.Clone(p.kargs), Started: m.now,
-			SameCommit: p.commit == booted.Checksum,
-		}
-		if p.needOS && p.commit == j.PrePulled {
-			j.Prestaged, j.PrePulled = true, "" // this change takes the pre-staged commit on
-		}
+		m.takeOn()
 	}
 
 	// Pull first: a commit that is missing or fails verification is
@@ -144,6 +122,41 @@ func (m *machine) apply() Action {
 	}
 	j.Applied, j.Phase, j.Pending, j.BootID = want.Config, PhaseDone, nil, m.BootID
 	return m.publishThenEnd(m.report(schema.StateIdle, idleMessage(want.Config, p.commit, "")))
+}
+
+// beginApply takes in what the OS says: the booted and staged commits,
+// and whether the node rebooted since the journal was written.
+func (m *machine) beginApply() {
+	p, j, want := &m.pass, &m.Journal, m.pass.want
+	booted := p.os.Booted
+	p.began = true
+	m.booted, m.staged = booted.Checksum, ""
+	if def := p.os.Default; def != nil && def.ID != booted.ID {
+		m.staged = def.Checksum
+	}
+	// A reboot since the journal was written took every pending restart
+	// and reboot on: the services started with the files on disk.
+	p.rebooted = j.BootID != "" && m.BootID != "" && j.BootID != m.BootID
+	if p.rebooted {
+		j.Pending = nil
+	}
+	if j.Refused != nil && (j.Refused.Config != want.Config || j.Refused.OS != want.OS) {
+		j.Refused = nil // the desired state changed: try again
+	}
+}
+
+// takeOn makes the journal name a new change. Pending disruptions of the
+// one before carry over.
+func (m *machine) takeOn() {
+	p, j := &m.pass, &m.Journal
+	*j = Journal{
+		Applied: j.Applied, OSPulled: j.OSPulled, PrePulled: j.PrePulled, Pending: j.Pending, BootID: j.BootID,
+		Config: p.want.Config, OS: p.commit, KernelArgs: slices.Clone(p.kargs), Started: m.now,
+		SameCommit: p.commit == p.os.Booted.Checksum,
+	}
+	if p.needOS && p.commit == j.PrePulled {
+		j.Prestaged, j.PrePulled = true, "" // this change takes the pre-staged commit on
+	}
 }
 
 // plan works out the change from the render: the OS commit, the kernel

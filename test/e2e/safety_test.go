@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os/exec"
@@ -149,7 +150,7 @@ func TestControllerKilledDuringRollout(t *testing.T) {
 			t.Fatal(t.Context().Err())
 		case <-time.After(time.Duration(500+rnd.IntN(3000)) * time.Millisecond): // a random moment
 		}
-		if err := r.StopController(); err != nil && err != context.Canceled {
+		if err := r.StopController(); err != nil && !errors.Is(err, context.Canceled) {
 			t.Fatalf("kill %d: %v", i+1, err)
 		}
 		r.StartController()
