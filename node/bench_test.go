@@ -179,11 +179,15 @@ func BenchmarkAgent(b *testing.B) {
 	c := cluster(b)
 	agent := buildAgent(b)
 	for b.Loop() {
-		repo, err := osfixture.NewRepo(b.Context(), shmDir(b), osfixture.Options{Versions: 2})
+		repo, err := osfixture.NewRepo(b.Context(), shmDir(b), osfixture.Options{Versions: 2, Sign: true})
 		if err != nil {
 			b.Fatal(err)
 		}
 		dir := shmDir(b)
+		// The operator's trust file: the repository, signed with its key.
+		trust := filepath.Join(dir, "os-trust", "remotes.yaml")
+		writeFile(b, filepath.Join(dir, "os-trust", "herd.asc"), string(mustRead(b, repo.KeyPath)))
+		writeFile(b, trust, "remotes:\n  - name: "+osfixture.DefaultRemote+"\n    url: "+repo.URL+"\n    gpgKeyFile: herd.asc\n")
 		bus, err := hostbus.Start(dir)
 		if err != nil {
 			b.Fatal(err)
@@ -208,7 +212,7 @@ func BenchmarkAgent(b *testing.B) {
 
 		cmd := exec.Command(agent, "--kubeconfig", c.KubeconfigPath(), "--node", name,
 			"--root", root, "--sysroot", s.Path, "--osname", osfixture.DefaultOSName,
-			"--state-dir", filepath.Join(root, "var/lib/herd"), "--metrics-addr", "127.0.0.1:0")
+			"--state-dir", filepath.Join(root, "var/lib/herd"), "--os-trust", trust, "--metrics-addr", "127.0.0.1:0")
 		cmd.Env = append(append(os.Environ(), osfixture.Env...), bus.Env())
 		var logs strings.Builder
 		cmd.Stderr = &logs
