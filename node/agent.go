@@ -73,6 +73,7 @@ const (
 	HookDeployed     = "deployed"      // the OS commit is deployed for the next boot, and the journal says so
 	HookRebooting    = "rebooting"     // Rebooting reported, before Rebooter.Reboot
 	HookPrestaged    = "prestaged"     // a prestage-os commit handled: found on disk, pulled, or failed
+	HookUntainting   = "untainting"    // at the target, before the agent reads the Node to remove the converging taint
 )
 
 // Options configure an Agent. NodeName, Client, Sysroot, Services and

@@ -59,7 +59,7 @@ func (a *Agent) do(ctx context.Context, act fsm.Action) fsm.Result {
 	case fsm.Cleanup:
 		r.Err = a.opts.Sysroot.Cleanup(ctx)
 	case fsm.Untaint:
-		r.Done, r.Err = a.untaint(ctx)
+		r.Done, r.Err = a.untaint(ctx, fsm.Key{Config: act.Config, OS: act.Commit})
 	case fsm.HasCommit:
 		r.Done, r.Err = a.opts.Sysroot.HasCommit(ctx, act.Commit)
 	case fsm.Prestage:
@@ -224,15 +224,25 @@ func (a *Agent) patch(ctx context.Context, r fsm.Report) (string, error) {
 }
 
 // untaint removes the herd.dev/converging taint (effect NoSchedule) from
-// the Node as it is on the API server now, with a JSON patch that first
-// tests the taint is at the index it removes: a concurrent change of the
-// taints fails it instead of removing another taint. It removes nothing
-// else; the admission policy lets the agent make exactly this change to
-// its Node's spec. It reports whether it removed one.
-func (a *Agent) untaint(ctx context.Context) (bool, error) {
+// the Node as it is on the API server now, provided the Node still desires
+// want (the state the agent is at): the controller may have moved the
+// target on since the agent saw it, and a node takes no work until it is
+// at its current target. One JSON patch tests the desired annotations and
+// that the taint is at the index it removes, then removes it: a concurrent
+// change fails it instead of removing the taint too early or another one.
+// It removes nothing else; the admission policy lets the agent make
+// exactly this change to its Node's spec. It reports whether it removed
+// the taint.
+func (a *Agent) untaint(ctx context.Context, want fsm.Key) (bool, error) {
+	if err := a.hook(ctx, HookUntainting); err != nil {
+		return false, err
+	}
 	n, err := a.opts.Client.Node(ctx, a.opts.NodeName)
 	if err != nil {
 		return false, fmt.Errorf("read Node %s: %w", a.opts.NodeName, err)
+	}
+	if desired(n) != want {
+		return false, nil // the target moved: the next sync takes the node there first
 	}
 	i := -1
 	for k, t := range n.Spec.Taints {
@@ -244,12 +254,16 @@ func (a *Agent) untaint(ctx context.Context) (bool, error) {
 	if i < 0 {
 		return false, nil
 	}
+	ops := []map[string]any{{"op": "test", "path": annotationPath(schema.AnnotationDesiredConfig), "value": want.Config}}
+	if want.OS != "" {
+		ops = append(ops, map[string]any{"op": "test", "path": annotationPath(schema.AnnotationDesiredOS), "value": want.OS})
+	}
 	at := fmt.Sprintf("/spec/taints/%d", i)
-	body, err := json.Marshal([]map[string]any{
-		{"op": "test", "path": at + "/key", "value": schema.TaintConverging},
-		{"op": "test", "path": at + "/effect", "value": string(corev1.TaintEffectNoSchedule)},
-		{"op": "remove", "path": at},
-	})
+	ops = append(ops,
+		map[string]any{"op": "test", "path": at + "/key", "value": schema.TaintConverging},
+		map[string]any{"op": "test", "path": at + "/effect", "value": string(corev1.TaintEffectNoSchedule)},
+		map[string]any{"op": "remove", "path": at})
+	body, err := json.Marshal(ops)
 	if err != nil {
 		return false, err
 	}
@@ -257,6 +271,11 @@ func (a *Agent) untaint(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("remove the taint %s from Node %s: %w", schema.TaintConverging, a.opts.NodeName, err)
 	}
 	return true, nil
+}
+
+// annotationPath is the JSON pointer of an annotation.
+func annotationPath(key string) string {
+	return "/metadata/annotations/" + strings.NewReplacer("~", "~0", "/", "~1").Replace(key)
 }
 
 // prestage pulls the commit ahead of its rollout, until the Node's desired

@@ -933,3 +933,25 @@ func TestReportFailures(t *testing.T) {
 		}
 	})
 }
+
+// The target moves on just as the agent reaches the old one: the taint
+// stays until the node is at the new target (a joining node takes no work
+// before), then goes.
+func TestTaintStaysWhenTargetMoves(t *testing.T) {
+	w := newWorld()
+	w.node.Tainted = true
+	h1 := w.publish(t, spec{commit: v1, sysctl: map[string]string{"vm.max_map_count": "262144"}})
+	h2 := w.publish(t, spec{commit: v1, sysctl: map[string]string{"vm.max_map_count": "524288"}})
+	w.desire(h1, v1)
+	w.before[untaint] = func() { w.desire(h2, v1) } // the controller moves the target on
+	a := start(t, w, fsm.Journal{}, epoch)
+	a.once()
+	if !w.node.Tainted || len(a.noted(fsm.NoteUntainted)) != 0 {
+		t.Fatalf("the taint went at %s while the node desires %s", a.saved.Applied[:12], h2[:12])
+	}
+	a.settle()
+	wantReport(t, w, schema.StateIdle, "up to date: config "+h2[:12])
+	if w.node.Tainted || len(a.noted(fsm.NoteUntainted)) != 1 {
+		t.Errorf("tainted %v at the new target; notes %+v", w.node.Tainted, a.noted(fsm.NoteUntainted))
+	}
+}

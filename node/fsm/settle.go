@@ -43,7 +43,7 @@ func (m *machine) settle() Action {
 			p.wait = m.taintRetryAt.Sub(m.now)
 		default:
 			p.inflight = partTaint
-			return Action{Kind: Untaint}
+			return Action{Kind: Untaint, Config: p.want.Config, Commit: p.want.OS}
 		}
 	}
 	if act, ok := m.prestage(); ok {

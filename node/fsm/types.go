@@ -93,7 +93,7 @@ const (
 	Deploy                         // deploy Commit with KernelArgs as the next boot's default
 	Reboot                         // request the reboot
 	Cleanup                        // remove deployments ostree no longer needs, after a boot
-	Untaint                        // remove the herd.dev/converging taint
+	Untaint                        // remove the herd.dev/converging taint, if the Node still desires Config and Commit
 	HasCommit                      // look whether Commit is on disk (pre-stage)
 	Prestage                       // pull Commit from OS's remote ahead of the rollout, until the Node's desired state or prestage-os changes
 )
@@ -114,11 +114,13 @@ type Action struct {
 	// After is how long a Wait lasts at most; 0 waits for the next change
 	// of the Node only.
 	After time.Duration
-	// Config is the render's hash: FetchRender, WriteFiles.
+	// Config is the render's hash: FetchRender, WriteFiles; the desired
+	// config the node is at: Untaint.
 	Config string
 	// Render is the fetched render: Inspect, WriteFiles, ApplySysctls.
 	Render *schema.Rendered
-	// Commit and KernelArgs: Pull, Deploy, HasCommit, Prestage.
+	// Commit and KernelArgs: Pull, Deploy, HasCommit, Prestage; the
+	// desired OS commit the node is at: Untaint.
 	Commit     string
 	KernelArgs []string
 	// OS names the remote and ref to pull from: Pull, Prestage.

@@ -44,6 +44,9 @@ type world struct {
 	// failWrite makes the next WriteFiles fail halfway and restore the
 	// previous files, as the executor does.
 	failWrite bool
+	// before runs (once) right before the next action of its kind: the
+	// world changing while the agent works.
+	before map[fsm.ActionKind]func()
 
 	// What the world saw done.
 	pulls, deploys, cleanups, untaints int
@@ -77,6 +80,7 @@ func newWorld() *world {
 		sysctls: map[string]string{"vm.max_map_count": "65530", "net.core.somaxconn": "4096"},
 		renders: map[string]*schema.Rendered{},
 		fail:    map[fsm.ActionKind]error{},
+		before:  map[fsm.ActionKind]func(){},
 	}
 	w.deps = []deployment{{id: 1, checksum: v1, kargs: []string{}}}
 	w.booted, w.nextID = 1, 2
@@ -212,6 +216,10 @@ var errNotFound = errors.New("commit not found")
 // do carries out an action and returns its result, as the executor does.
 func (w *world) do(act fsm.Action) fsm.Result {
 	r := fsm.Result{Of: act.Kind}
+	if f, ok := w.before[act.Kind]; ok {
+		delete(w.before, act.Kind)
+		f()
+	}
 	if err, ok := w.fail[act.Kind]; ok {
 		delete(w.fail, act.Kind)
 		r.Err = err
@@ -303,6 +311,11 @@ func (w *world) do(act fsm.Action) fsm.Result {
 	case fsm.Cleanup:
 		w.cleanups++
 	case fsm.Untaint:
+		// As the executor: only while the Node still desires what the
+		// agent is at.
+		if w.node.Desired != (fsm.Key{Config: act.Config, OS: act.Commit}) {
+			return r
+		}
 		r.Done = w.node.Tainted
 		w.node.Tainted = false
 		w.untaints++
