@@ -74,6 +74,14 @@ func (c *Client) PatchNode(ctx context.Context, name string, pt types.PatchType,
 	return n, err
 }
 
+// ListPods lists pods in all namespaces, as opts select (e.g. a field
+// selector spec.nodeName=<node>): the shape kubepods.Lister takes.
+func (c *Client) ListPods(ctx context.Context, opts metav1.ListOptions) (*corev1.PodList, error) {
+	l := &corev1.PodList{}
+	err := c.rest.Get().Resource("pods").VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(l)
+	return l, err
+}
+
 // ConfigMap reads the ConfigMap namespace/name.
 func (c *Client) ConfigMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error) {
 	cm := &corev1.ConfigMap{}

@@ -62,6 +62,7 @@ func TestServeAndReadBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.Handle("GET /top", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("top\n")) }))
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
@@ -106,6 +107,9 @@ func TestServeAndReadBack(t *testing.T) {
 		}
 	}
 
+	if code, body := get("/top"); code != http.StatusOK || body != "top\n" {
+		t.Errorf("/top, another of the node's handlers: %d %q", code, body)
+	}
 	if code, body := get("/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d %s", code, body)
 	}

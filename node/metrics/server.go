@@ -19,6 +19,7 @@ const DefaultAddr = ":9737"
 // and /readyz (the agent watches its Node and has reported).
 type Server struct {
 	ln  net.Listener
+	mux *http.ServeMux
 	srv *http.Server
 }
 
@@ -42,8 +43,12 @@ func Listen(addr string, g prometheus.Gatherer, ready func() error) (*Server, er
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
+	return &Server{ln: ln, mux: mux, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
+
+// Handle serves h at pattern (as http.ServeMux takes it) beside /metrics
+// and the probes, e.g. the eBPF monitor's report. Call it before Serve.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
