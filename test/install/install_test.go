@@ -201,6 +201,17 @@ func runAgent(t *testing.T, cp *controlplane.ControlPlane, c client.Client, cs k
 		t.Fatal(err)
 	}
 	pods := waitPods(t, cs, "app.kubernetes.io/component=agent", 1)
+	// The DaemonSet controller pins its Pod to the node by affinity; with
+	// no scheduler here, bind it as the scheduler would.
+	if pods[0].Spec.NodeName == "" {
+		if err := cs.CoreV1().Pods(pods[0].Namespace).Bind(t.Context(), &corev1.Binding{
+			ObjectMeta: metav1.ObjectMeta{Name: pods[0].Name, Namespace: pods[0].Namespace, UID: pods[0].UID},
+			Target:     corev1.ObjectReference{Kind: "Node", Name: node},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pods = waitPods(t, cs, "app.kubernetes.io/component=agent", 1)
+	}
 	if pods[0].Spec.NodeName != node {
 		t.Fatalf("agent pod on %q, want %s", pods[0].Spec.NodeName, node)
 	}
