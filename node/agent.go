@@ -245,7 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.feed = feed
 	j := a.state.Journal
-	a.log.Info("agent started", "bootID", a.state.BootID, "applied", short(j.Applied), "step", j.Phase)
+	a.log.Info("agent started", "bootID", a.state.BootID, "applied", schema.Short(j.Applied), "step", j.Phase)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -355,12 +355,4 @@ func (a *Agent) hook(ctx context.Context, point string) error {
 		a.opts.Hook(point)
 	}
 	return ctx.Err()
-}
-
-// short abbreviates a hash or commit for messages.
-func short(h string) string {
-	if len(h) > 12 {
-		return h[:12]
-	}
-	return h
 }

@@ -48,9 +48,9 @@ func (a *Agent) do(ctx context.Context, act fsm.Action) fsm.Result {
 		r.Err = a.opts.Sysroot.Deploy(ctx, act.Commit, act.KernelArgs)
 		r.Took = time.Since(start)
 		if errors.Is(r.Err, ostree.ErrCommitNotFound) {
-			r.Err = &fsm.Refusal{Msg: fmt.Sprintf("OS commit %s: %v", short(act.Commit), r.Err), Err: r.Err}
+			r.Err = &fsm.Refusal{Msg: fmt.Sprintf("OS commit %s: %v", schema.Short(act.Commit), r.Err), Err: r.Err}
 		} else if r.Err != nil {
-			r.Err = fmt.Errorf("deploy OS commit %s: %w", short(act.Commit), r.Err)
+			r.Err = fmt.Errorf("deploy OS commit %s: %w", schema.Short(act.Commit), r.Err)
 		}
 	case fsm.Reboot:
 		if r.Err = a.hook(ctx, HookRebooting); r.Err == nil {
@@ -140,7 +140,7 @@ func (a *Agent) fetch(ctx context.Context, hash string) (*schema.Rendered, error
 	}
 	r, err := schema.ParseRendered([]byte(data), hash)
 	if err != nil {
-		return nil, fsm.Refusef("config %s: %v", short(hash), err)
+		return nil, fsm.Refusef("config %s: %v", schema.Short(hash), err)
 	}
 	a.render = r
 	return r, nil
@@ -153,7 +153,7 @@ func (a *Agent) inspect(r *schema.Rendered) fsm.Result {
 	if err := apply.CheckSysctls(a.opts.Root, r.Config.Sysctl); err != nil {
 		var se *apply.SysctlError
 		if errors.As(err, &se) {
-			err = &fsm.Refusal{Msg: fmt.Sprintf("config %s: %v", short(r.Hash()), se), Err: se}
+			err = &fsm.Refusal{Msg: fmt.Sprintf("config %s: %v", schema.Short(r.Hash()), se), Err: se}
 		}
 		res.Err = err
 		return res

@@ -6,6 +6,7 @@ import (
 
 	"herd.dev/herd/node/fsm"
 	"herd.dev/herd/node/metrics"
+	"herd.dev/herd/schema"
 )
 
 // noted logs what the state machine says happened, counts it, and calls
@@ -43,7 +44,7 @@ func (a *Agent) note(ctx context.Context, n fsm.Note) {
 	case fsm.NoteFilesWritten:
 		m.FilesWritten(n.Count)
 		if n.Count > 0 {
-			log.Info("files written", "config", short(n.Config), "changed", n.Count)
+			log.Info("files written", "config", schema.Short(n.Config), "changed", n.Count)
 		}
 		_ = a.hook(ctx, HookFilesWritten)
 	case fsm.NoteFilesRestored:
@@ -76,7 +77,7 @@ func (a *Agent) note(ctx context.Context, n fsm.Note) {
 		log.Info("state", "state", n.State, "message", n.Msg)
 	case fsm.NoteUntainted:
 		m.Untainted()
-		log.Info("at the target: removed the taint herd.dev/converging", "config", short(n.Config))
+		log.Info("at the target: removed the taint "+schema.TaintConverging, "config", schema.Short(n.Config))
 	case fsm.NoteUntaintFailed:
 		m.Error(metrics.ErrorUntaint)
 		log.Warn("removing the converging taint failed; will retry", "error", n.Err, "attempt", n.Count, "in", n.Took)

@@ -43,7 +43,7 @@ type StageOptions struct {
 func PullOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit string, opts StageOptions) (bool, time.Duration, error) {
 	has, err := s.HasCommit(ctx, commit)
 	if err != nil {
-		return false, 0, fmt.Errorf("look for OS commit %s: %w", short(commit), err)
+		return false, 0, fmt.Errorf("look for OS commit %s: %w", schema.Short(commit), err)
 	}
 	if has {
 		return false, 0, nil
@@ -63,12 +63,12 @@ func PullOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit 
 			ropts.GPGKeyPath = trustedKey(opts.TrustedKeysDir, remote)
 		}
 		if err := s.EnsureRemote(ctx, remote, osc.Remote.URL, ropts); err != nil {
-			return false, 0, fmt.Errorf("pull OS commit %s: %w", short(commit), err)
+			return false, 0, fmt.Errorf("pull OS commit %s: %w", schema.Short(commit), err)
 		}
 	}
 	if remote == "" {
 		return false, 0, &fsm.Refusal{
-			Msg: fmt.Sprintf("OS commit %s is not on disk and the rendered config names no remote to pull it from", short(commit)),
+			Msg: fmt.Sprintf("OS commit %s is not on disk and the rendered config names no remote to pull it from", schema.Short(commit)),
 			Err: ostree.ErrCommitNotFound,
 		}
 	}
@@ -76,9 +76,9 @@ func PullOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit 
 	stats, err := s.PullWithStats(ctx, remote, osc.Ref, commit)
 	if err != nil {
 		if errors.Is(err, ostree.ErrCommitNotFound) || errors.Is(err, ostree.ErrVerification) {
-			return false, 0, &fsm.Refusal{Msg: fmt.Sprintf("OS commit %s: %v", short(commit), err), Err: err}
+			return false, 0, &fsm.Refusal{Msg: fmt.Sprintf("OS commit %s: %v", schema.Short(commit), err), Err: err}
 		}
-		return false, 0, fmt.Errorf("pull OS commit %s: %w", short(commit), err)
+		return false, 0, fmt.Errorf("pull OS commit %s: %w", schema.Short(commit), err)
 	}
 	if stats.DeltaParts > 0 {
 		opts.Metrics.DeltaPulled()
@@ -121,7 +121,7 @@ func StageOS(ctx context.Context, s *ostree.Sysroot, osc schema.OSConfig, commit
 		return pulled, err
 	}
 	if err := s.Deploy(ctx, commit, kargs); err != nil {
-		return pulled, fmt.Errorf("deploy OS commit %s: %w", short(commit), err)
+		return pulled, fmt.Errorf("deploy OS commit %s: %w", schema.Short(commit), err)
 	}
 	return pulled, nil
 }

@@ -246,7 +246,7 @@ func TestAgentPrestageFailure(t *testing.T) {
 	var ann map[string]string
 	if !poll(t, 60*time.Second, func() bool {
 		ann = n.annotations()
-		return strings.Contains(ann[schema.AnnotationMessage], "pre-staging OS commit "+missing[:12]+" failed")
+		return strings.Contains(ann[schema.AnnotationMessage], "pre-staging OS commit "+schema.Short(missing)+" failed")
 	}) {
 		t.Fatalf("no failure message: %v", ann)
 	}

@@ -47,6 +47,7 @@ type mnode struct {
 	pulled     time.Time
 	dispatchAt int  // the attempt its target was dispatched in
 	stuck      bool // its agent hangs in its apply
+	barePod    bool // runs a pod without a controller: the drain policy refuses its drain
 }
 
 func newCluster(start time.Time) *cluster {
@@ -112,24 +113,27 @@ func (c *cluster) input() Input {
 // plan is the controller's decision now.
 func (c *cluster) plan() PoolPlan { return Compute(c.input()).Pools[0] }
 
-// controller runs one reconcile: decide, act, persist. With keep, it crashes
-// after the actions keep selects (any subset: a batch's actions run side
-// by side), and the rollout state is not persisted.
+// controller runs one reconcile: decide, keep the rollout state, act. With
+// keep, it crashes after the actions keep selects: nodes are acted on side
+// by side, so any subset of the nodes, and of each node's actions, which
+// run in order, those before the first it does not keep.
 func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 	pp := c.plan()
+	// The rollout state is kept before the actions are carried out, as
+	// raft persists before it sends: what they rest on is never lost.
+	c.state = pp.Next
 	for _, e := range pp.Events {
-		if e.Kind == EventResumed && keep == nil {
+		if e.Kind == EventResumed {
 			c.attempt++ // forgiven nodes are tried again: a new attempt
 		}
 	}
+	stopped := map[string]bool{}
 	for _, a := range pp.Actions {
-		if keep != nil && !keep(a) {
+		if stopped[a.Node] || keep != nil && !keep(a) {
+			stopped[a.Node] = true
 			continue
 		}
 		c.act(a)
-	}
-	if keep == nil {
-		c.state = pp.Next
 	}
 	return pp
 }
@@ -142,6 +146,15 @@ func (c *cluster) act(a Action) {
 	case ActStart:
 		if a.Drain {
 			c.cordon(n)
+			if n.barePod {
+				// The drain policy keeps the pod: nothing is evicted.
+				if !n.DrainBlocked {
+					n.DrainBlocked = true
+					c.logf("%s drain refused", a.Node)
+				}
+				return
+			}
+			n.DrainBlocked = false
 			if n.DrainStarted.IsZero() {
 				n.DrainStarted = c.now
 				n.drainUntil = c.now.Add(c.duration(c.drainTime, 3))
@@ -163,7 +176,7 @@ func (c *cluster) act(a Action) {
 		if n.Cordoned {
 			n.Unschedulable = false
 		}
-		n.Cordoned, n.DrainStarted = false, time.Time{}
+		n.Cordoned, n.DrainStarted, n.DrainBlocked = false, time.Time{}, false
 		c.logf("%s uncordon", a.Node)
 	case ActFail:
 		n.Failures++
@@ -177,7 +190,12 @@ func (c *cluster) act(a Action) {
 		n.PrestageOS = a.Target.OSCommit
 	case ActReset:
 		n.DesiredConfig, n.DesiredOS, n.FailedTarget, n.AtTarget = "", "", "", time.Time{}
-		c.logf("%s reset", a.Node)
+		uncordon := ""
+		if n.Cordoned {
+			n.Unschedulable, uncordon = false, ", uncordon"
+		}
+		n.Cordoned, n.DrainStarted, n.DrainBlocked = false, time.Time{}, false
+		c.logf("%s reset%s", a.Node, uncordon)
 	}
 }
 
@@ -194,6 +212,7 @@ func (c *cluster) dispatch(n *mnode, t Target) {
 	}
 	n.DesiredConfig, n.DesiredOS, n.Dispatched = t.Hash, t.OSCommit, c.now
 	n.AtTarget, n.FailedTarget = time.Time{}, "" // a new attempt
+	n.DrainBlocked = false
 	n.dispatchAt = c.attempt
 	c.logf("%s dispatch %s", n.Name, c.name(t.Hash))
 }
@@ -389,6 +408,9 @@ func (c *cluster) describeNodes() string {
 		}
 		if n.FailedTarget != "" {
 			flags = append(flags, "failed="+c.name(n.FailedTarget))
+		}
+		if n.DrainBlocked {
+			flags = append(flags, "drain-blocked")
 		}
 		fmt.Fprintf(&b, "%s %s desired=%s current=%s os=%s %s\n", n.Name, n.State, c.name(n.DesiredConfig), c.name(n.CurrentConfig), c.name(n.OSBooted), strings.Join(flags, " "))
 	}

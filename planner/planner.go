@@ -120,6 +120,7 @@ type poolPlanner struct {
 	goal   Target  // where nodes go: the target, or back to the last good one
 
 	soak, timeout time.Duration
+	recheck       time.Time                // PoolPlan.Recheck
 	quarantine    map[string]bool          // nodes quarantined now
 	startNow      map[*Node]bool           // the nodes of the batch that runs now
 	diffs         map[string]schema.Change // by current config hash
@@ -167,6 +168,20 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 
 func (pl *poolPlanner) act(a Action) { pl.pp.Actions = append(pl.pp.Actions, a) }
 
+// at notes a time after Now at which the plan changes by the clock alone.
+func (pl *poolPlanner) at(t time.Time) {
+	if t.After(pl.in.Now) && (pl.recheck.IsZero() || t.Before(pl.recheck)) {
+		pl.recheck = t
+	}
+}
+
+// timesOut notes when a node dispatched to the goal times out.
+func (pl *poolPlanner) timesOut(n *Node) {
+	if !n.Dispatched.IsZero() {
+		pl.at(n.Dispatched.Add(pl.timeout + time.Millisecond)) // timedOut: past the timeout
+	}
+}
+
 func (pl *poolPlanner) event(e Event) { pl.pp.Events = append(pl.pp.Events, e) }
 
 // setGoal points the nodes at the target, or back at the last good target
@@ -184,6 +199,7 @@ func (pl *poolPlanner) setGoal() {
 type sorted struct {
 	members    int
 	free       []*Node   // out of date, already Herd's: in flight, taken out, or to retarget
+	blocked    int       // free nodes whose drain is blocked: the batch does not wait for them
 	settling   []*Node   // busy toward an older target: wait for a safe point
 	candidates []*Node   // out of date and available
 	joining    []*Node   // joined the pool, converging: no budget
@@ -284,6 +300,11 @@ func (pl *poolPlanner) sortAtGoal(s *sorted, n *Node, toGoal, unavailable bool) 
 	case toGoal:
 		pp.Soaking = append(pp.Soaking, n.Name)
 		s.inFlight++
+		if n.AtTarget.IsZero() {
+			pl.timesOut(n)
+		} else {
+			pl.at(n.AtTarget.Add(pl.soak))
+		}
 	default:
 		pp.UpToDate = append(pp.UpToDate, n.Name) // there before this rollout
 	}
@@ -312,12 +333,16 @@ func (pl *poolPlanner) sortOutOfDate(s *sorted, n *Node, u Unavailable, toGoal, 
 	case toGoal:
 		s.free = append(s.free, n)
 		s.inFlight++
+		pl.timesOut(n)
 	case herdOwned(n) && (n.State == schema.StateWorking || n.State == schema.StateRebooting):
 		s.settling = append(s.settling, n)
 		s.stayUnavailable++ // Herd's, and back soon: like a node finishing
 		s.finishing = append(s.finishing, n.Name)
 	case unavailable && herdOwned(n), toAnyTarget(n):
 		s.free = append(s.free, n) // Herd's already: go on, or retarget it
+		if n.DrainBlocked {
+			s.blocked++
+		}
 	case unavailable:
 		s.stayUnavailable++
 		s.waiting = append(s.waiting, Change{Node: n.Name, Wait: &Reason{Code: CodeUnavailable, Detail: u.Message()}})
@@ -401,6 +426,7 @@ func (pl *poolPlanner) closed() {
 		pl.pp.Closed = reason(CodeFrozen)
 	case !pl.p.Windows.Open(pl.in.Now):
 		pl.pp.Closed = &Reason{Code: CodeOutsideWindow, Time: pl.p.Windows.NextOpen(pl.in.Now)}
+		pl.at(pl.pp.Closed.Time)
 	}
 }
 
@@ -490,16 +516,19 @@ func (pl *poolPlanner) batch(s *sorted) [][]*Node {
 		if c := r.Canary; c > 0 && !pl.st.RollingBack {
 			// Until the canary batch is done, batch 1 is the canary batch.
 			if done := pl.done(); done < c {
+				// A canary whose drain is blocked is still the canary.
 				pp.Canary = true
-				first = min(first, c-done)
+				first = max(min(first, c-done-s.blocked), 0)
 			}
 		}
-		if s.inFlight > 0 || len(s.finishing) > 0 || len(s.free) > 0 {
+		if s.inFlight > 0 || len(s.finishing) > 0 || len(s.free) > s.blocked {
 			// A batch starts only when the one before it is done: its
 			// nodes at the target and back to work. Nodes Herd works on
 			// (dispatched, draining, to retarget) are that batch; starting
 			// more now, in the room the finishing nodes leave, would split
-			// it, or pass the canary.
+			// it, or pass the canary. A node whose drain is blocked is
+			// waited for by no one: it keeps its slot, and the rollout
+			// goes on around it, as kubectl drain's users expect.
 			first = 0
 		}
 		first = min(first, len(order))
@@ -557,7 +586,10 @@ func (pl *poolPlanner) changes(s *sorted, batches [][]*Node) {
 		pp.Batches = append(pp.Batches, names)
 	}
 	if len(started) > 0 {
-		pl.st.Batches++
+		if !subset(started, pl.st.Batch) {
+			pl.st.Batches++ // not the last batch started again
+			pl.st.Batch = started
+		}
 		pl.event(Event{Kind: EventBatchStarted, Nodes: started})
 	}
 	slices.SortFunc(s.waiting, func(a, b Change) int { return strings.Compare(a.Node, b.Node) })
@@ -620,6 +652,7 @@ func (pl *poolPlanner) finish(s *sorted) {
 		st.LastGood, st.LastGoodRevision = pl.target, st.Revision
 	}
 	pp.Halt = st.Halt
+	pp.Recheck = pl.recheck
 	pp.Phase = pl.phase()
 	slices.SortStableFunc(pp.Actions, func(a, b Action) int { return strings.Compare(a.Node, b.Node) })
 	pp.Next = *st
@@ -689,9 +722,11 @@ func dispatchedTo(n *Node, t Target) bool {
 }
 
 // herdOwned reports whether Herd is why the node is unavailable, or soon
-// will be: taken out by Herd, or told a target it has not reached.
+// will be: taken out by Herd, busy with a target Herd told it, or told a
+// target it has not reached. A node told no target is not Herd's: its
+// agent stands down (after a reset) or is busy on its own.
 func herdOwned(n *Node) bool {
-	return n.State.Busy() || n.Cordoned || !n.DrainStarted.IsZero() || toAnyTarget(n)
+	return n.State.Busy() && n.DesiredConfig != "" || n.Cordoned || !n.DrainStarted.IsZero() || toAnyTarget(n)
 }
 
 // involved reports whether Herd already works on the node for target t:
@@ -771,6 +806,16 @@ func (pl *poolPlanner) change(n *Node) Change {
 		c.Disruption = schema.DisruptionReboot
 	}
 	return c
+}
+
+// subset reports whether every name of a is in b.
+func subset(a, b []string) bool {
+	for _, name := range a {
+		if !slices.Contains(b, name) {
+			return false
+		}
+	}
+	return true
 }
 
 func nodeByName(nodes []*Node, name string) *Node {

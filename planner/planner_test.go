@@ -221,6 +221,7 @@ func TestBatches(t *testing.T) {
 		name: "nodes Herd works on go first, at no extra cost, as a batch of their own",
 		pool: testPool(t, "p", osNew, 110, maxUnavailable(schema.IntOrPercent{Int: 2})),
 		nodes: with(nodes(4), 3, func(n *Node) {
+			n.DesiredConfig, n.DesiredOS = "earlier", osNew // failed an earlier target
 			n.State = schema.StateDegraded
 		}),
 		batches: [][]string{{"p-03"}, {"p-00", "p-01"}, {"p-02"}},
@@ -329,5 +330,47 @@ func TestFinishingBatchIsNotABlock(t *testing.T) {
 	ns[0].Cordoned = false
 	if pp := Compute(Input{Pools: []Pool{p}, Nodes: ns}).Pools[0]; pp.Blocked == nil {
 		t.Errorf("a node cordoned by someone else leaves no room, but the pool is not blocked")
+	}
+}
+
+// TestRecheck: the plan says when it next changes by the clock alone, so
+// the controller looks again then rather than at its next poll.
+func TestRecheck(t *testing.T) {
+	now := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)
+	p := testPool(t, "p", osNew, 110, func(s *schema.NodePool) {
+		s.Rollout.Soak, s.Rollout.NodeTimeout = "10m", "30m"
+	})
+	target := func(n Node, dispatched time.Time) Node {
+		n.DesiredConfig, n.DesiredOS, n.Dispatched = p.Hash, osNew, dispatched
+		return n
+	}
+	soaking := target(node("p-0", "p", "a", p.Hash, osNew), now.Add(-5*time.Minute))
+	soaking.AtTarget = now.Add(-2 * time.Minute)
+	inFlight := target(node("p-1", "p", "b", "", osOld), now.Add(-25*time.Minute))
+	inFlight.State = schema.StateWorking
+	window, err := schema.Window{Days: []string{"Mon"}, Start: "12:00", End: "13:00", TimeZone: "UTC"}.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		nodes   []Node
+		windows schema.Windows
+		want    time.Time
+	}{
+		{"nothing waits on the clock", []Node{node("p-0", "p", "a", p.Hash, osNew)}, nil, time.Time{}},
+		{"a soak ends", []Node{soaking}, nil, soaking.AtTarget.Add(10 * time.Minute)},
+		{"a node times out first", []Node{soaking, inFlight}, nil, inFlight.Dispatched.Add(30*time.Minute + time.Millisecond)},
+		{"a window opens", []Node{node("p-0", "p", "a", "", osOld)}, schema.Windows{window}, time.Date(2026, 11, 2, 12, 0, 0, 0, time.UTC)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pool := p
+			pool.Windows = tt.windows
+			pp := Compute(Input{Pools: []Pool{pool}, Nodes: tt.nodes, Now: now}).Pools[0]
+			if !pp.Recheck.Equal(tt.want) {
+				t.Errorf("recheck %v, want %v", pp.Recheck, tt.want)
+			}
+		})
 	}
 }

@@ -183,6 +183,8 @@ func runStep(t *testing.T, c *cluster, file string, s step) string {
 				n.Unschedulable = v == "true"
 			case "agent":
 				n.stuck = v == "stuck"
+			case "pod":
+				n.barePod = v == "bare"
 			default:
 				return fail("unknown key %s", k)
 			}

@@ -34,6 +34,11 @@ type Node struct {
 	DesiredOS     string
 	Cordoned      bool      // Herd cordoned it (herd.dev/cordoned)
 	DrainStarted  time.Time // Herd began draining it (herd.dev/drain-started)
+	// DrainBlocked is set while Herd's drain of it cannot go on by itself
+	// (herd.dev/drain-blocked): the drain policy keeps a pod, or pods are
+	// still in the way past the drain timeout. The node keeps its slot,
+	// but the rollout does not wait for it.
+	DrainBlocked bool
 
 	CurrentConfig string
 	OSBooted      string
@@ -99,6 +104,10 @@ type Rollout struct {
 	Revision string    `json:"revision,omitempty"` // the fleet commit that set the target
 	Started  time.Time `json:"started,omitzero"`   // when the target was first planned
 	Batches  int       `json:"batches"`            // batches started so far
+	// Batch lists the nodes the last batch started. The state is kept
+	// before the batch's actions are carried out, so a controller that
+	// stops in between starts them again: that is the same batch.
+	Batch []string `json:"batch,omitempty"`
 
 	// Halt says why the rollout to Target is halted; nil when it is not.
 	Halt *Reason `json:"halt,omitempty"`
@@ -173,7 +182,8 @@ const (
 	ActQuarantine ActionKind = "quarantine"
 	// ActPrestage asks the node to pull its target's OS commit ahead.
 	ActPrestage ActionKind = "prestage"
-	// ActReset takes a failed node's target and failure mark away, so that
+	// ActReset takes a failed node's target and failure mark away, and
+	// gives it back to work if Herd took it out (one write), so that
 	// its agent stands down and it is tried again like any node.
 	ActReset ActionKind = "reset"
 )
@@ -260,6 +270,11 @@ type PoolPlan struct {
 	Soaking     []string `json:"soaking,omitempty"`     // at the target, not done yet
 	Quarantined []string `json:"quarantined,omitempty"` // out of rollouts
 	Joining     []string `json:"joining,omitempty"`     // new nodes converging
+
+	// Recheck is the earliest time after Now at which the plan changes by
+	// the clock alone: a node's soak ends or its nodeTimeout passes, a
+	// window opens. Zero when nothing waits on the clock.
+	Recheck time.Time `json:"recheck,omitzero"`
 
 	// Actions are what the controller does now, node by node.
 	Actions []Action `json:"actions,omitempty"`

@@ -10,6 +10,7 @@ const (
 	AnnotationDesiredOS     = AnnotationPrefix + "desired-os"     // OSTree commit to boot
 	AnnotationCordoned      = AnnotationPrefix + "cordoned"       // "true" when Herd cordoned the node
 	AnnotationDrainStarted  = AnnotationPrefix + "drain-started"  // RFC 3339 time Herd began draining
+	AnnotationDrainBlocked  = AnnotationPrefix + "drain-blocked"  // Refused or TimedOut while Herd's drain cannot go on by itself
 	AnnotationDispatched    = AnnotationPrefix + "dispatched"     // RFC 3339 time Herd set the desired annotations
 	AnnotationAtTarget      = AnnotationPrefix + "at-target"      // RFC 3339 time the node was first seen done at its target: the soak starts
 	AnnotationPrestageOS    = AnnotationPrefix + "prestage-os"    // OSTree commit to pull ahead of the node's batch

@@ -128,19 +128,31 @@ func (r Rollout) NodeTimeoutDuration() time.Duration {
 	return d
 }
 
-// Drain is how a node is emptied before a reboot.
+// Drain is how a node is emptied before a reboot, in kubectl drain's terms.
+// Its defaults lose nothing: a pod without a controller or with emptyDir
+// data keeps its node from draining until the pool says it may go.
 type Drain struct {
-	Timeout string `json:"timeout"`
-	Force   bool   `json:"force"`
+	Timeout                  string         `json:"timeout"`
+	DeleteEmptyDirData       bool           `json:"deleteEmptyDirData"`
+	Force                    bool           `json:"force"`
+	DisableEviction          bool           `json:"disableEviction"`
+	IgnoreDaemonSets         bool           `json:"ignoreDaemonSets"`
+	PodSelector              *LabelSelector `json:"podSelector,omitempty"`
+	GracePeriod              string         `json:"gracePeriod,omitempty"`
+	SkipWaitForDeleteTimeout string         `json:"skipWaitForDeleteTimeout,omitempty"`
 }
 
-// DrainTimeout returns the drain timeout as a duration.
-func (r Rollout) DrainTimeout() time.Duration {
-	d, err := time.ParseDuration(r.Drain.Timeout)
-	if err != nil || d <= 0 {
-		return 10 * time.Minute
-	}
-	return d
+// LabelSelector selects objects by label, as metav1.LabelSelector does.
+type LabelSelector struct {
+	MatchLabels      map[string]string          `json:"matchLabels,omitempty"`
+	MatchExpressions []LabelSelectorRequirement `json:"matchExpressions,omitempty"`
+}
+
+// LabelSelectorRequirement is one expression of a LabelSelector.
+type LabelSelectorRequirement struct {
+	Key      string   `json:"key"`
+	Operator string   `json:"operator"`
+	Values   []string `json:"values,omitempty"`
 }
 
 // Failure policies.

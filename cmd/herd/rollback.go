@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"herd.dev/herd/schema"
 	"herd.dev/herd/schema/sandbox"
 
 	"github.com/spf13/cobra"
@@ -56,18 +57,18 @@ an earlier one, and nodes take the OSTree rollback fast path.`,
 			}
 			if _, err := git("revert", "--no-commit", commit); err != nil {
 				_, _ = git("revert", "--abort")
-				return failure(fmt.Errorf("cannot revert %s cleanly; nothing changed: %w", commit[:8], err))
+				return failure(fmt.Errorf("cannot revert %s cleanly; nothing changed: %w", schema.Short(commit), err))
 			}
 			if _, err := sandbox.LoadDir(cmd.Context(), filepath.Join(dir, path), sandbox.DefaultBudget); err != nil {
 				_, _ = git("revert", "--abort")
-				return failure(fmt.Errorf("reverting %s leaves an invalid fleet; nothing changed:\n%w", commit[:8], err))
+				return failure(fmt.Errorf("reverting %s leaves an invalid fleet; nothing changed:\n%w", schema.Short(commit), err))
 			}
 			msg := fmt.Sprintf("Roll back %q\n\nThis reverts commit %s.\nRolled back with herd rollback.\n", subject, commit)
 			if _, err := git("commit", "-q", "-m", msg); err != nil {
 				return failure(err)
 			}
 			head, _ := git("rev-parse", "--short=8", "HEAD")
-			fmt.Fprintf(cmd.OutOrStdout(), "%s rolls back %s (%s)\n", head, commit[:8], subject)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s rolls back %s (%s)\n", head, schema.Short(commit), subject)
 			if noPush {
 				return nil
 			}

@@ -75,9 +75,9 @@ func (m *machine) apply() Action {
 		p.announced = true
 		// While retrying, the failure stays the message until it is over.
 		if m.failures == 0 && (p.differ > 0 || p.needOS || len(j.Pending) > 0 || j.Applied != want.Config || m.staged != "") {
-			msg := "applying config " + short(want.Config)
+			msg := "applying config " + schema.Short(want.Config)
 			if p.needOS {
-				msg += " and OS commit " + short(p.commit)
+				msg += " and OS commit " + schema.Short(p.commit)
 			}
 			if act, ok := m.publish(m.report(schema.StateWorking, msg)); ok {
 				return act
@@ -167,12 +167,12 @@ func (m *machine) plan() error {
 	commit := r.Config.OS.Commit
 	if want.OS != "" {
 		if commit != "" && commit != want.OS {
-			return Refusef("desired-os %s is not the OS commit %s of config %s", short(want.OS), short(commit), short(want.Config))
+			return Refusef("desired-os %s is not the OS commit %s of config %s", schema.Short(want.OS), schema.Short(commit), schema.Short(want.Config))
 		}
 		commit = want.OS
 	}
 	if !IsHash(commit) {
-		return Refusef("config %s names no valid OS commit (%q) and desired-os is not set", short(want.Config), commit)
+		return Refusef("config %s names no valid OS commit (%q) and desired-os is not set", schema.Short(want.Config), commit)
 	}
 	kargs := r.Config.KernelArgs
 	if kargs == nil {
@@ -180,7 +180,7 @@ func (m *machine) plan() error {
 	}
 	for _, arg := range kargs {
 		if why, denied := schema.DeniedKernelArg(arg); denied {
-			return Refusef("config %s: kernel argument %q is denied: %s", short(want.Config), arg, why)
+			return Refusef("config %s: kernel argument %q is denied: %s", schema.Short(want.Config), arg, why)
 		}
 	}
 	booted, def := p.os.Booted, p.os.Default
@@ -204,7 +204,7 @@ func (m *machine) finishBoot() Action {
 		if !p.bootedOK {
 			b := p.os.Booted
 			return m.end(Refusef("rebooted into OS commit %s (kernel arguments %q) for config %s, but the node booted %s (kernel arguments %q): it fell back to the previous deployment",
-				short(p.commit), p.kargs, short(want.Config), short(b.Checksum), b.KernelArgs))
+				schema.Short(p.commit), p.kargs, schema.Short(want.Config), schema.Short(b.Checksum), b.KernelArgs))
 		}
 		m.noteApplied() // with the journal write that says so: exactly once
 	}
@@ -229,13 +229,13 @@ func (m *machine) noteApplied() {
 // deployment's /etc.
 func (m *machine) reboot() Action {
 	p, j, want := &m.pass, &m.Journal, m.pass.want
-	msg := "rebooting to take on config " + short(want.Config)
+	msg := "rebooting to take on config " + schema.Short(want.Config)
 	if p.needOS {
 		if !p.staged && !p.deployed {
 			return Action{Kind: Deploy, Commit: p.commit, KernelArgs: p.kargs}
 		}
 		m.staged, j.Deployed = p.commit, true
-		msg = "rebooting into OS commit " + short(p.commit) + " for config " + short(want.Config)
+		msg = "rebooting into OS commit " + schema.Short(p.commit) + " for config " + schema.Short(want.Config)
 		if how := j.deployedHow(); how != "" {
 			msg += " (" + how + ")"
 		}
@@ -315,7 +315,7 @@ func (m *machine) applied(r Result) Action {
 		p.sysctlsDone = true
 	case Restart:
 		if r.Err != nil {
-			return m.end(fmt.Errorf("config %s: %w", short(p.want.Config), r.Err))
+			return m.end(fmt.Errorf("config %s: %w", schema.Short(p.want.Config), r.Err))
 		}
 		j.dropPending(p.restarting)
 		m.note(Note{Kind: NoteRestarted, Unit: unitOf(p.restarting)})
@@ -343,7 +343,7 @@ func (m *machine) deployed(r Result) Action {
 	unstage := !p.needOS
 	if r.Err != nil {
 		if unstage {
-			return m.end(fmt.Errorf("unstage %s: %w", short(m.staged), r.Err))
+			return m.end(fmt.Errorf("unstage %s: %w", schema.Short(m.staged), r.Err))
 		}
 		return m.end(r.Err)
 	}
@@ -368,7 +368,7 @@ func unitOf(d schema.Disruption) string {
 }
 
 func idleMessage(config, commit, how string) string {
-	msg := "up to date: config " + short(config) + " on OS commit " + short(commit)
+	msg := "up to date: config " + schema.Short(config) + " on OS commit " + schema.Short(commit)
 	if how != "" {
 		msg += " (" + how + ")"
 	}

@@ -118,7 +118,7 @@ func TestOSChange(t *testing.T) {
 	a := start(t, w, fsm.Journal{}, epoch)
 	wantWait(t, a.once(), time.Hour)
 	wantActions(t, "the change", a.actions, readOS, fetch, inspect, publish, pull, write, sysctls, deploy, publish, reboot)
-	wantReport(t, w, schema.StateRebooting, "rebooting into OS commit "+v2[:12]+" for config "+h[:12])
+	wantReport(t, w, schema.StateRebooting, "rebooting into OS commit "+schema.Short(v2)+" for config "+schema.Short(h))
 	j := a.saved
 	want := fsm.Journal{Config: h, OS: v2, KernelArgs: []string{}, Phase: fsm.PhaseReboot, Started: epoch,
 		Pulled: true, Deployed: true, Pending: []schema.Disruption{schema.DisruptionRestartKubelet}, BootID: "boot-1"}
@@ -142,7 +142,7 @@ func TestOSChange(t *testing.T) {
 	b := start(t, w, a.saved, epoch.Add(3*time.Minute))
 	wantWait(t, b.settle(), 0)
 	wantActions(t, "after the boot", b.actions, readOS, fetch, cleanup, publish)
-	wantReport(t, w, schema.StateIdle, "up to date: config "+h[:12]+" on OS commit "+v2[:12])
+	wantReport(t, w, schema.StateIdle, "up to date: config "+schema.Short(h)+" on OS commit "+schema.Short(v2))
 	if r := w.node.Reported; r.OSBooted != v2 || r.OSStaged != "" || r.CurrentConfig != h {
 		t.Errorf("reported %+v", r)
 	}
@@ -241,7 +241,7 @@ func TestFileNeedsReboot(t *testing.T) {
 	n := len(a.actions)
 	wantWait(t, a.settle(), time.Hour)
 	wantActions(t, "the change", a.since(n), readOS, fetch, inspect, publish, write, sysctls, publish, reboot)
-	wantReport(t, w, schema.StateRebooting, "rebooting to take on config "+h[:12])
+	wantReport(t, w, schema.StateRebooting, "rebooting to take on config "+schema.Short(h))
 	if j := a.saved; j.Phase != fsm.PhaseReboot || j.Deployed || len(j.Pending) != 1 {
 		t.Errorf("journal %+v", j)
 	}
@@ -341,7 +341,7 @@ func TestRefusals(t *testing.T) {
 	}, {
 		name:  "desired-os disagrees with the render",
 		setup: func(t *testing.T, w *world) (string, string) { return w.publish(t, spec{commit: v2}), v3 },
-		want:  "is not the OS commit " + v2[:12],
+		want:  "is not the OS commit " + schema.Short(v2),
 	}, {
 		name: "denied kernel argument",
 		setup: func(t *testing.T, w *world) (string, string) {
@@ -509,7 +509,7 @@ func TestRestartFails(t *testing.T) {
 	w.restarts = nil
 	w.fail[restart] = errors.New("unit kubelet.service failed")
 	a.once()
-	wantReport(t, w, schema.StateWorking, "config "+h[:12]+": unit kubelet.service failed (attempt 1")
+	wantReport(t, w, schema.StateWorking, "config "+schema.Short(h)+": unit kubelet.service failed (attempt 1")
 	if a.saved.Pending == nil {
 		t.Errorf("pending restart dropped: %+v", a.saved)
 	}
@@ -617,7 +617,7 @@ func TestUnstageWhenTargetReverts(t *testing.T) {
 		t.Errorf("reported %+v", r)
 	}
 	if w.deps[0].checksum != v1 || w.rebootRequests != 0 || len(b.noted(fsm.NoteUnstaged)) != 1 {
-		t.Errorf("default %s, %d reboot requests, unstage notes %v", w.deps[0].checksum[:12], w.rebootRequests, b.noted(fsm.NoteUnstaged))
+		t.Errorf("default %s, %d reboot requests, unstage notes %v", schema.Short(w.deps[0].checksum), w.rebootRequests, b.noted(fsm.NoteUnstaged))
 	}
 }
 
@@ -635,7 +635,7 @@ func TestUnstageBeforeFileReboot(t *testing.T) {
 	b := start(t, w, a.saved, epoch)
 	b.settle()
 	if w.deps[0].checksum != v1 || w.rebootRequests != 1 {
-		t.Fatalf("default %s, %d reboot requests", w.deps[0].checksum[:12], w.rebootRequests)
+		t.Fatalf("default %s, %d reboot requests", schema.Short(w.deps[0].checksum), w.rebootRequests)
 	}
 	w.reboot(false)
 	c := start(t, w, b.saved, epoch)
@@ -726,7 +726,7 @@ func TestPrestageFailsOrIsInterrupted(t *testing.T) {
 	a, _ := converge(t, w, spec{commit: v1})
 	w.node.PrestageOS = commit("9") // not on the remote
 	a.settle()
-	wantReport(t, w, schema.StateIdle, "pre-staging OS commit "+commit("9")[:12]+" failed (the apply will pull it)")
+	wantReport(t, w, schema.StateIdle, "pre-staging OS commit "+schema.Short(commit("9"))+" failed (the apply will pull it)")
 	if len(a.noted(fsm.NotePrestageFailed)) != 1 || len(a.noted(fsm.NotePrestageHandled)) != 1 {
 		t.Errorf("notes %+v", a.notes)
 	}
@@ -823,7 +823,7 @@ func TestTargetRevertedBeforeTheReboot(t *testing.T) {
 	wantActions(t, "reverted", b.actions, readOS, fetch, inspect, publish, write, sysctls, deploy, publish)
 	wantReport(t, w, schema.StateIdle, "up to date")
 	if w.deps[0].checksum != v1 || w.rebootRequests != 1 || b.saved.Phase != fsm.PhaseDone {
-		t.Errorf("default %s, %d reboot requests, journal %+v", w.deps[0].checksum[:12], w.rebootRequests, b.saved)
+		t.Errorf("default %s, %d reboot requests, journal %+v", schema.Short(w.deps[0].checksum), w.rebootRequests, b.saved)
 	}
 }
 
@@ -843,7 +843,7 @@ func TestNewTargetBeforeTheReboot(t *testing.T) {
 	w.reboot(false)
 	c := start(t, w, b.saved, epoch)
 	c.settle()
-	wantReport(t, w, schema.StateIdle, "up to date: config "+h3[:12]+" on OS commit "+v3[:12])
+	wantReport(t, w, schema.StateIdle, "up to date: config "+schema.Short(h3)+" on OS commit "+schema.Short(v3))
 }
 
 // The pre-stage request ends while the agent runs: os-pulled goes with a
@@ -947,10 +947,10 @@ func TestTaintStaysWhenTargetMoves(t *testing.T) {
 	a := start(t, w, fsm.Journal{}, epoch)
 	a.once()
 	if !w.node.Tainted || len(a.noted(fsm.NoteUntainted)) != 0 {
-		t.Fatalf("the taint went at %s while the node desires %s", a.saved.Applied[:12], h2[:12])
+		t.Fatalf("the taint went at %s while the node desires %s", schema.Short(a.saved.Applied), schema.Short(h2))
 	}
 	a.settle()
-	wantReport(t, w, schema.StateIdle, "up to date: config "+h2[:12])
+	wantReport(t, w, schema.StateIdle, "up to date: config "+schema.Short(h2))
 	if w.node.Tainted || len(a.noted(fsm.NoteUntainted)) != 1 {
 		t.Errorf("tainted %v at the new target; notes %+v", w.node.Tainted, a.noted(fsm.NoteUntainted))
 	}

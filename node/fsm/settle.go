@@ -228,7 +228,7 @@ func (m *machine) prestageResult(r Result) Action {
 func (m *machine) announce(osc schema.OSConfig) Action {
 	ps := &m.pass.pre
 	ps.os = osc
-	msg := "pulling OS commit " + short(ps.commit) + " ahead of its rollout (pre-stage)"
+	msg := "pulling OS commit " + schema.Short(ps.commit) + " ahead of its rollout (pre-stage)"
 	if act, ok := m.publish(m.report(ps.state, msg)); ok {
 		return m.pre(preAnnounce, act)
 	}
@@ -240,7 +240,7 @@ func (m *machine) announce(osc schema.OSConfig) Action {
 func (m *machine) prestageFailed(err error) Action {
 	ps := &m.pass.pre
 	m.note(Note{Kind: NotePrestageFailed, Commit: ps.commit, Err: err})
-	msg := fmt.Sprintf("pre-staging OS commit %s failed (the apply will pull it): %v", short(ps.commit), err)
+	msg := fmt.Sprintf("pre-staging OS commit %s failed (the apply will pull it): %v", schema.Short(ps.commit), err)
 	if act, ok := m.publish(m.report(m.reported.State, msg)); ok {
 		return m.pre(preFailReport, act)
 	}

@@ -237,11 +237,3 @@ func truncate(s string, n int) string {
 	}
 	return s + "…"
 }
-
-// short abbreviates a hash or commit for messages.
-func short(h string) string {
-	if len(h) > 12 {
-		return h[:12]
-	}
-	return h
-}

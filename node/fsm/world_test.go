@@ -237,7 +237,7 @@ func (w *world) do(act fsm.Action) fsm.Result {
 	case fsm.Inspect:
 		for k := range act.Render.Config.Sysctl {
 			if _, ok := w.sysctls[k]; !ok {
-				r.Err = fsm.Refusef("config %s: unknown sysctl %s", act.Render.Hash()[:12], k)
+				r.Err = fsm.Refusef("config %s: unknown sysctl %s", schema.Short(act.Render.Hash()), k)
 				return r
 			}
 		}
@@ -260,7 +260,7 @@ func (w *world) do(act fsm.Action) fsm.Result {
 			w.disk[act.Commit], r.Done = true, true
 			w.pulls++
 		default:
-			r.Err = &fsm.Refusal{Msg: "OS commit " + act.Commit[:12] + ": commit not found", Err: errNotFound}
+			r.Err = &fsm.Refusal{Msg: "OS commit " + schema.Short(act.Commit) + ": commit not found", Err: errNotFound}
 		}
 	case fsm.HasCommit:
 		r.Done = w.disk[act.Commit]
@@ -292,7 +292,7 @@ func (w *world) do(act fsm.Action) fsm.Result {
 		w.restarts = append(w.restarts, act.Unit)
 	case fsm.Deploy:
 		if !w.disk[act.Commit] {
-			r.Err = &fsm.Refusal{Msg: "OS commit " + act.Commit[:12] + ": commit not found", Err: errNotFound}
+			r.Err = &fsm.Refusal{Msg: "OS commit " + schema.Short(act.Commit) + ": commit not found", Err: errNotFound}
 			return r
 		}
 		w.deploys++

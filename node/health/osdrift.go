@@ -42,19 +42,11 @@ func OSDriftResult(a map[string]string, now time.Time) Result {
 	case booted == "":
 		return unknown(t, schema.ReasonOSUnknown, now, "the agent has not reported the booted OS commit")
 	case booted == desired:
-		return ok(t, schema.ReasonOSAtDesired, now, "booted "+short(booted)+", as desired")
+		return ok(t, schema.ReasonOSAtDesired, now, "booted "+schema.Short(booted)+", as desired")
 	case state == schema.StateWorking || state == schema.StateRebooting ||
 		(a[schema.AnnotationDispatched] != "" && a[schema.AnnotationAtTarget] == ""):
-		return ok(t, schema.ReasonOSInRollout, now, fmt.Sprintf("booted %s, rolling out to %s", short(booted), short(desired)))
+		return ok(t, schema.ReasonOSInRollout, now, fmt.Sprintf("booted %s, rolling out to %s", schema.Short(booted), schema.Short(desired)))
 	}
 	return problem(t, schema.ReasonOSDrifted, now,
-		fmt.Sprintf("booted %s, but %s is desired and no rollout is under way (agent %s)", short(booted), short(desired), state))
-}
-
-// short is the abbreviated commit shown to people.
-func short(commit string) string {
-	if len(commit) > 12 {
-		return commit[:12]
-	}
-	return commit
+		fmt.Sprintf("booted %s, but %s is desired and no rollout is under way (agent %s)", schema.Short(booted), schema.Short(desired), state))
 }

@@ -374,7 +374,7 @@ func TestExampleFleetOnSimulatedNodes(t *testing.T) {
 		}) {
 			t.Fatalf("the fleet did not converge; e.g. %s", last)
 		}
-		t.Logf("rollout to %s: all nodes up to date in %v", commit[:12], time.Since(start).Round(time.Millisecond))
+		t.Logf("rollout to %s: all nodes up to date in %v", schema.Short(commit), time.Since(start).Round(time.Millisecond))
 		return hashes
 	}
 

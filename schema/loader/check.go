@@ -148,7 +148,45 @@ func (c *checker) pool(f *schema.Fleet, name string, p schema.NodePool) {
 			c.errorf(at("rollout", "healthChecks", "cel"), "%v", err)
 		}
 	}
-	c.duration(at("rollout", "drain", "timeout"), r.Drain.Timeout)
+	c.drain(at("rollout", "drain"), r.Drain)
+}
+
+// drain checks a pool's drain policy: a timeout that can pass, a grace
+// period kubectl could give, a pod selector Kubernetes accepts.
+func (c *checker) drain(path []string, d schema.Drain) {
+	at := func(rest ...string) []string { return append(slices.Clone(path), rest...) }
+	if t, err := time.ParseDuration(d.Timeout); err != nil || t <= 0 {
+		c.errorf(at("timeout"), "drain timeout %q must be a positive duration", d.Timeout)
+	}
+	if d.GracePeriod != "" {
+		if g, err := time.ParseDuration(d.GracePeriod); err != nil || g < 0 || g%time.Second != 0 {
+			c.errorf(at("gracePeriod"), "gracePeriod %q must be whole seconds, 0s or more (a pod's terminationGracePeriodSeconds)", d.GracePeriod)
+		}
+	}
+	c.duration(at("skipWaitForDeleteTimeout"), d.SkipWaitForDeleteTimeout)
+	if s := d.PodSelector; s != nil {
+		for _, k := range sortedKeys(s.MatchLabels) {
+			for _, msg := range validation.IsQualifiedName(k) {
+				c.errorf(at("podSelector", "matchLabels", k), "invalid label key %q: %s", k, msg)
+			}
+		}
+		for i, e := range s.MatchExpressions {
+			here := at("podSelector", "matchExpressions", strconv.Itoa(i))
+			for _, msg := range validation.IsQualifiedName(e.Key) {
+				c.errorf(here, "invalid label key %q: %s", e.Key, msg)
+			}
+			switch hasValues := len(e.Values) > 0; e.Operator {
+			case "In", "NotIn":
+				if !hasValues {
+					c.errorf(here, "operator %s needs values", e.Operator)
+				}
+			default:
+				if hasValues {
+					c.errorf(here, "operator %s takes no values", e.Operator)
+				}
+			}
+		}
+	}
 }
 
 func (c *checker) duration(path []string, s string) {

@@ -578,7 +578,7 @@ func poolDecls(files map[string][]byte) map[string]Diagnostic {
 }
 
 // listFields are the schema's lists, whose path elements are indices.
-var listFields = map[string]bool{"kernelArgs": true, "files": true, "mirrors": true, "allowedUnsafeSysctls": true, "windows": true, "days": true}
+var listFields = map[string]bool{"kernelArgs": true, "files": true, "mirrors": true, "allowedUnsafeSysctls": true, "windows": true, "days": true, "matchExpressions": true, "values": true}
 
 // cuePathString writes a path as CUE does, quoting labels that are not
 // identifiers.

@@ -29,6 +29,7 @@ func PlannerNode(n *corev1.Node) planner.Node {
 		DesiredOS:     a[schema.AnnotationDesiredOS],
 		Cordoned:      a[schema.AnnotationCordoned] == "true",
 		DrainStarted:  annotationTime(a, schema.AnnotationDrainStarted),
+		DrainBlocked:  a[schema.AnnotationDrainBlocked] != "",
 		CurrentConfig: a[schema.AnnotationCurrentConfig],
 		OSBooted:      a[schema.AnnotationOSBooted],
 		OSStaged:      a[schema.AnnotationOSStaged],

@@ -32,7 +32,7 @@ func EnsureRendered(ctx context.Context, c client.Client, rd *schema.Rendered, h
 		Data:       map[string]string{schema.RenderedDataKey: string(data)},
 	}
 	if err := c.Create(ctx, cm); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("store rendered config %s: %w", hash[:12], err)
+		return fmt.Errorf("store rendered config %s: %w", schema.Short(hash), err)
 	}
 	return nil
 }

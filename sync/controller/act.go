@@ -17,14 +17,36 @@ import (
 
 // outcome is what acting on one pool's plan did, for persist.
 type outcome struct {
-	mu           sync.Mutex                     // guards everything below
-	done         []planner.Action               // actions carried out
-	draining     map[string]cluster.DrainResult // nodes still being drained
-	drainBlocked map[string]cluster.DrainResult // drains past their timeout
+	mu     sync.Mutex                     // guards everything below
+	done   []planner.Action               // actions carried out
+	drains map[string]cluster.DrainResult // every drain pass made, by node
 }
 
 func newOutcome() *outcome {
-	return &outcome{draining: map[string]cluster.DrainResult{}, drainBlocked: map[string]cluster.DrainResult{}}
+	return &outcome{drains: map[string]cluster.DrainResult{}}
+}
+
+// draining reports whether the node's drain goes on: pods are leaving.
+func (o *outcome) draining(node string) (cluster.DrainResult, bool) {
+	res, ok := o.drains[node]
+	return res, ok && res.State == cluster.Draining
+}
+
+// drainBlocked reports whether the node's drain cannot go on by itself:
+// refused by the policy, or past its timeout.
+func (o *outcome) drainBlocked(node string) (cluster.DrainResult, bool) {
+	res, ok := o.drains[node]
+	return res, ok && res.Blocked()
+}
+
+// pending reports whether any drain is not done.
+func (o *outcome) pending() bool {
+	for _, res := range o.drains {
+		if !res.Done() {
+			return true
+		}
+	}
+	return false
 }
 
 // actWorkers is how many nodes of a pool are acted on at once: a batch of a
@@ -99,21 +121,22 @@ func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, n
 			if err := r.nodes.Cordon(ctx, node); err != nil {
 				return err
 			}
-			res, err := r.nodes.Drain(ctx, node, cluster.DrainPolicy{
-				Timeout: p.Spec.Rollout.DrainTimeout(),
-				Force:   p.Spec.Rollout.Drain.Force,
-			}, obs.now)
+			policy, err := cluster.DrainPolicyFor(p.Spec.Rollout.Drain)
+			if err != nil {
+				return fmt.Errorf("pool %s: %w", p.Name, err)
+			}
+			res, err := r.nodes.Drain(ctx, node, policy, obs.now)
 			if err != nil {
 				return err
 			}
-			if !res.Done {
-				out.mu.Lock()
-				if res.TimedOut && len(res.Blocked) > 0 {
-					out.drainBlocked[a.Node] = res
-				} else {
-					out.draining[a.Node] = res
-				}
-				out.mu.Unlock()
+			r.logDrain(a.Node, res)
+			if err := r.nodes.MarkDrainBlocked(ctx, node, res); err != nil {
+				return err
+			}
+			out.mu.Lock()
+			out.drains[a.Node] = res
+			out.mu.Unlock()
+			if !res.Done() {
 				return errDrainPending
 			}
 		}
@@ -172,6 +195,24 @@ func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, n
 		return fmt.Errorf("node %s: unknown action %q", a.Node, a.Kind)
 	}
 	return done()
+}
+
+// logDrain logs a drain pass: at the default level when it moved pods.
+func (r *Reconciler) logDrain(node string, res cluster.DrainResult) {
+	evicted, deleted := res.With(cluster.PodEvicted), res.With(cluster.PodDeleted)
+	if len(evicted)+len(deleted) == 0 {
+		r.log.V(1).Info("drain", "node", node, "state", res.State, "pods", res.String())
+		return
+	}
+	r.log.Info("drain", "node", node, "state", res.State, "evicted", podNames(evicted), "deleted", podNames(deleted))
+}
+
+func podNames(pods []cluster.PodResult) []string {
+	names := make([]string, len(pods))
+	for i, p := range pods {
+		names[i] = p.Pod
+	}
+	return names
 }
 
 // errDrainPending ends a node's actions while its drain goes on; it is not

@@ -102,7 +102,7 @@ func BenchmarkController1000Nodes(b *testing.B) {
 		b.StartTimer()
 		start := time.Now()
 		if os.Getenv("HERD_BENCH_LOG") != "" {
-			b.Logf("%s webhook for %s", start.UTC().Format("15:04:05.000"), target[:12])
+			b.Logf("%s webhook for %s", start.UTC().Format("15:04:05.000"), schema.Short(target))
 		}
 		postWebhook(b, hook, "bench")
 		waitDispatched(b, w, target, 30*time.Second)
@@ -226,7 +226,7 @@ func waitDispatched(b *testing.B, w watch.Interface, hash string, timeout time.D
 				return
 			}
 		case <-deadline:
-			b.Fatalf("no node dispatched to %s within %s", hash[:12], timeout)
+			b.Fatalf("no node dispatched to %s within %s", schema.Short(hash), timeout)
 		}
 	}
 }

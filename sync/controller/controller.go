@@ -8,8 +8,10 @@
 //	          pool's rollout state (HerdPool status), health checks
 //	decide  → one planner.Compute call on planinput.Build's input, the
 //	          same call `herd plan` makes: every decision, typed
-//	act     → per pool: mirror the HerdPool, store the render, carry the
-//	          pool's actions out (cordon, drain, dispatch, ...)
+//	act     → per pool: mirror the HerdPool, store the render, keep the
+//	          planner's next rollout state in its status (before acting,
+//	          as raft persists before it sends), carry the pool's actions
+//	          out (cordon, drain, dispatch, ...)
 //	persist → per pool, deferred so it always runs (as Flux's
 //	          SummarizeAndPatch): HerdPool status with the planner's next
 //	          rollout state and kstatus conditions, events, metrics, the
@@ -229,22 +231,30 @@ func (r *Reconciler) reconcilePool(ctx context.Context, obs *observation, pp *pl
 	if err := r.store(ctx, obs, obs.pool(pp.Name)); err != nil {
 		return 0, err
 	}
+	if err := r.keepRollout(ctx, np, pp.Next); err != nil {
+		return 0, err
+	}
 	return 0, r.act(ctx, obs, pp, out)
 }
 
-// wake says how soon a pool wants another look without an event: soon while
-// anything is in progress (drains are polled, soaks end), or when its next
-// maintenance window opens.
+// wake says how soon a pool wants another look without an event: every
+// Resync while anything is in progress (drains and health checks are
+// polled), and at the moment the plan changes by the clock alone (a soak
+// ends, a node times out, a window opens), so no batch waits for a poll.
 func (r *Reconciler) wake(obs *observation, pp *planner.PoolPlan, out *outcome) time.Duration {
-	busy := len(pp.Actions) > 0 || len(pp.Soaking) > 0 || len(out.draining)+len(out.drainBlocked) > 0 ||
+	busy := len(pp.Actions) > 0 || len(pp.Soaking) > 0 || out.pending() ||
 		len(pp.Batches) > 0 && pp.Closed == nil && pp.Halt == nil && !pp.Paused
-	switch {
-	case busy:
-		return r.Resync
-	case pp.Closed != nil && !pp.Closed.Time.IsZero():
-		return max(pp.Closed.Time.Sub(obs.now), r.Resync)
+	d := time.Duration(0)
+	if busy {
+		d = r.Resync
 	}
-	return 0
+	if !pp.Recheck.IsZero() {
+		// A little past it: whole-second annotation times, and the clock
+		// may read just short of it.
+		soon := pp.Recheck.Sub(obs.now) + 50*time.Millisecond
+		if d == 0 || soon < d {
+			d = soon
+		}
+	}
+	return d
 }
-
-func short(hash string) string { return schema.Short(hash) }

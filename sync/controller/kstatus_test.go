@@ -8,6 +8,7 @@ import (
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 
 	"herd.dev/herd/planner"
+	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
 )
 
@@ -39,7 +40,7 @@ func TestKstatusPerPhase(t *testing.T) {
 			np.Status.ObservedGeneration = 1
 			np.Status.Message = c.name
 			if c.blocked {
-				np.Status.DrainBlocked = []herdpool.BlockedDrain{{Node: "n1"}}
+				np.Status.DrainBlocked = []herdpool.DrainBlockedNode{{Node: "n1", State: cluster.Refused}}
 			}
 			pp := c.pp
 			markConditions(np, &pp, nil)

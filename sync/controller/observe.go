@@ -83,7 +83,7 @@ func (r *Reconciler) load(ctx context.Context, rev source.Revision) (*loader.Res
 	}
 	res, err := r.Evaluate(ctx, rev.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("evaluate fleet at %s: %w", short(rev.Commit), err)
+		return nil, fmt.Errorf("evaluate fleet at %s: %w", schema.Short(rev.Commit), err)
 	}
 	r.mu.Lock()
 	r.loaded = map[string]*loader.Result{rev.Commit: res} // keep only the current one

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
+	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/source"
 	"herd.dev/herd/sync/writeback"
@@ -32,7 +34,7 @@ type StatusSink interface {
 const (
 	ReasonObserveFailed = "ObserveFailed" // the fleet, its nodes or HerdPools could not be read
 	ReasonActionFailed  = "ActionFailed"  // carrying the pool's plan out failed; the message says how
-	ReasonDrainBlocked  = "DrainBlocked"  // a drain is blocked past its timeout
+	ReasonDrainBlocked  = "DrainBlocked"  // a drain is refused by the pool's policy, or blocked past its timeout
 )
 
 // persist records what the reconcile decided and did for one pool: the
@@ -56,6 +58,20 @@ func (r *Reconciler) persist(ctx context.Context, obs *observation, pp *planner.
 	return nil
 }
 
+// keepRollout writes the planner's next rollout state to the HerdPool
+// before any of the pool's actions is carried out. A controller that stops
+// half-way then leaves actions undone, which the next plan redoes, but
+// never loses a decision they rest on: a rollback under way, a halt, the
+// batch it started.
+func (r *Reconciler) keepRollout(ctx context.Context, np *herdpool.HerdPool, next planner.Rollout) error {
+	if jsonEqual(np.Status.Rollout, next) {
+		return nil
+	}
+	before := np.DeepCopy()
+	np.Status.Rollout = next
+	return r.patchStatus(ctx, np, before)
+}
+
 // summarize fills the HerdPool's status from the plan and the outcome.
 func summarize(obs *observation, pp *planner.PoolPlan, np *herdpool.HerdPool, out *outcome, actErr error) {
 	s := &np.Status
@@ -77,11 +93,7 @@ func summarize(obs *observation, pp *planner.PoolPlan, np *herdpool.HerdPool, ou
 			s.Degraded++
 		}
 	}
-	s.DrainBlocked = nil
-	for name, res := range out.drainBlocked {
-		s.DrainBlocked = append(s.DrainBlocked, herdpool.BlockedDrain{Node: name, Pods: res.Blocked})
-	}
-	slices.SortFunc(s.DrainBlocked, func(a, b herdpool.BlockedDrain) int { return strings.Compare(a.Node, b.Node) })
+	s.DrainBlocked = drainBlocked(out)
 	s.Progress = fmt.Sprintf("%d/%d", s.UpToDate, s.Nodes)
 	s.Batch = ""
 	if current, total := batchPosition(pp); total > 0 && pp.Phase != planner.PhaseUpToDate {
@@ -99,10 +111,10 @@ func message(pp *planner.PoolPlan, np *herdpool.HerdPool) string {
 	if len(pp.Quarantined) > 0 {
 		quarantined = "; quarantined: " + strings.Join(pp.Quarantined, ", ")
 	}
-	at := fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, short(pp.OSCommit))
+	at := fmt.Sprintf("%d/%d nodes at %s", s.UpToDate, s.Nodes, schema.Short(pp.OSCommit))
 	switch pp.Phase {
 	case planner.PhaseRollingBack:
-		return fmt.Sprintf("rolling back to %s%s", short(pp.Next.LastGood.Hash), failedText(pp))
+		return fmt.Sprintf("rolling back to %s%s", schema.Short(pp.Next.LastGood.Hash), failedText(pp))
 	case planner.PhaseHalted:
 		return "halted: " + pp.Halt.Message() + "; lift it with `herd resume " + np.Name + "` or a new rollout.resume" + quarantined
 	case planner.PhaseUpToDate:
@@ -113,9 +125,9 @@ func message(pp *planner.PoolPlan, np *herdpool.HerdPool) string {
 	if len(s.DrainBlocked) > 0 {
 		var blocked []string
 		for _, b := range s.DrainBlocked {
-			blocked = append(blocked, b.Node+": "+podList(b.Pods))
+			blocked = append(blocked, b.Node+": "+blockingPods(b))
 		}
-		return "DrainBlocked: " + strings.Join(blocked, "; ")
+		return "DrainBlocked: " + strings.Join(blocked, "; ") + "; " + at
 	}
 	switch pp.Phase {
 	case planner.PhaseWaiting:
@@ -241,13 +253,13 @@ func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan,
 	for _, e := range pp.Events {
 		switch e.Kind {
 		case planner.EventBatchStarted:
-			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "batch %s to %s: %s", np.Status.Batch, short(pp.OSCommit), strings.Join(e.Nodes, ", "))
+			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "batch %s to %s: %s", np.Status.Batch, schema.Short(pp.OSCommit), strings.Join(e.Nodes, ", "))
 		case planner.EventHalted, planner.EventRollbackStarted:
 			ev(corev1.EventTypeWarning, string(e.Kind), "Rollout", "%s", e.Why.Message())
 		case planner.EventCompleted:
-			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "all %d nodes at config %s, OS %s", pp.Nodes, short(pp.ConfigHash), short(pp.OSCommit))
+			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "all %d nodes at config %s, OS %s", pp.Nodes, schema.Short(pp.ConfigHash), schema.Short(pp.OSCommit))
 		case planner.EventRolloutStarted:
-			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "new target: config %s, OS %s (revision %s)", short(pp.ConfigHash), short(pp.OSCommit), short(pp.Next.Revision))
+			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "new target: config %s, OS %s (revision %s)", schema.Short(pp.ConfigHash), schema.Short(pp.OSCommit), schema.Short(pp.Next.Revision))
 		case planner.EventResumed:
 			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "resumed; failures forgiven: %s", joinOrNone(e.Nodes))
 		}
@@ -255,18 +267,24 @@ func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan,
 	for _, a := range out.done {
 		switch a.Kind {
 		case planner.ActFail:
-			ev(corev1.EventTypeWarning, "NodeFailed", "Rollout", "%s failed config %s: %s", a.Node, short(a.Target.Hash), a.Why.Message())
+			ev(corev1.EventTypeWarning, "NodeFailed", "Rollout", "%s failed config %s: %s", a.Node, schema.Short(a.Target.Hash), a.Why.Message())
 		case planner.ActQuarantine:
 			ev(corev1.EventTypeWarning, "NodeQuarantined", "Rollout", "%s quarantined: %s; remove its %s annotation to bring it back", a.Node, a.Why.Message(), schema.AnnotationQuarantined)
 		}
 	}
-	reported := map[string]bool{}
-	for _, b := range before.Status.DrainBlocked {
-		reported[b.Node] = true
-	}
 	for _, b := range np.Status.DrainBlocked {
-		if !reported[b.Node] {
-			ev(corev1.EventTypeWarning, ReasonDrainBlocked, "Drain", "drain of %s blocked past its timeout by %s", b.Node, podList(b.Pods))
+		if slices.ContainsFunc(before.Status.DrainBlocked, func(o herdpool.DrainBlockedNode) bool { return jsonEqual(o, b) }) {
+			continue // reported already
+		}
+		why := "past its timeout"
+		if b.State == cluster.Refused {
+			why = "by its pool's drain policy"
+		}
+		ev(corev1.EventTypeWarning, ReasonDrainBlocked, "Drain", "drain of %s blocked %s: %s", b.Node, why, blockingPods(b))
+	}
+	for _, node := range slices.Sorted(maps.Keys(out.drains)) {
+		if typ, note := podsMoved(out.drains[node]); note != "" {
+			ev(typ, "PodsEvicted", "Drain", "%s: %s", node, note)
 		}
 	}
 	if before.Status.Degraded < np.Status.Degraded {
@@ -319,6 +337,8 @@ func nodeStatus(obs *observation, c planner.Change, out *outcome) writeback.Node
 		ns.Message = joinMessage(c.Disruption.String(), ns.Message)
 	}
 	agent := schema.NodeState(a[schema.AnnotationState])
+	blocked, isBlocked := out.drainBlocked(c.Node)
+	draining, isDraining := out.draining(c.Node)
 	switch {
 	case c.Wait != nil && c.Wait.Code == planner.CodeFailed:
 		ns.State, ns.Message = "Failed", a[schema.AnnotationMessage]
@@ -326,10 +346,10 @@ func nodeStatus(obs *observation, c planner.Change, out *outcome) writeback.Node
 		ns.State = "Waiting"
 	case c.Batch > 1:
 		ns.State = "Pending"
-	case !out.drainBlocked[c.Node].Started.IsZero():
-		ns.State, ns.Message = "DrainBlocked", "blocked by "+podList(out.drainBlocked[c.Node].Blocked)
-	case !out.draining[c.Node].Started.IsZero():
-		ns.State, ns.Message = "Draining", out.draining[c.Node].String()
+	case isBlocked:
+		ns.State, ns.Message = "DrainBlocked", "blocked by "+cluster.ListPods(blocked.Blocking(), 5)
+	case isDraining:
+		ns.State, ns.Message = "Draining", draining.String()
 	case agent.Busy():
 		ns.State, ns.Message = string(agent), a[schema.AnnotationMessage]
 	case c.InFlight:
@@ -376,13 +396,54 @@ func gitSourceStatus(s source.Status, rev source.Revision) writeback.SourceStatu
 	return out
 }
 
-// podList names the pods that block a drain, for messages.
-func podList(pods []string) string {
-	pods = slices.Clone(pods)
-	if len(pods) > 5 {
-		pods = append(pods[:5], fmt.Sprintf("and %d more", len(pods)-5))
+// drainBlocked lists the pool's blocked drains, by node, with every pod in
+// their way.
+func drainBlocked(out *outcome) []herdpool.DrainBlockedNode {
+	var nodes []herdpool.DrainBlockedNode
+	for _, name := range slices.Sorted(maps.Keys(out.drains)) {
+		res, blocked := out.drainBlocked(name)
+		if !blocked {
+			continue
+		}
+		d := herdpool.DrainBlockedNode{Node: name, State: res.State}
+		for _, p := range res.Blocking() {
+			d.Pods = append(d.Pods, herdpool.BlockedPod{Name: p.Pod, Reason: p.Reason, Message: p.Message})
+		}
+		nodes = append(nodes, d)
 	}
-	return strings.Join(pods, ", ")
+	return nodes
+}
+
+// blockingPods names the pods that block a drain, with their reasons, for
+// messages.
+func blockingPods(d herdpool.DrainBlockedNode) string {
+	pods := make([]cluster.PodResult, len(d.Pods))
+	for i, p := range d.Pods {
+		pods[i] = cluster.PodResult{Pod: p.Name, Outcome: cluster.PodBlocked, Reason: p.Reason, Message: p.Message}
+	}
+	return cluster.ListPods(pods, 5)
+}
+
+// podsMoved says which pods a drain pass evicted or deleted, as kubectl
+// warns: a Warning when they lose data (no controller, emptyDir, a gone
+// DaemonSet) or were deleted; "" when it moved none.
+func podsMoved(res cluster.DrainResult) (typ, note string) {
+	evicted, deleted := res.With(cluster.PodEvicted), res.With(cluster.PodDeleted)
+	typ = corev1.EventTypeNormal
+	var what []string
+	if len(evicted) > 0 {
+		what = append(what, "evicted "+cluster.ListPods(evicted, len(evicted)))
+	}
+	if len(deleted) > 0 {
+		typ = corev1.EventTypeWarning
+		what = append(what, "deleted after the drain timeout "+cluster.ListPods(deleted, len(deleted)))
+	}
+	for _, pod := range evicted {
+		if pod.Reason == cluster.ReasonUnmanaged || pod.Reason == cluster.ReasonEmptyDir || pod.Reason == cluster.ReasonOrphanedDaemonSet {
+			typ = corev1.EventTypeWarning
+		}
+	}
+	return typ, strings.Join(what, "; ")
 }
 
 func joinMessage(a, b string) string {

@@ -225,7 +225,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	r := New(mgr, Options{
 		Source:   src,
-		History:  gitHistory(src.GitDir(), cfg.Path, fleets.loadFiles),
+		History:  gitHistory(src, cfg.Path, fleets.loadFiles),
 		Status:   sink,
 		Events:   recorder,
 		Metrics:  reconcileMetrics(),
@@ -341,22 +341,33 @@ func filesKey(files map[string][]byte) string {
 // gitHistory evaluates the fleet's earlier revisions from the source's copy
 // of the remote with evaluate (in a child process under the budget: an
 // earlier commit may be one the source rejected), keeping evaluated trees
-// between calls.
-func gitHistory(gitDir, path string, evaluate func(context.Context, map[string][]byte) (*loader.Result, error)) func(commit string) (*revisions.History, error) {
+// between calls. It reads while the source neither fetches nor repacks, so
+// no pack changes under it.
+func gitHistory(src gitDirReader, path string, evaluate func(context.Context, map[string][]byte) (*loader.Result, error)) func(commit string) (*revisions.History, error) {
 	cache := revisions.NewCache()
-	return func(commit string) (*revisions.History, error) {
-		// Opened for each new revision: go-git caches the list of packs,
-		// and the source fetches new ones.
-		repo, err := revisions.OpenGitDir(gitDir, path)
-		if err != nil {
-			return nil, err
-		}
-		repo.Cache = cache
-		repo.Evaluate = func(files map[string][]byte) (*loader.Result, error) {
-			return evaluate(context.Background(), files)
-		}
-		return repo.LoadFrom(commit, HistoryDepth)
+	return func(commit string) (h *revisions.History, err error) {
+		err = src.ReadGitDir(func(gitDir string) error {
+			// Opened for each new revision: go-git caches the list of
+			// packs, and the source fetches new ones.
+			repo, err := revisions.OpenGitDir(gitDir, path)
+			if err != nil {
+				return err
+			}
+			repo.Cache = cache
+			repo.Evaluate = func(files map[string][]byte) (*loader.Result, error) {
+				return evaluate(context.Background(), files)
+			}
+			h, err = repo.LoadFrom(commit, HistoryDepth)
+			return err
+		})
+		return h, err
 	}
+}
+
+// gitDirReader reads a Git directory while nothing writes to it: the
+// source's cache (*source.Source).
+type gitDirReader interface {
+	ReadGitDir(read func(gitDir string) error) error
 }
 
 // addReceiver serves the webhook receiver on every replica: a delivery

@@ -74,7 +74,7 @@ func TestSamePlanAsHerdPlan(t *testing.T) {
 
 			// The controller: its cache of the remote, and the renders it
 			// stored before telling any node.
-			ch, err := gitHistory(bare, "", (&evaluator{budget: sandbox.DefaultBudget}).loadFiles)(head)
+			ch, err := gitHistory(plainDir(bare), "", (&evaluator{budget: sandbox.DefaultBudget}).loadFiles)(head)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,3 +130,8 @@ func randomNodes(r *rand.Rand, pools []string, hashes map[string][]string) []cor
 	}
 	return out
 }
+
+// plainDir is a Git directory nothing else writes to.
+type plainDir string
+
+func (d plainDir) ReadGitDir(read func(gitDir string) error) error { return read(string(d)) }

@@ -12,6 +12,7 @@ import (
 
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
+	"herd.dev/herd/sync/cluster"
 )
 
 // GroupVersion of the HerdPool API.
@@ -85,17 +86,26 @@ type Status struct {
 	// Failed and Quarantined list nodes, for status readers.
 	Failed      []string `json:"failed,omitempty"`
 	Quarantined []string `json:"quarantined,omitempty"`
-	// DrainBlocked lists the nodes whose drain is blocked past its timeout,
-	// and by which pods.
-	DrainBlocked []BlockedDrain `json:"drainBlocked,omitempty"`
+	// DrainBlocked lists the nodes whose drain cannot go on by itself, and
+	// the pods in the way; each stays cordoned until they are dealt with.
+	DrainBlocked []DrainBlockedNode `json:"drainBlocked,omitempty"`
 
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// BlockedDrain is a node whose drain is blocked, and the pods that block it.
-type BlockedDrain struct {
-	Node string   `json:"node"`
-	Pods []string `json:"pods"`
+// DrainBlockedNode is a node whose drain is blocked: refused by the pool's
+// drain policy, or past its timeout.
+type DrainBlockedNode struct {
+	Node  string             `json:"node"`
+	State cluster.DrainState `json:"state"` // Refused or TimedOut
+	Pods  []BlockedPod       `json:"pods"`
+}
+
+// BlockedPod is a pod in a drain's way, and why.
+type BlockedPod struct {
+	Name    string            `json:"name"` // namespace/name
+	Reason  cluster.PodReason `json:"reason"`
+	Message string            `json:"message,omitempty"` // the API's answer, or what the reason needs
 }
 
 // AnnotationResume on a HerdPool asks the controller to lift its halt;

@@ -350,7 +350,7 @@ func Write(w io.Writer, entries []Entry) error {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "%s  %s  %s  %s\n", e.Commit[:8], e.Time.UTC().Format("2006-01-02 15:04"), e.Author, e.Subject)
+		fmt.Fprintf(w, "%s  %s  %s  %s\n", schema.Short(e.Commit), e.Time.UTC().Format("2006-01-02 15:04"), e.Author, e.Subject)
 		if e.Invalid != "" {
 			fmt.Fprintf(w, "    invalid, never applied: %s\n", e.Invalid)
 		}
@@ -358,7 +358,7 @@ func Write(w io.Writer, entries []Entry) error {
 			fmt.Fprintf(w, "    %s\n", changeLine(c))
 		}
 		for _, r := range e.RevertedBy {
-			fmt.Fprintf(w, "    reverted by %s\n", r[:8])
+			fmt.Fprintf(w, "    reverted by %s\n", schema.Short(r))
 		}
 		sort.SliceStable(e.Events, func(i, j int) bool { return e.Events[i].Time.Before(e.Events[j].Time) })
 		for _, ev := range e.Events {
@@ -403,7 +403,7 @@ func changeLine(c PoolChange) string {
 	}
 	line := c.Pool + ": " + strings.Join(parts, ", ")
 	if c.Reverts != "" {
-		line += " (reverts " + c.Reverts[:8] + ")"
+		line += " (reverts " + schema.Short(c.Reverts) + ")"
 	}
 	return line
 }
@@ -413,7 +413,7 @@ func shorten(v string) string {
 	case v == "":
 		return "(unset)"
 	case len(v) == 64 && strings.Trim(v, "0123456789abcdef") == "":
-		return v[:8]
+		return schema.Short(v)
 	case len(v) > 40:
 		return v[:37] + "..."
 	}

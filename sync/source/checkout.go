@@ -12,6 +12,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
+
+	"herd.dev/herd/schema"
 )
 
 var (
@@ -32,15 +34,15 @@ type manifestEntry struct {
 func (s *Source) checkout(c *object.Commit) (Revision, manifest, error) {
 	root, err := c.Tree()
 	if err != nil {
-		return Revision{}, nil, fmt.Errorf("read tree of %s: %w", short(c.Hash), err)
+		return Revision{}, nil, fmt.Errorf("read tree of %s: %w", schema.Short(c.Hash.String()), err)
 	}
 	if s.opts.Path != "" {
 		root, err = root.Tree(s.opts.Path)
 		if errors.Is(err, object.ErrDirectoryNotFound) {
-			return Revision{}, nil, fmt.Errorf("%w: %q does not exist at %s", errPathNotFound, s.opts.Path, short(c.Hash))
+			return Revision{}, nil, fmt.Errorf("%w: %q does not exist at %s", errPathNotFound, s.opts.Path, schema.Short(c.Hash.String()))
 		}
 		if err != nil {
-			return Revision{}, nil, fmt.Errorf("read %q at %s: %w", s.opts.Path, short(c.Hash), err)
+			return Revision{}, nil, fmt.Errorf("read %q at %s: %w", s.opts.Path, schema.Short(c.Hash.String()), err)
 		}
 	}
 	base := filepath.Join(s.opts.CacheDir, checkoutDir)
@@ -66,11 +68,11 @@ func (s *Source) checkout(c *object.Commit) (Revision, manifest, error) {
 	}
 	if err := w.write(root, tmp, ""); err != nil {
 		_ = os.RemoveAll(tmp)
-		return Revision{}, nil, fmt.Errorf("checkout %s: %w", short(c.Hash), err)
+		return Revision{}, nil, fmt.Errorf("checkout %s: %w", schema.Short(c.Hash.String()), err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		_ = os.RemoveAll(tmp)
-		return Revision{}, nil, fmt.Errorf("checkout %s: %w", short(c.Hash), err)
+		return Revision{}, nil, fmt.Errorf("checkout %s: %w", schema.Short(c.Hash.String()), err)
 	}
 	return Revision{
 		Commit:  c.Hash.String(),

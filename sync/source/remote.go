@@ -100,6 +100,8 @@ func (s *Source) fetch(ctx context.Context, sess *session, head plumbing.Hash) (
 			s.log.Debug("close upload-pack session", "err", cerr)
 		}
 	}()
+	s.storeMu.Lock()
+	defer s.storeMu.Unlock()
 	repo := s.repo()
 	if _, err := repo.CommitObject(head); err != nil {
 		if !errors.Is(err, plumbing.ErrObjectNotFound) {

@@ -20,6 +20,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/storer"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 
+	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/gitutil"
 )
 
@@ -39,6 +40,9 @@ type Source struct {
 	ssh      *sshConn // kept open between checks; nil unless ssh:// with a key
 	verifier *gitutil.Verifier
 	repoPtr  atomic.Pointer[git.Repository] // replaced after a repack
+	// storeMu keeps readers of the cache (ReadGitDir) out while a fetch
+	// or a repack writes packs and refs.
+	storeMu  sync.RWMutex
 	fetchRef plumbing.ReferenceName
 
 	trigger chan struct{}
@@ -333,6 +337,8 @@ func (s *Source) alreadyHandled(head plumbing.Hash) bool {
 var repackThreshold = 64
 
 func (s *Source) maybeRepack() {
+	s.storeMu.Lock()
+	defer s.storeMu.Unlock()
 	pos, ok := s.repo().Storer.(storer.PackedObjectStorer)
 	if !ok {
 		return
@@ -390,9 +396,9 @@ func (s *Source) ancestry(base string, head *object.Commit) (commitRange, error)
 	baseHash := plumbing.NewHash(base)
 	if _, err := s.repo().CommitObject(baseHash); err != nil {
 		if !errors.Is(err, plumbing.ErrObjectNotFound) {
-			return commitRange{}, fmt.Errorf("read last applied revision %s: %w", shortS(base), err)
+			return commitRange{}, fmt.Errorf("read last applied revision %s: %w", schema.Short(base), err)
 		}
-		msg := fmt.Sprintf("head %s: the last applied revision %s is not in the history of %s", short(head.Hash), shortS(base), s.opts.Branch)
+		msg := fmt.Sprintf("head %s: the last applied revision %s is not in the history of %s", schema.Short(head.Hash.String()), schema.Short(base), s.opts.Branch)
 		if !s.opts.AllowNonFastForward {
 			return commitRange{}, fmt.Errorf("%w: %s (force-push?)", errNotDescendant, msg)
 		}
@@ -401,10 +407,10 @@ func (s *Source) ancestry(base string, head *object.Commit) (commitRange, error)
 	}
 	commits, descends, err := revRange(s.repo().Storer, head.Hash, baseHash)
 	if err != nil {
-		return commitRange{}, fmt.Errorf("walk history from %s to %s: %w", short(head.Hash), shortS(base), err)
+		return commitRange{}, fmt.Errorf("walk history from %s to %s: %w", schema.Short(head.Hash.String()), schema.Short(base), err)
 	}
 	if !descends {
-		msg := fmt.Sprintf("head %s does not descend from the last applied revision %s (force-push)", short(head.Hash), shortS(base))
+		msg := fmt.Sprintf("head %s does not descend from the last applied revision %s (force-push)", schema.Short(head.Hash.String()), schema.Short(base))
 		if !s.opts.AllowNonFastForward {
 			return commitRange{}, fmt.Errorf("%w: %s", errNotDescendant, msg)
 		}
@@ -453,7 +459,7 @@ func (s *Source) accept(rev Revision, man manifest) {
 	s.mu.Lock()
 	s.current = &rev
 	s.manifest = man
-	msg := fmt.Sprintf("accepted %s: %s", shortS(rev.Commit), rev.Subject)
+	msg := fmt.Sprintf("accepted %s: %s", schema.Short(rev.Commit), rev.Subject)
 	s.outcome = [2]string{string(Succeeded), msg}
 	s.status.Current = rev.Commit
 	s.status.Reason, s.status.Message = Succeeded, msg
@@ -489,7 +495,7 @@ func (s *Source) reject(head *object.Commit, reason Reason, msg string) {
 
 func (s *Source) storageFailed(head *object.Commit, err error) {
 	s.mu.Lock()
-	s.status.Reason, s.status.Message = StorageFailed, s.scrub(fmt.Sprintf("checkout of %s failed: %v", short(head.Hash), err))
+	s.status.Reason, s.status.Message = StorageFailed, s.scrub(fmt.Sprintf("checkout of %s failed: %v", schema.Short(head.Hash.String()), err))
 	s.mu.Unlock()
 	s.log.Error("checkout failed", "commit", head.Hash.String(), "err", err)
 }
@@ -503,7 +509,7 @@ func (s *Source) unavailable(err error) {
 	}
 	keep := "no revision yet"
 	if s.current != nil {
-		keep = "keeping " + shortS(s.current.Commit)
+		keep = "keeping " + schema.Short(s.current.Commit)
 	}
 	s.status.Reason = FetchFailed
 	s.status.Message = s.scrub(fmt.Sprintf("%s unavailable (%s; %s): %v", s.opts.URL, since, keep, err))
@@ -533,15 +539,6 @@ func (s *Source) scrub(msg string) string { return gitutil.Scrub(msg, s.opts.URL
 func subject(c *object.Commit) string {
 	first, _, _ := strings.Cut(strings.TrimSpace(c.Message), "\n")
 	return first
-}
-
-func short(h plumbing.Hash) string { return shortS(h.String()) }
-
-func shortS(s string) string {
-	if len(s) > 12 {
-		return s[:12]
-	}
-	return s
 }
 
 // stepTimer records how long each reconcile step took, for debug logs.

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	ctrlsource "sigs.k8s.io/controller-runtime/pkg/source"
 
+	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/herdsource"
 	"herd.dev/herd/sync/source"
 )
@@ -193,7 +194,7 @@ func fill(obj *herdsource.HerdSource, st source.Status, cur source.Revision, has
 	case st.LastRejected != nil && st.LastRejected.Reason == source.VerificationFailed && st.LastRejected.Commit == st.LastFetched:
 		conditions.MarkFalse(obj, herdsource.SourceVerifiedCondition, string(source.VerificationFailed), "%s", st.LastRejected.Message)
 	case hasCur:
-		conditions.MarkTrue(obj, herdsource.SourceVerifiedCondition, meta.SucceededReason, "%s signed by %s", short(cur.Commit), cur.Signer)
+		conditions.MarkTrue(obj, herdsource.SourceVerifiedCondition, meta.SucceededReason, "%s signed by %s", schema.Short(cur.Commit), cur.Signer)
 	}
 }
 
@@ -202,7 +203,7 @@ func fill(obj *herdsource.HerdSource, st source.Status, cur source.Revision, has
 func stableFetchMessage(st source.Status, cur source.Revision, hasCur bool) string {
 	keep := "no revision accepted yet"
 	if hasCur {
-		keep = "keeping " + short(cur.Commit)
+		keep = "keeping " + schema.Short(cur.Commit)
 	}
 	since := "never reached"
 	if !st.LastSuccessTime.IsZero() {
@@ -247,13 +248,6 @@ func timeOrNil(t time.Time) *metav1.Time {
 	}
 	mt := metav1.NewTime(t.UTC().Truncate(time.Second))
 	return &mt
-}
-
-func short(commit string) string {
-	if len(commit) > 12 {
-		return commit[:12]
-	}
-	return commit
 }
 
 // RequestReconcile asks the leader to check the remote now, as Flux's

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/herdsource"
 	"herd.dev/herd/sync/writeback"
@@ -72,7 +73,7 @@ func WriteSource(w io.Writer, s *Source) error {
 	if s == nil {
 		return nil
 	}
-	_, err := fmt.Fprintf(w, "SOURCE %s@%s  Ready=%s %s  applied %s: %s\n\n", s.URL, s.Branch, s.Ready, s.Reason, short(s.Applied), s.Message)
+	_, err := fmt.Fprintf(w, "SOURCE %s@%s  Ready=%s %s  applied %s: %s\n\n", s.URL, s.Branch, s.Ready, s.Reason, schema.Short(s.Applied), s.Message)
 	return err
 }
 
@@ -165,7 +166,7 @@ func Write(w io.Writer, lines []Line) error {
 		if batch == "" {
 			batch = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", l.Pool, Bar(l.UpToDate, l.Nodes, 20), l.UpToDate, l.Nodes, batch, l.Phase, short(l.Revision), l.Message)
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", l.Pool, Bar(l.UpToDate, l.Nodes, 20), l.UpToDate, l.Nodes, batch, l.Phase, schema.Short(l.Revision), l.Message)
 	}
 	return tw.Flush()
 }
@@ -177,11 +178,4 @@ func Bar(done, total, width int) string {
 		n = min(width, done*width/total)
 	}
 	return "[" + strings.Repeat("#", n) + strings.Repeat("-", width-n) + "]"
-}
-
-func short(s string) string {
-	if len(s) > 8 {
-		return s[:8]
-	}
-	return s
 }

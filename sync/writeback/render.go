@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"herd.dev/herd/schema"
 )
 
 const fileHeader = "# Written by Herd; changes are overwritten by the next status write.\n"
@@ -107,13 +109,6 @@ func ParseSource(data []byte) (SourceStatus, error) {
 	return s, nil
 }
 
-func shortRev(s string) string {
-	if len(s) > 8 {
-		return s[:8]
-	}
-	return s
-}
-
 // summary is the commit message's first line, e.g.
 // "general: 6/10 nodes at 7a3283c6 (batch 3/5); gpu: 2/2 nodes at 7a3283c6".
 func summary(src *SourceStatus, pools []PoolStatus) string {
@@ -124,7 +119,7 @@ func summary(src *SourceStatus, pools []PoolStatus) string {
 			parts = append(parts, fmt.Sprintf("and %d more pools", len(pools)-maxPools))
 			break
 		}
-		s := fmt.Sprintf("%s: %d/%d nodes at %s", p.Name, p.Counts.Updated, p.Counts.Total, shortRev(p.SpecRevision))
+		s := fmt.Sprintf("%s: %d/%d nodes at %s", p.Name, p.Counts.Updated, p.Counts.Total, schema.Short(p.SpecRevision))
 		if p.Batch != nil && p.Batch.Total > 0 {
 			s += fmt.Sprintf(" (batch %d/%d)", p.Batch.Current, p.Batch.Total)
 		}
@@ -133,10 +128,10 @@ func summary(src *SourceStatus, pools []PoolStatus) string {
 	if len(parts) == 0 && src != nil {
 		s := "source: " + src.Reason
 		if src.LastApplied != nil {
-			s += " at " + shortRev(src.LastApplied.Commit)
+			s += " at " + schema.Short(src.LastApplied.Commit)
 		}
 		if src.LastRejected != nil {
-			s += ", rejected " + shortRev(src.LastRejected.Commit)
+			s += ", rejected " + schema.Short(src.LastRejected.Commit)
 		}
 		parts = append(parts, s)
 	}

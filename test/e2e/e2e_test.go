@@ -5,7 +5,7 @@
 package e2e
 
 import (
-	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,18 +14,15 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-
+	"herd.dev/herd/node"
 	"herd.dev/herd/node/sim"
 	"herd.dev/herd/schema"
-	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/test/controlplane"
 	"herd.dev/herd/test/story"
 )
 
 func TestUserStory(t *testing.T) {
+	t.Parallel()
 	if os.Getenv(controlplane.SkipEnv) == "1" {
 		t.Skipf("%s=1", controlplane.SkipEnv)
 	}
@@ -74,23 +71,27 @@ func TestUserStory(t *testing.T) {
 	converge("first revision")
 
 	// 1. An OS bump of general rolls out in batches within maxUnavailable
-	// (25% of 6 nodes: 1), each node pulling and rebooting once.
-	budget := watchBudget(t, s, "general")
+	// (25% of 6 nodes: 1), each node cordoned, drained, dispatched,
+	// pulling and rebooting once, as a watch on the Node objects and the
+	// agents' counts show.
+	budget := watchNodes(t, s, "general")
 	before := counters(s.Fleet, general)
 	edit("pools/general.cue", `os: commit: _releases["2026.10.1"]`, `os: commit: _releases["2026.11.0"]`)
 	git("commit", "-qam", "general: 2026.11.0")
 	bump := git("rev-parse", "HEAD")
 	git("push", "-q", "origin", "main")
 	converge("OS bump")
+	budget.stop()
 	if got := budget.max(); got != 1 {
 		t.Errorf("at most %d general nodes were unavailable at once; maxUnavailable is 1 (and the rollout needs 1)", got)
 	}
 	after := counters(s.Fleet, general)
+	checkDisruption(t, "an OS bump", budget, before, after, disruption{cordons: 1, drains: 1, reboots: 1, notReady: 1})
 	prestaged := 0
 	for _, n := range general {
 		d := after[n].diff(before[n])
 		if d.Pulls != 1 || d.Reboots != 1 || booted(t, s.Fleet, n) != v2 {
-			t.Errorf("%s: %d pulls, %d reboots, booted %s; want 1, 1, %s", n, d.Pulls, d.Reboots, short(booted(t, s.Fleet, n)), short(v2))
+			t.Errorf("%s: %d pulls, %d reboots, booted %s; want 1, 1, %s", n, d.Pulls, d.Reboots, schema.Short(booted(t, s.Fleet, n)), schema.Short(v2))
 		}
 		prestaged += d.Prestaged
 	}
@@ -106,14 +107,18 @@ func TestUserStory(t *testing.T) {
 		t.Errorf("no status commit names the spec commit %s:\n%s", bump, firstLines(log, 20))
 	}
 
-	// 3. A sysctl-only change rolls out with no reboot and no pull.
+	// 3. A sysctl-only change rolls out with no reboot and no pull, and
+	// cordons and drains no node.
 	batch := nodesOf(s.Fleet, "batch")
 	before = counters(s.Fleet, batch)
+	nodes := watchNodes(t, s, "batch")
 	edit("pools/batch.cue", `"262144"`, `"524288"`)
 	git("commit", "-qam", "batch: vm.max_map_count 524288")
 	git("push", "-q", "origin", "main")
 	converge("sysctl change")
+	nodes.stop()
 	after = counters(s.Fleet, batch)
+	checkDisruption(t, "a sysctl change", nodes, before, after, disruption{})
 	for _, n := range batch {
 		d := after[n].diff(before[n])
 		if d.Reboots != 0 || d.Pulls != 0 || d.Sysctls == 0 {
@@ -123,6 +128,17 @@ func TestUserStory(t *testing.T) {
 			t.Errorf("%s: vm.max_map_count is %q", n, v)
 		}
 	}
+
+	// A kubelet-only change restarts kubelet on each node once, and
+	// cordons, drains and reboots none: the pods keep running.
+	before = counters(s.Fleet, batch)
+	nodes = watchNodes(t, s, "batch")
+	edit("pools/batch.cue", `maxPods:                     250`, `maxPods:                     300`)
+	git("commit", "-qam", "batch: kubelet maxPods 300")
+	git("push", "-q", "origin", "main")
+	converge("kubelet change")
+	nodes.stop()
+	checkDisruption(t, "a kubelet change", nodes, before, counters(s.Fleet, batch), disruption{kubeletRestarts: 1})
 
 	// 4. Reverting the OS bump with git brings every general node back
 	// through the rollback fast path: the old deployment, no pull.
@@ -135,7 +151,7 @@ func TestUserStory(t *testing.T) {
 	for _, n := range general {
 		d := after[n].diff(before[n])
 		if d.Pulls != 0 || d.FastPaths != 1 || booted(t, s.Fleet, n) != v1 {
-			t.Errorf("%s: %d pulls, %d fast paths, booted %s after the revert; want 0, 1, %s", n, d.Pulls, d.FastPaths, short(booted(t, s.Fleet, n)), short(v1))
+			t.Errorf("%s: %d pulls, %d fast paths, booted %s after the revert; want 0, 1, %s", n, d.Pulls, d.FastPaths, schema.Short(booted(t, s.Fleet, n)), schema.Short(v1))
 		}
 	}
 
@@ -154,19 +170,72 @@ func TestUserStory(t *testing.T) {
 			t.Errorf("herd history lacks %q:\n%s", want, out)
 		}
 	}
+
+	// 6. A pod without a controller keeps its node: the next OS bump
+	// rolls out around it, and finishes once its owner deletes it.
+	barePodKeepsItsNode(&run{t: t, Story: s}, herd)
 }
 
-// buildHerd builds the herd binary for the commands the story runs.
+// buildHerd builds the herd binary once for the tests of the package: the
+// commands the stories run, and the controller as a process of its own.
 func buildHerd(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "herd")
-	build := exec.Command("go", "build", "-o", bin, "herd.dev/herd/cmd/herd")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
-	out, err := build.CombinedOutput()
+	bin, err := herdBinary()
 	if err != nil {
-		t.Fatalf("build herd: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	return bin
+}
+
+var binDir string // see withHerdBinary; herd and herd-agent are built there
+
+var herdBinary = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(binDir, "herd")
+	build := exec.Command("go", "build", "-o", bin, "herd.dev/herd/cmd/herd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build herd: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// withHerdBinary runs the package's tests with a directory for the herd
+// and herd-agent binaries, removed afterwards.
+func withHerdBinary(m *testing.M) int {
+	var err error
+	if binDir, err = os.MkdirTemp("", "herd-e2e-bin-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(binDir)
+	return m.Run()
+}
+
+// disruption is what a change does to each node of its pool: cordons,
+// drains begun, NotReady spells (from the Node objects), reboots and
+// kubelet restarts (from the agents). Every node is dispatched once.
+type disruption struct {
+	cordons, drains, notReady, reboots, kubeletRestarts int
+}
+
+// checkDisruption holds every node a watch saw to the disruption want.
+func checkDisruption(t *testing.T, change string, nodes *nodeWatch, before, after map[string]count, want disruption) {
+	t.Helper()
+	hist := nodes.history()
+	if len(hist) == 0 {
+		t.Errorf("%s: the watch saw no node", change)
+	}
+	for n, h := range hist {
+		d := after[n].diff(before[n])
+		dispatched := 0
+		for _, k := range h.Dispatches {
+			dispatched += k
+		}
+		got := disruption{h.Cordons, h.Drains, h.NotReady, d.Reboots, d.KubeletRestarts}
+		if got != want || dispatched != 1 {
+			t.Errorf("%s: %s was dispatched %d times, %+v; want once, %+v", change, n, dispatched, got, want)
+		}
+	}
 }
 
 func nodesOf(f *sim.Fleet, pool string) []string {
@@ -179,17 +248,22 @@ func nodesOf(f *sim.Fleet, pool string) []string {
 	return out
 }
 
-type count struct{ Pulls, FastPaths, Reboots, Sysctls, Prestaged int }
+// count is what a node's agent did: from sim.Fleet.Counters.
+type count struct {
+	Pulls, Deploys, FastPaths, Reboots, Sysctls, Prestaged int
+	KubeletRestarts                                        int
+}
 
 func (c count) diff(d count) count {
-	return count{c.Pulls - d.Pulls, c.FastPaths - d.FastPaths, c.Reboots - d.Reboots, c.Sysctls - d.Sysctls, c.Prestaged - d.Prestaged}
+	return count{c.Pulls - d.Pulls, c.Deploys - d.Deploys, c.FastPaths - d.FastPaths, c.Reboots - d.Reboots, c.Sysctls - d.Sysctls, c.Prestaged - d.Prestaged,
+		c.KubeletRestarts - d.KubeletRestarts}
 }
 
 func counters(f *sim.Fleet, nodes []string) map[string]count {
 	out := map[string]count{}
 	for _, n := range nodes {
 		c, _ := f.Counters(n)
-		out[n] = count{c.Pulls, c.FastPaths, c.Reboots, c.Sysctls, c.Prestaged}
+		out[n] = count{c.Pulls, c.Deploys, c.FastPaths, c.Reboots, c.Sysctls, c.Prestaged, c.Restarts[node.KubeletUnit]}
 	}
 	return out
 }
@@ -207,63 +281,6 @@ func booted(t *testing.T, f *sim.Fleet, node string) string {
 	return d.Checksum
 }
 
-// budgetWatch records the most nodes of a pool unavailable at once, from a
-// watch on the real API server.
-type budgetWatch struct {
-	mu          sync.Mutex
-	unavailable map[string]bool
-	most        int
-}
-
-func watchBudget(t *testing.T, s *story.Story, pool string) *budgetWatch {
-	t.Helper()
-	cs := kubernetes.NewForConfigOrDie(s.CP.Config())
-	w, err := cs.CoreV1().Nodes().Watch(t.Context(), metav1.ListOptions{LabelSelector: "herd.dev/pool=" + pool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &budgetWatch{unavailable: map[string]bool{}}
-	ctx, cancel := context.WithCancel(t.Context())
-	t.Cleanup(cancel)
-	go func() {
-		defer w.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case ev, ok := <-w.ResultChan():
-				if !ok {
-					return
-				}
-				n, ok := ev.Object.(*corev1.Node)
-				if !ok {
-					continue
-				}
-				b.mu.Lock()
-				// A joining node takes no work until it is at its target:
-				// it is outside the budget while it carries the taint.
-				b.unavailable[n.Name] = !cluster.HasTaint(n, schema.TaintConverging) &&
-					(!cluster.IsReady(n) || n.Spec.Unschedulable || schema.NodeState(n.Annotations[schema.AnnotationState]).Busy())
-				count := 0
-				for _, u := range b.unavailable {
-					if u {
-						count++
-					}
-				}
-				b.most = max(b.most, count)
-				b.mu.Unlock()
-			}
-		}
-	}()
-	return b
-}
-
-func (b *budgetWatch) max() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.most
-}
-
 func readFile(t *testing.T, p string) string {
 	t.Helper()
 	b, err := os.ReadFile(p)
@@ -271,13 +288,6 @@ func readFile(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-func short(s string) string {
-	if len(s) > 8 {
-		return s[:8]
-	}
-	return s
 }
 
 func firstLines(s string, n int) string {

@@ -21,35 +21,18 @@ import (
 	"herd.dev/herd/test/story"
 )
 
-var (
-	agentOnce sync.Once
-	agentBin  string
-	agentErr  error
-	agentDir  string
-)
-
 // agentBinary is the herd-agent every simulated node runs, built once per
 // test binary as make build builds it.
 func agentBinary(tb testing.TB) string {
 	tb.Helper()
-	agentOnce.Do(func() {
-		if agentDir, agentErr = os.MkdirTemp("", "herd-e2e-agent-"); agentErr == nil {
-			agentBin, agentErr = story.BuildAgent(agentDir)
-		}
-	})
-	if agentErr != nil {
-		tb.Fatal(agentErr)
+	bin, err := agentBuild()
+	if err != nil {
+		tb.Fatal(err)
 	}
-	return agentBin
+	return bin
 }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if agentDir != "" {
-		os.RemoveAll(agentDir)
-	}
-	os.Exit(code)
-}
+var agentBuild = sync.OnceValues(func() (string, error) { return story.BuildAgent(binDir) })
 
 // run is one end-to-end story with helpers to change the fleet repo with
 // the git CLI, as a person would.

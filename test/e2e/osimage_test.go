@@ -24,6 +24,7 @@ import (
 // commit (a valid signature copied onto another commit) is refused on the
 // node that tries it, which keeps running what it ran.
 func TestOSImageRollout(t *testing.T) {
+	t.Parallel()
 	r := startStory(t, story.Options{Pools: map[string]int{"general": 2, "system": 1, "batch": 1}, RebootDelay: 500 * time.Millisecond})
 	herd := buildHerd(t)
 	v1, v2 := r.OS.Commits[0], r.OS.Commits[1]
@@ -55,7 +56,7 @@ LABEL version=$VERSION
 	t.Logf("built %s", v3)
 	repo := &ostree.Repo{Path: r.OS.Repo}
 	if base, _, _ := repo.Metadata(t.Context(), v3, image.MetaBase); base != v2 {
-		t.Errorf("base of the new image %s, want %s", short(base), short(v2))
+		t.Errorf("base of the new image %s, want %s", schema.Short(base), schema.Short(v2))
 	}
 
 	// Pin it for general; the nodes (on v1) pull the delta v1 -> v3.
@@ -67,7 +68,7 @@ LABEL version=$VERSION
 	r.converge("2026.12.0 on general")
 	for _, n := range general {
 		if b := booted(t, r.Fleet, n); b != v3 {
-			t.Errorf("%s booted %s, want %s", n, short(b), short(v3))
+			t.Errorf("%s booted %s, want %s", n, schema.Short(b), schema.Short(v3))
 		}
 		c, _ := r.Fleet.Counters(n)
 		if c.DeltaPulls-before[n] != 1 {
@@ -75,7 +76,7 @@ LABEL version=$VERSION
 		}
 		for _, p := range []string{"usr/share/herd/banner", "usr/share/herd/build-info"} {
 			if !deployedHas(t, r, n, v3, p) {
-				t.Errorf("%s: the deployment of %s has no /%s", n, short(v3), p)
+				t.Errorf("%s: the deployment of %s has no /%s", n, schema.Short(v3), p)
 			}
 		}
 	}
@@ -113,7 +114,7 @@ LABEL version=$VERSION
 		t.Errorf("%s: message %q, want a verification failure", batch, msg)
 	}
 	if b := booted(t, r.Fleet, batch); b != v1 {
-		t.Errorf("%s booted %s after refusing, want %s", batch, short(b), short(v1))
+		t.Errorf("%s booted %s after refusing, want %s", batch, schema.Short(b), schema.Short(v1))
 	}
 	if has, err := r.Fleet.Sysroot(batch).HasCommit(t.Context(), tampered); has || err != nil {
 		t.Errorf("%s: the tampered commit is in its repository (%v)", batch, err)

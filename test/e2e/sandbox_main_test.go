@@ -8,8 +8,8 @@ import (
 )
 
 // TestMain lets this test binary evaluate fleets in a child process of
-// itself, as the herd binary does.
+// itself, as the herd binary does, and builds herd for the tests once.
 func TestMain(m *testing.M) {
 	sandbox.Main()
-	os.Exit(m.Run())
+	os.Exit(withHerdBinary(m))
 }

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -58,6 +59,11 @@ type Options struct {
 	AgentLog io.Writer
 	// Progress receives a line per setup step; nil discards.
 	Progress io.Writer
+	// ControllerBin, when set, is a herd binary: the controller runs as a
+	// process of its own (`herd controller`), logging to
+	// Dir/controller.log, and StopController kills it with SIGKILL, as a
+	// crash or an OOM kill would. Otherwise it runs in this process.
+	ControllerBin string
 }
 
 // Story is the running setup.
@@ -76,8 +82,9 @@ type Story struct {
 
 	opts       Options
 	daemon     *exec.Cmd
-	controller context.CancelFunc
+	controller func() // stops the controller at once
 	ctrlDone   chan error
+	pid        int // the controller process's, with ControllerBin
 }
 
 // Start brings the story up. Stop it with Stop, also after an error.
@@ -168,7 +175,7 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 }
 
 // StopController stops the controller at once, as a crash would: whatever
-// it was doing is cut short.
+// it was doing is cut short. A controller process is killed with SIGKILL.
 func (s *Story) StopController() error {
 	if s.controller == nil {
 		return nil
@@ -177,11 +184,17 @@ func (s *Story) StopController() error {
 	s.controller = nil
 	select {
 	case err := <-s.ctrlDone:
+		if errors.Is(err, context.Canceled) || errors.Is(err, errKilled) {
+			return nil
+		}
 		return err
 	case <-time.After(30 * time.Second):
 		return errors.New("the controller did not stop within 30s")
 	}
 }
+
+// errKilled is how a controller process killed by StopController ends.
+var errKilled = errors.New("killed with SIGKILL")
 
 // StartController starts a new controller: it knows nothing but what the
 // cluster and the Git remote hold.
@@ -261,6 +274,10 @@ func (s *Story) startGitDaemon(ctx context.Context) error {
 }
 
 func (s *Story) startController(opts Options) {
+	if opts.ControllerBin != "" {
+		s.startProcess(opts)
+		return
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.controller, s.ctrlDone = cancel, make(chan error, 1)
 	log := logr.Discard()
@@ -280,6 +297,65 @@ func (s *Story) startController(opts Options) {
 		Log:            log,
 	}
 	go func() { s.ctrlDone <- controller.Run(ctx, cfg) }()
+}
+
+// startProcess runs `herd controller` as a process of its own, with the
+// flags the in-process controller gets as its Config.
+func (s *Story) startProcess(opts Options) {
+	s.ctrlDone = make(chan error, 1)
+	log, err := os.OpenFile(filepath.Join(s.Dir, "controller.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		s.ctrlDone <- err
+		s.controller = func() {}
+		return
+	}
+	cmd := exec.Command(opts.ControllerBin, "controller",
+		"--kubeconfig", s.Kubeconfig,
+		"--repo", s.Remote,
+		"--cluster", s.Cluster,
+		"--interval", opts.Interval.String(),
+		"--status-interval", "2s",
+		"--cache-dir", filepath.Join(s.Dir, "controller"),
+		"--webhook-addr", strings.TrimSuffix(strings.TrimPrefix(s.Webhook, "http://"), "/"),
+		"--metrics-addr", "0",
+		// The story's commits are not signed; the in-process controller
+		// does not verify them either.
+		"--insecure-skip-verify")
+	cmd.Env = append(os.Environ(), "HERD_WEBHOOK_TOKEN="+s.Token)
+	cmd.Stdout, cmd.Stderr = log, log
+	// It dies with this process, whatever happens to it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		s.ctrlDone <- fmt.Errorf("start %s controller: %w", opts.ControllerBin, err)
+		s.controller = func() {}
+		return
+	}
+	s.pid = cmd.Process.Pid
+	var killed atomic.Bool
+	s.controller = func() {
+		killed.Store(true)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+	}
+	go func() {
+		err := cmd.Wait()
+		log.Close()
+		if killed.Load() {
+			err = errKilled
+		} else {
+			err = fmt.Errorf("herd controller exited (see %s): %v", filepath.Join(s.Dir, "controller.log"), err)
+		}
+		s.ctrlDone <- err
+	}()
+}
+
+// ControllerPID is the controller process's id, 0 when it runs in this
+// process or not at all.
+func (s *Story) ControllerPID() int {
+	if s.opts.ControllerBin == "" || s.controller == nil {
+		return 0
+	}
+	return s.pid
 }
 
 // WaitUpToDate waits until every pool's HerdPool reports UpToDate at the
