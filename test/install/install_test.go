@@ -73,7 +73,18 @@ func TestInstall(t *testing.T) {
 
 	// A fleet repo from the example, served by git daemon.
 	fleet := filepath.Join(work, "fleet")
-	head := fleettest.NewRepo(t, fleet)
+	fleettest.NewRepo(t, fleet)
+	// Every commit signed by the key the README trusts.
+	key := gitserver.NewSSHKey(t, "fleet admin")
+	signers := filepath.Join(work, "allowed_signers")
+	if err := os.WriteFile(signers, []byte(key.AllowedSignersLine("admin@example.com")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"gpg.format": "ssh", "user.signingkey": key.PrivatePath, "commit.gpgsign": "true"} {
+		fleettest.Git(t, fleet, "config", k, v)
+	}
+	fleettest.Git(t, fleet, "commit", "-q", "--amend", "--no-edit")
+	head := fleettest.Git(t, fleet, "rev-parse", "HEAD")
 	served := filepath.Join(work, "git")
 	bare := filepath.Join(served, "fleet.git")
 	fleettest.Git(t, work, "clone", "-q", "--bare", fleet, bare)
@@ -90,6 +101,7 @@ func TestInstall(t *testing.T) {
 		"KUBECONFIG="+cp.KubeconfigPath(),
 		"FLEET_REPO="+remote,
 		"CLUSTER=install-test",
+		"FLEET_SIGNERS="+signers,
 	)
 	shell(t, work, env, blocks[0])
 
