@@ -164,7 +164,8 @@ func cpuTicks(tb testing.TB, pid int) int64 {
 // for HERD_AGENT_IDLE (default 30s), reporting its RSS and CPU then; then
 // applies a change of OS commit, files and sysctls (pull, write, deploy,
 // and the reboot request, which a stand-in logind on a private D-Bus
-// takes), reporting its peak RSS while it applies:
+// takes), reporting its peak RSS while it applies. HERD_AGENT_ARGS adds
+// arguments (e.g. --monitor, the eBPF node monitor):
 //
 //	go test -run '^$' -bench 'Agent$' -benchtime 1x ./node/
 func BenchmarkAgent(b *testing.B) {
@@ -213,6 +214,7 @@ func BenchmarkAgent(b *testing.B) {
 		cmd := exec.Command(agent, "--kubeconfig", c.KubeconfigPath(), "--node", name,
 			"--root", root, "--sysroot", s.Path, "--osname", osfixture.DefaultOSName,
 			"--state-dir", filepath.Join(root, "var/lib/herd"), "--os-trust", trust, "--metrics-addr", "127.0.0.1:0")
+		cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("HERD_AGENT_ARGS"))...)
 		cmd.Env = append(append(os.Environ(), osfixture.Env...), bus.Env())
 		var logs strings.Builder
 		cmd.Stderr = &logs

@@ -76,6 +76,8 @@ type flags struct {
 	remote                string
 	rebootTimeout         time.Duration
 	metricsAddr           string
+	monitor               bool
+	monitorCgroupRoot     string
 	log                   logging.Options
 	version               bool
 }
@@ -106,6 +108,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.remote, "remote", "", "OSTree remote to pull from when the rendered config names none")
 	fs.DurationVar(&f.rebootTimeout, "reboot-timeout", node.DefaultRebootTimeout, "request the reboot again when the node has not rebooted after this long")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", metrics.DefaultAddr, `address of /metrics, /healthz and /readyz ("0" for none)`)
+	fs.BoolVar(&f.monitor, "monitor", false, "run the eBPF node monitor: run-queue latency, OOM kills, TCP retransmits, execs and block I/O latency per pod, on --metrics-addr and at /top")
+	fs.StringVar(&f.monitorCgroupRoot, "monitor-cgroup-root", "", "the host's cgroup file system as the agent sees it, to name other pods' cgroups (in a pod: /host/sys/fs/cgroup); empty: this process's")
 	fs.StringVar(&f.log.Encoding, "log-encoding", logging.DefaultEncoding, "log encoding: json or console")
 	fs.StringVar(&f.log.Level, "log-level", logging.DefaultLevel, "log level: trace, debug, info or error")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
@@ -179,6 +183,10 @@ func runAgent(ctx context.Context, f flags, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	mon := startMonitor(f, client, reg, log)
+	if mon != nil {
+		defer mon.Close()
+	}
 	units := &systemd.Units{}
 	defer units.Close()
 	a, err := node.New(node.Options{
@@ -205,6 +213,9 @@ func runAgent(ctx context.Context, f flags, log *slog.Logger) error {
 		srv, err := metrics.Listen(f.metricsAddr, reg, a.Ready)
 		if err != nil {
 			return err
+		}
+		if mon != nil {
+			srv.Handle("/top", mon.Handler()) // GET ?n=10: the monitor's report as JSON
 		}
 		log.Info("serving metrics and probes", "addr", srv.Addr())
 		go func() { served <- srv.Serve(ctx) }()
