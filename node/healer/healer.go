@@ -15,11 +15,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"herd.dev/herd/node/cri"
 	"herd.dev/herd/node/diagnose"
 	"herd.dev/herd/node/health"
+	"herd.dev/herd/node/kube"
 	"herd.dev/herd/node/remedy"
 	"herd.dev/herd/os/ostree"
 )
@@ -31,7 +31,7 @@ const EvidenceFile = "evidence.json"
 // Rebooter are required.
 type Options struct {
 	NodeName string
-	Client   kubernetes.Interface
+	Client   *kube.Client
 	// Dynamic reads and answers NodeDiagnostics (herd diagnose); nil
 	// answers none.
 	Dynamic dynamic.Interface
@@ -57,6 +57,9 @@ type Options struct {
 	Rebooter     remedy.Rebooter
 	// Sysroot, when set, adds the OSTree deployments to the diagnosis.
 	Sysroot *ostree.Sysroot
+	// Monitor, when set, adds the eBPF node monitor's worst offenders to
+	// the diagnosis (a *monitor.Monitor; leave it nil when none runs).
+	Monitor diagnose.MonitorTop
 	// Interval between check rounds: schema.DefaultCheckInterval when zero.
 	Interval time.Duration
 	// HeartbeatPeriod of the conditions: schema.DefaultHeartbeatPeriod
@@ -95,7 +98,7 @@ func Run(ctx context.Context, o Options) error {
 	for i, p := range health.DefaultDiskPaths {
 		diskPaths[i] = filepath.Join(o.Root, p)
 	}
-	sandboxes := &health.Sandboxes{CRI: rt, Pods: health.PodsOnNode(o.Client, o.NodeName), Grace: o.SandboxGrace}
+	sandboxes := &health.Sandboxes{CRI: rt, Pods: health.PodsOnNode(o.Client.ListPods, o.NodeName), Grace: o.SandboxGrace}
 	checks := []health.Check{
 		&health.Kubelet{HealthzURL: o.KubeletHealthzURL, Client: &http.Client{}, Lease: health.NodeLease(o.Client, o.NodeName)},
 		&health.PLEG{Node: self},
@@ -132,7 +135,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	run := []func(context.Context) error{monitor.Run, func(ctx context.Context) error { return exec.Run(ctx, o.Feed) }}
 	if o.Dynamic != nil {
-		collector := &diagnose.Collector{Node: o.NodeName, Root: o.Root, DiskPaths: health.DefaultDiskPaths, Checks: checks, Sysroot: o.Sysroot, EvidencePath: evidence}
+		collector := &diagnose.Collector{Node: o.NodeName, Root: o.Root, DiskPaths: health.DefaultDiskPaths, Checks: checks, Sysroot: o.Sysroot, EvidencePath: evidence, Monitor: o.Monitor}
 		responder := &diagnose.Responder{Client: o.Dynamic, Node: o.NodeName, Collect: collector.Collect, Log: o.Log}
 		run = append(run, responder.Run)
 	}

@@ -40,7 +40,7 @@ func TestIntegrationMonitor(t *testing.T) {
 		}
 		return n
 	}
-	m := &health.Monitor{Checks: []health.Check{check}, Publisher: &health.Publisher{Client: cs, NodeName: name},
+	m := &health.Monitor{Checks: []health.Check{check}, Publisher: &health.Publisher{Client: lean(t), NodeName: name},
 		Node: get, Interval: 100 * time.Millisecond}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)

@@ -12,9 +12,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"herd.dev/herd/node/apply"
 	"herd.dev/herd/schema"
@@ -39,12 +36,17 @@ type Feed interface {
 	Changed() <-chan struct{}
 }
 
+// NodePatcher patches a Node (kube.Client).
+type NodePatcher interface {
+	PatchNode(ctx context.Context, name string, pt types.PatchType, body []byte, fieldManager string) (*corev1.Node, error)
+}
+
 // Executor carries the steps out for one node. Node, Client, StateDir,
 // Units, Rebooter, Capture and Clean are required.
 type Executor struct {
 	Node     string
-	Client   kubernetes.Interface // writes herd.dev/remediated
-	StateDir string               // holds remedy.json
+	Client   NodePatcher // writes herd.dev/remediated
+	StateDir string      // holds remedy.json
 	BootID   string
 	Units    Units
 	Rebooter Rebooter
@@ -168,7 +170,7 @@ func (e *Executor) report(ctx context.Context, value string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := e.Client.CoreV1().Nodes().Patch(ctx, e.Node, types.MergePatchType, body, metav1.PatchOptions{FieldManager: "herd-agent"}); err != nil {
+	if _, err := e.Client.PatchNode(ctx, e.Node, types.MergePatchType, body, "herd-agent"); err != nil {
 		return fmt.Errorf("report %s: %w", value, err)
 	}
 	e.log().Info("repair reported", "node", e.Node, "report", value)

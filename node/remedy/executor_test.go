@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"herd.dev/herd/node/kube"
 	"herd.dev/herd/node/remedy"
 	"herd.dev/herd/schema"
 	"herd.dev/herd/test/controlplane"
@@ -45,6 +46,18 @@ func client(t *testing.T) kubernetes.Interface {
 		t.Fatalf("start control plane: %v", cpErr)
 	}
 	return kubernetes.NewForConfigOrDie(cp.Config())
+}
+
+// lean returns the agent's own client (node/kube) of the package's control
+// plane; client starts it first.
+func lean(t *testing.T) *kube.Client {
+	t.Helper()
+	client(t)
+	c, err := kube.New(cp.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // procUnits supervises a real process per unit, as systemd does: Restart
@@ -152,7 +165,7 @@ func TestIntegrationRestartOnce(t *testing.T) {
 			newNode(t, cs, name, req)
 			dir := t.TempDir()
 			ex := func(hook func(remedy.ActionKind)) *remedy.Executor {
-				return &remedy.Executor{Node: name, Client: cs, StateDir: dir, BootID: "boot-1", Units: units, Rebooter: &rebooter{},
+				return &remedy.Executor{Node: name, Client: lean(t), StateDir: dir, BootID: "boot-1", Units: units, Rebooter: &rebooter{},
 					Capture: func(context.Context, string) error { return nil }, Clean: func(context.Context) (int, error) { return 0, nil }, Hook: hook}
 			}
 			ctx, cancel := context.WithCancel(t.Context())
@@ -202,7 +215,7 @@ func TestIntegrationReboot(t *testing.T) {
 	var order []string
 	rb := &rebooter{}
 	ex := func(boot string) *remedy.Executor {
-		return &remedy.Executor{Node: name, Client: cs, StateDir: dir, BootID: boot, Units: newProcUnits(t), Rebooter: rb,
+		return &remedy.Executor{Node: name, Client: lean(t), StateDir: dir, BootID: boot, Units: newProcUnits(t), Rebooter: rb,
 			Capture: func(_ context.Context, reason string) error { order = append(order, "capture: "+reason); return nil },
 			Clean:   func(context.Context) (int, error) { return 0, nil },
 			Hook: func(k remedy.ActionKind) {
@@ -246,7 +259,7 @@ func TestIntegrationNewRequest(t *testing.T) {
 	const name = "clean-node"
 	newNode(t, cs, name, "clean-sandboxes@1")
 	cleaned := 0
-	ex := &remedy.Executor{Node: name, Client: cs, StateDir: t.TempDir(), BootID: "b", Units: newProcUnits(t), Rebooter: &rebooter{},
+	ex := &remedy.Executor{Node: name, Client: lean(t), StateDir: t.TempDir(), BootID: "b", Units: newProcUnits(t), Rebooter: &rebooter{},
 		Capture: func(context.Context, string) error { return nil },
 		Clean:   func(context.Context) (int, error) { cleaned++; return 3, nil }}
 	if err := ex.Sync(t.Context(), get(t, cs, name)); err != nil {

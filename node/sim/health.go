@@ -7,15 +7,16 @@ import (
 	"path/filepath"
 	"strings"
 
-	"herd.dev/herd/node"
 	"herd.dev/herd/node/healer"
 	"herd.dev/herd/node/health"
+	"herd.dev/herd/node/kube"
 	"herd.dev/herd/node/remedy"
+	"herd.dev/herd/node/sim/hostbus"
 )
 
 // startHealer runs the node's health side for this boot, when the fleet
 // has healers; the channel is closed once it stopped.
-func (f *Fleet) startHealer(ctx context.Context, n *simNode, feed node.NodeFeed) <-chan struct{} {
+func (f *Fleet) startHealer(ctx context.Context, n *simNode, feed *kube.Feed) <-chan struct{} {
 	done := make(chan struct{})
 	if !f.opts.Healer {
 		close(done)
@@ -28,13 +29,13 @@ func (f *Fleet) startHealer(ctx context.Context, n *simNode, feed node.NodeFeed)
 	rt, hasRuntime := f.opts.Runtimes[n.name]
 	o := healer.Options{
 		NodeName:          n.name,
-		Client:            f.cs,
+		Client:            f.agents,
 		Dynamic:           f.dyn,
 		Feed:              feed,
 		Root:              n.root,
 		StateDir:          filepath.Join(n.root, "var/lib/herd"),
 		BootID:            strings.TrimSpace(string(boot)),
-		KubeletHealthzURL: f.healthz + "/" + n.name + "/healthz",
+		KubeletHealthzURL: f.kubeletHealthzURL(n),
 		CRISocket:         rt.Socket,
 		NoRuntime:         !hasRuntime,
 		Units:             &simUnits{f: f, n: n},
@@ -50,6 +51,40 @@ func (f *Fleet) startHealer(ctx context.Context, n *simNode, feed node.NodeFeed)
 		}
 	}()
 	return done
+}
+
+// kubeletHealthzURL is the /healthz of node n's simulated kubelet.
+func (f *Fleet) kubeletHealthzURL(n *simNode) string { return f.healthz + "/" + n.name + "/healthz" }
+
+// healerArgs are the health side's flags of node n's herd-agent process.
+func (f *Fleet) healerArgs(n *simNode) []string {
+	if !f.opts.Healer {
+		return []string{"--health=false"}
+	}
+	args := []string{"--kubelet-healthz-url", f.kubeletHealthzURL(n)}
+	if rt, ok := f.opts.Runtimes[n.name]; ok {
+		args = append(args, "--cri-socket", rt.Socket)
+	} else {
+		args = append(args, "--no-runtime")
+	}
+	if f.opts.CheckInterval > 0 {
+		args = append(args, "--check-interval", f.opts.CheckInterval.String())
+	}
+	if f.opts.SandboxGrace > 0 {
+		args = append(args, "--sandbox-grace", f.opts.SandboxGrace.String())
+	}
+	return args
+}
+
+// machine is node n as the host bus sees it, for its herd-agent process:
+// reboots, and with Options.Healer its units.
+func (f *Fleet) machine(n *simNode) hostbus.Machine {
+	m := hostbus.Machine{Reboot: n.requestReboot}
+	if f.opts.Healer {
+		u := &simUnits{f: f, n: n}
+		m.Restart, m.InvocationID = u.Restart, u.InvocationID
+	}
+	return m
 }
 
 // simUnits is a simulated node's systemd for repairs: kubelet.service is

@@ -37,6 +37,7 @@ import (
 	k8syaml "sigs.k8s.io/yaml"
 
 	"herd.dev/herd/os/ostree/osfixture"
+	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/herdsource"
 	"herd.dev/herd/test/controlplane"
@@ -73,7 +74,18 @@ func TestInstall(t *testing.T) {
 
 	// A fleet repo from the example, served by git daemon.
 	fleet := filepath.Join(work, "fleet")
-	head := fleettest.NewRepo(t, fleet)
+	fleettest.NewRepo(t, fleet)
+	// Every commit signed by the key the README trusts.
+	key := gitserver.NewSSHKey(t, "fleet admin")
+	signers := filepath.Join(work, "allowed_signers")
+	if err := os.WriteFile(signers, []byte(key.AllowedSignersLine("admin@example.com")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"gpg.format": "ssh", "user.signingkey": key.PrivatePath, "commit.gpgsign": "true"} {
+		fleettest.Git(t, fleet, "config", k, v)
+	}
+	fleettest.Git(t, fleet, "commit", "-q", "--amend", "--no-edit")
+	head := fleettest.Git(t, fleet, "rev-parse", "HEAD")
 	served := filepath.Join(work, "git")
 	bare := filepath.Join(served, "fleet.git")
 	fleettest.Git(t, work, "clone", "-q", "--bare", fleet, bare)
@@ -90,6 +102,7 @@ func TestInstall(t *testing.T) {
 		"KUBECONFIG="+cp.KubeconfigPath(),
 		"FLEET_REPO="+remote,
 		"CLUSTER=install-test",
+		"FLEET_SIGNERS="+signers,
 	)
 	shell(t, work, env, blocks[0])
 
@@ -196,11 +209,30 @@ func runAgent(t *testing.T, cp *controlplane.ControlPlane, c client.Client, cs k
 	node := simulatedNode(t, c)
 	host := filepath.Join(work, "node-root")
 	newSysroot(t, host)
+	// The host's boot ID, which the agent's repairs tell boots apart by.
+	bootID := filepath.Join(host, "proc/sys/kernel/random/boot_id")
+	if err := os.MkdirAll(filepath.Dir(bootID), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bootID, []byte("00000000-0000-4000-8000-000000000001\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	dbus := filepath.Join(work, "node-dbus")
 	if err := os.MkdirAll(dbus, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	pods := waitPods(t, cs, "app.kubernetes.io/component=agent", 1)
+	// The DaemonSet controller pins its Pod to the node by affinity; with
+	// no scheduler here, bind it as the scheduler would.
+	if pods[0].Spec.NodeName == "" {
+		if err := cs.CoreV1().Pods(pods[0].Namespace).Bind(t.Context(), &corev1.Binding{
+			ObjectMeta: metav1.ObjectMeta{Name: pods[0].Name, Namespace: pods[0].Namespace, UID: pods[0].UID},
+			Target:     corev1.ObjectReference{Kind: "Node", Name: node},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pods = waitPods(t, cs, "app.kubernetes.io/component=agent", 1)
+	}
 	if pods[0].Spec.NodeName != node {
 		t.Fatalf("agent pod on %q, want %s", pods[0].Spec.NodeName, node)
 	}
@@ -212,16 +244,19 @@ func runAgent(t *testing.T, cp *controlplane.ControlPlane, c client.Client, cs k
 			t.Errorf("the agent's /metrics has no %s, which config/monitoring uses", name)
 		}
 	}
-	// It reports on its own Node, through the admission policy: its token
-	// is bound to its Pod on that node.
+	// It reports on its own Node, and its health side publishes Herd's
+	// conditions there, through the admission policy: its token is bound
+	// to its Pod on that node.
 	if err := wait.PollUntilContextTimeout(t.Context(), 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		var n corev1.Node
 		if err := c.Get(ctx, client.ObjectKey{Name: node}, &n); err != nil {
 			return false, nil
 		}
-		return n.Annotations["herd.dev/state"] != "", nil
+		return n.Annotations["herd.dev/state"] != "" && slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
+			return c.Type == corev1.NodeConditionType(schema.ConditionDiskPressure)
+		}), nil
 	}); err != nil {
-		t.Fatal("the agent never reported herd.dev/state on its Node")
+		t.Fatal("the agent never reported herd.dev/state and its health conditions on its Node")
 	}
 	if err := p.Stop(30 * time.Second); err != nil {
 		t.Error(err)
