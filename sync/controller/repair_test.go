@@ -3,8 +3,12 @@ package controller_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,8 +18,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"herd.dev/herd/schema"
+	"herd.dev/herd/sync/controller"
 	"herd.dev/herd/sync/herdpool"
 )
 
@@ -262,4 +268,143 @@ func waitRequested(b *testing.B, w watch.Interface) (schema.RemediationRequest, 
 			b.Fatal("no repair asked for within a minute")
 		}
 	}
+}
+
+// TestReplace: the replace rung on the real API server. The controller
+// cordons and drains the node and asks its agent for evidence; once the
+// agent answered it posts the operator's webhook (--replace-webhook, one
+// ID however often it is posted), marks the node herd.dev/replace and
+// deletes the Node, as the pool says deleteNode: true. The repair
+// metrics count the rung and its outcome.
+func TestReplace(t *testing.T) {
+	e := newEnv(t)
+	e.edit("pools/general.cue", `remediation: maxUnhealthy: "34%"`, `remediation: {
+		maxUnhealthy: "34%"
+		replace: deleteNode: true
+		problems: HerdKubeletUnhealthy: {duration: "1s", rungs: [{action: "replace", timeout: "1m"}]}
+	}`)
+	e.push("general: replace hung kubelets")
+	var (
+		mu    sync.Mutex
+		hooks []controller.ReplaceRequest
+	)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req controller.ReplaceRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || r.Method != http.MethodPost {
+			t.Errorf("replacement webhook: %s with %v", r.Method, err)
+		}
+		mu.Lock()
+		hooks = append(hooks, req)
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	before := repairCounts(t)
+	ctrl := e.startControllerWith("herd", false, func(c *controllerConfig) { c.ReplaceWebhook = hook.URL })
+	defer ctrl.stop(t)
+	nodes := e.addNodes("general", 6)
+	e.waitFor("general up to date", time.Minute, func() (bool, error) {
+		var np herdpool.HerdPool
+		err := e.c.Get(e.t.Context(), client.ObjectKey{Name: "general"}, &np)
+		return err == nil && np.Status.Phase == herdpool.PhaseUpToDate, nil
+	})
+
+	sick := nodes[3]
+	w, err := e.kube.CoreV1().Nodes().Watch(t.Context(), metav1.ListOptions{FieldSelector: "metadata.name=" + sick})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	e.health(sick, corev1.ConditionTrue, schema.ReasonKubeletHealthzFailed)
+	req := e.waitRequest(sick, schema.RepairReplace)
+	n := e.node(sick)
+	if !n.Spec.Unschedulable || n.Annotations[schema.AnnotationDrainStarted] == "" {
+		t.Fatalf("%s asked for its evidence before replacement, uncordoned (%v) or undrained (%q)", sick, n.Spec.Unschedulable, n.Annotations[schema.AnnotationDrainStarted])
+	}
+	mu.Lock()
+	early := len(hooks)
+	mu.Unlock()
+	if early != 0 {
+		t.Fatalf("the webhook was posted before the agent captured its evidence: %+v", hooks)
+	}
+	e.report(sick, req, schema.ResultSucceeded)
+
+	// The Node's last state, as the watch saw it deleted.
+	var gone *corev1.Node
+	deadline := time.After(30 * time.Second)
+	for gone == nil {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				t.Fatal("the watch of the node ended early")
+			}
+			if ev.Type == watch.Deleted {
+				gone = ev.Object.(*corev1.Node)
+			}
+		case <-deadline:
+			t.Fatalf("%s never deleted; annotations %v", sick, e.node(sick).Annotations)
+		}
+	}
+	if gone.Annotations[schema.AnnotationReplace] == "" {
+		t.Errorf("%s deleted without herd.dev/replace: %v", sick, gone.Annotations)
+	}
+	mu.Lock()
+	got := slices.Clone(hooks)
+	mu.Unlock()
+	if len(got) == 0 {
+		t.Fatal("the replacement webhook was never posted")
+	}
+	for _, h := range got {
+		if h.Pool != "general" || h.Node != sick || h.Problem != string(schema.ConditionKubeletUnhealthy) || h.ID != got[0].ID || h.Cluster != "test" || h.Time.IsZero() {
+			t.Errorf("webhook request %+v, want pool general, node %s, problem %s, one ID", h, sick, schema.ConditionKubeletUnhealthy)
+		}
+	}
+	e.waitFor("the Replaced outcome counted", 30*time.Second, func() (bool, error) {
+		after := repairCounts(t)
+		return after[`herd_repair_outcomes_total{action="replace",dry_run="false",outcome="Replaced",pool="general"}`] >
+			before[`herd_repair_outcomes_total{action="replace",dry_run="false",outcome="Replaced",pool="general"}`], nil
+	})
+	after := repairCounts(t)
+	for _, k := range []string{
+		`herd_repairs_total{action="replace",dry_run="false",pool="general",problem="HerdKubeletUnhealthy"}`,
+		`herd_problem_to_repair_seconds_count{pool="general",problem="HerdKubeletUnhealthy"}`,
+	} {
+		if after[k] != before[k]+1 {
+			t.Errorf("%s: %v, then %v; want one more", k, before[k], after[k])
+		}
+	}
+	if after[`herd_repairs_stopped{pool="general"}`] != 0 {
+		t.Errorf("herd_repairs_stopped{pool=general} %v with one node sick", after[`herd_repairs_stopped{pool="general"}`])
+	}
+}
+
+// repairCounts reads the controller's repair metrics from its registry, by
+// name and labels (sorted) as Prometheus writes them.
+func repairCounts(t *testing.T) map[string]float64 {
+	t.Helper()
+	fams, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range fams {
+		if !strings.HasPrefix(f.GetName(), "herd_repair") && !strings.HasPrefix(f.GetName(), "herd_problem_to_repair") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			key := "{" + strings.Join(labels, ",") + "}"
+			switch {
+			case m.Counter != nil:
+				out[f.GetName()+key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[f.GetName()+key] = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				out[f.GetName()+"_count"+key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
 }
