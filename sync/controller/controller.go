@@ -67,7 +67,7 @@ type Options struct {
 	Source Source
 	// History evaluates the fleet's earlier revisions up to a commit, for
 	// exact diffs and rollbacks, as `herd plan` does; nil for none.
-	History func(commit string) (*revisions.History, error)
+	History func(ctx context.Context, commit string) (*revisions.History, error)
 	// Status receives the state after every reconcile (the Git status
 	// branch); nil for none.
 	Status StatusSink

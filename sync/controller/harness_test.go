@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -176,11 +178,19 @@ func (r *controllerRun) stop(t *testing.T) {
 	select {
 	case err := <-r.done:
 		if err != nil {
-			t.Fatalf("controller: %v", err)
+			t.Fatalf("controller: %v\n%s", err, goroutines())
 		}
 	case <-time.After(time.Minute):
-		t.Fatal("controller did not stop within a minute")
+		t.Fatalf("controller did not stop within a minute\n%s", goroutines())
 	}
+}
+
+// goroutines is a dump of every goroutine's stack: what a controller that
+// does not stop is waiting for.
+func goroutines() string {
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	return b.String()
 }
 
 // agents plays the node agent for the test's nodes: it takes each node from

@@ -59,11 +59,15 @@ func (r *Reconciler) observe(ctx context.Context, now time.Time) (*observation, 
 	if err := r.readNodes(ctx, obs); err != nil {
 		return obs, err
 	}
+	history := r.earlier(ctx, rev)
+	if err := ctx.Err(); err != nil {
+		return obs, err // no plan from a history walk cut short
+	}
 	obs.input, err = planinput.Build(planinput.Sources{
 		Fleet:     obs.fleet,
 		Revision:  rev.Commit,
 		Nodes:     obs.nodes,
-		History:   r.earlier(rev),
+		History:   history,
 		Stored:    stored,
 		Pools:     obs.pools,
 		Unhealthy: r.checkHealth(ctx, obs),
@@ -94,7 +98,7 @@ func (r *Reconciler) load(ctx context.Context, rev source.Revision) (*loader.Res
 // earlier evaluates the fleet's earlier revisions, once per commit. Without
 // them the plan still knows every render the cluster stores; so a failure
 // is logged, not fatal.
-func (r *Reconciler) earlier(rev source.Revision) *revisions.History {
+func (r *Reconciler) earlier(ctx context.Context, rev source.Revision) *revisions.History {
 	if r.History == nil {
 		return nil
 	}
@@ -104,7 +108,7 @@ func (r *Reconciler) earlier(rev source.Revision) *revisions.History {
 	if ok {
 		return h
 	}
-	h, err := r.History(rev.Commit)
+	h, err := r.History(ctx, rev.Commit)
 	if err != nil {
 		r.log.Error(err, "read the fleet's earlier revisions; planning with the renders the cluster stores", "commit", rev.Commit)
 		return nil

@@ -352,9 +352,9 @@ func filesKey(files map[string][]byte) string {
 // earlier commit may be one the source rejected), keeping evaluated trees
 // between calls. It reads while the source neither fetches nor repacks, so
 // no pack changes under it.
-func gitHistory(src gitDirReader, path string, evaluate func(context.Context, map[string][]byte) (*loader.Result, error)) func(commit string) (*revisions.History, error) {
+func gitHistory(src gitDirReader, path string, evaluate func(context.Context, map[string][]byte) (*loader.Result, error)) func(ctx context.Context, commit string) (*revisions.History, error) {
 	cache := revisions.NewCache()
-	return func(commit string) (h *revisions.History, err error) {
+	return func(ctx context.Context, commit string) (h *revisions.History, err error) {
 		err = src.ReadGitDir(func(gitDir string) error {
 			// Opened for each new revision: go-git caches the list of
 			// packs, and the source fetches new ones.
@@ -364,7 +364,7 @@ func gitHistory(src gitDirReader, path string, evaluate func(context.Context, ma
 			}
 			repo.Cache = cache
 			repo.Evaluate = func(files map[string][]byte) (*loader.Result, error) {
-				return evaluate(context.Background(), files)
+				return evaluate(ctx, files) // a stopping controller does not wait for the walk
 			}
 			h, err = repo.LoadFrom(commit, HistoryDepth)
 			return err

@@ -74,7 +74,7 @@ func TestSamePlanAsHerdPlan(t *testing.T) {
 
 			// The controller: its cache of the remote, and the renders it
 			// stored before telling any node.
-			ch, err := gitHistory(plainDir(bare), "", (&evaluator{budget: sandbox.DefaultBudget}).loadFiles)(head)
+			ch, err := gitHistory(plainDir(bare), "", (&evaluator{budget: sandbox.DefaultBudget}).loadFiles)(t.Context(), head)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -143,6 +143,9 @@ func (r *Repo) WalkFrom(commit string, limit int, fn func(Revision) bool) (trunc
 			lastTree = tree.Hash
 			rev := Revision{Commit: c}
 			rev.Result, rev.Invalid = r.evaluate(tree)
+			if aborted(rev.Invalid) {
+				return false, fmt.Errorf("evaluate %s: %w", c.Hash, rev.Invalid)
+			}
 			if !fn(rev) {
 				return false, nil
 			}
@@ -172,10 +175,16 @@ func (r *Repo) evaluate(tree *object.Tree) (*loader.Result, error) {
 	if err == nil {
 		res, err = r.load(files)
 	}
-	if r.Cache != nil {
+	if r.Cache != nil && !aborted(err) {
 		r.Cache.trees[tree.Hash] = treeResult{res, err}
 	}
 	return res, err
+}
+
+// aborted reports whether an evaluation was cancelled by its caller: the
+// walk stops, and the tree is neither invalid nor cached.
+func aborted(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // load evaluates a fleet's files with Evaluate, or under the default budget.
