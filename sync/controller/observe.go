@@ -13,7 +13,6 @@ import (
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
 	"herd.dev/herd/schema/loader"
-	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/planinput"
 	"herd.dev/herd/sync/revisions"
@@ -211,11 +210,12 @@ func (r *Reconciler) checkHealth(ctx context.Context, obs *observation) map[stri
 		hash, soak := obs.fleet.Rendered[name].Hash(), spec.Rollout.SoakDuration()
 		for i := range obs.nodes {
 			n := &obs.nodes[i]
-			pn := cluster.PlannerNode(n)
-			if !spec.Selector.Matches(n.Labels) || pn.DesiredConfig != hash || pn.CurrentConfig != hash || pn.OSBooted != spec.OS.Commit {
+			a := n.Annotations
+			if a[schema.AnnotationDesiredConfig] != hash || a[schema.AnnotationCurrentConfig] != hash ||
+				a[schema.AnnotationOSBooted] != spec.OS.Commit || !spec.Selector.Matches(n.Labels) {
 				continue
 			}
-			if !pn.AtTarget.IsZero() && !obs.now.Before(pn.AtTarget.Add(soak)) {
+			if at, err := time.Parse(time.RFC3339, a[schema.AnnotationAtTarget]); err == nil && !obs.now.Before(at.Add(soak)) {
 				continue // soaked: done
 			}
 			if why := r.health.check(ctx, hc, n); why != "" {
