@@ -130,6 +130,10 @@ type Options struct {
 	StatusInterval time.Duration
 	// Parallel bounds how many nodes are set up at once; default 8.
 	Parallel int
+	// LinkSysroots makes each node's sysroot of hard links to one
+	// template's files instead of a copy (see osfixture.SysrootOptions.Link):
+	// thousands of nodes in the memory of a few.
+	LinkSysroots bool
 	// KeepNodes leaves the Node objects behind at Stop.
 	KeepNodes bool
 	// Log receives the simulator's and the agents' logs; nil discards them.
@@ -424,6 +428,14 @@ func (f *Fleet) makeDirs() error {
 // setupNode builds one node's root and sysroot, creates its Node object,
 // makes it Ready and starts its agent.
 func (f *Fleet) setupNode(ctx context.Context, n *simNode) error {
+	if err := f.prepareNode(ctx, n); err != nil {
+		return err
+	}
+	return f.startNode(ctx, n)
+}
+
+// prepareNode builds the node's root and sysroot: the machine, booted.
+func (f *Fleet) prepareNode(ctx context.Context, n *simNode) error {
 	sysctls := maps.Clone(Sysctls)
 	maps.Copy(sysctls, f.opts.Sysctls)
 	for k, v := range sysctls {
@@ -443,11 +455,17 @@ func (f *Fleet) setupNode(ctx context.Context, n *simNode) error {
 			return err
 		}
 	}
-	s, err := f.repo.NewSysroot(ctx, n.sysroot, osfixture.SysrootOptions{Remote: f.opts.Remote})
+	s, err := f.repo.NewSysroot(ctx, n.sysroot, osfixture.SysrootOptions{Remote: f.opts.Remote, Link: f.opts.LinkSysroots})
 	if err != nil {
 		return err
 	}
 	n.os = s
+	return nil
+}
+
+// startNode registers the prepared node (its kubelet's Node, status and
+// Lease) and starts its agent.
+func (f *Fleet) startNode(ctx context.Context, n *simNode) error {
 	if err := f.kubelet.register(ctx, n); err != nil {
 		return err
 	}

@@ -68,11 +68,14 @@ func benchController(b *testing.B, nodes int) {
 	stopBeats := e.heartbeats(b, benchHeartbeat(b))
 	defer stopBeats()
 
-	herdBin := filepath.Join(b.TempDir(), "herd")
-	build := exec.Command("go", "build", "-o", herdBin, "herd.dev/herd/cmd/herd")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build herd: %v\n%s", err, out)
+	herdBin := os.Getenv("HERD_BENCH_BIN") // a herd binary built beforehand
+	if herdBin == "" {
+		herdBin = filepath.Join(b.TempDir(), "herd")
+		build := exec.Command("go", "build", "-o", herdBin, "herd.dev/herd/cmd/herd")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
+		if out, err := build.CombinedOutput(); err != nil {
+			b.Fatalf("build herd: %v\n%s", err, out)
+		}
 	}
 	hook, metrics := freeAddr(b), freeAddr(b)
 	ctx, cancel := context.WithCancel(b.Context())

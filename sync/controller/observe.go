@@ -172,7 +172,8 @@ func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
 	if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return fmt.Errorf("list nodes: %w", err)
 	}
-	nodes := list.Items[:0:0]
+	// In place: a copy of ten thousand nodes costs more than the plan.
+	nodes := list.Items[:0]
 	for i := range list.Items {
 		if !r.fresh.lags(&list.Items[i]) {
 			nodes = append(nodes, list.Items[i])
@@ -182,7 +183,7 @@ func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
 		switch err := r.api.Get(ctx, client.ObjectKeyFromObject(&list.Items[i]), &n); {
 		case apierrors.IsNotFound(err): // deleted meanwhile
 		case err != nil:
-			return fmt.Errorf("read node %s: %w", n.Name, err)
+			return fmt.Errorf("read node %s: %w", list.Items[i].Name, err)
 		default:
 			r.fresh.saw(&n)
 			nodes = append(nodes, n)
