@@ -302,6 +302,9 @@ func (k *kubelet) renewLease(ctx context.Context, name string, uid types.UID) er
 		},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, RenewTime: &now},
 	}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil // the renewal loop created it meanwhile, just now
+	}
 	return err
 }
 

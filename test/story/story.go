@@ -51,6 +51,9 @@ type Options struct {
 	Interval time.Duration
 	// Log receives the simulator's and controller's logs; nil discards.
 	Log *slog.Logger
+	// Sim, when set, adjusts the simulator's options before it starts
+	// (its client's rate, linked sysroots, ...).
+	Sim func(*sim.Options)
 	// Progress receives a line per setup step; nil discards.
 	Progress io.Writer
 	// ControllerBin, when set, is a herd binary: the controller runs as a
@@ -142,8 +145,12 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 	}
 
 	step("herd sim: %d nodes on real OSTree sysroots, trusting only that repository", total(opts.Pools))
-	if s.Fleet, err = sim.Start(ctx, sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay,
-		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile}); err != nil {
+	simOpts := sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay,
+		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile}
+	if opts.Sim != nil {
+		opts.Sim(&simOpts)
+	}
+	if s.Fleet, err = sim.Start(ctx, simOpts); err != nil {
 		return s, err
 	}
 
