@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,7 +67,11 @@ func benchController(b *testing.B, nodes int) {
 	e.addNodesFast(b, "general", nodes)
 	b.Logf("%d nodes created in %v", nodes, time.Since(t0).Round(time.Millisecond))
 	stopBeats := e.heartbeats(b, benchHeartbeat(b))
-	defer stopBeats()
+	beatsStart := time.Now()
+	defer func() {
+		made := stopBeats()
+		b.ReportMetric(float64(made)/time.Since(beatsStart).Seconds(), "heartbeats/s")
+	}()
 
 	herdBin := os.Getenv("HERD_BENCH_BIN") // a herd binary built beforehand
 	if herdBin == "" {
@@ -255,8 +260,11 @@ func (e *env) addNodesFast(b *testing.B, pool string, n int) {
 }
 
 // heartbeats renews every node's Ready condition at the given period, as
-// kubelets do, so the controller's watch sees a realistic stream of updates.
-func (e *env) heartbeats(b *testing.B, period time.Duration) func() {
+// kubelets do, so the controller's watch sees a realistic stream of
+// updates. The function it returns stops them and returns how many were
+// made.
+func (e *env) heartbeats(b *testing.B, period time.Duration) (stop func() int64) {
+	var made atomic.Int64
 	ctx, cancel := context.WithCancel(b.Context())
 	done := make(chan struct{})
 	go func() {
@@ -288,12 +296,14 @@ func (e *env) heartbeats(b *testing.B, period time.Duration) func() {
 				wg.Add(1)
 				go func() {
 					defer func() { <-sem; wg.Done() }()
-					_, _ = e.kube.CoreV1().Nodes().PatchStatus(ctx, name, []byte(patch))
+					if _, err := e.kube.CoreV1().Nodes().PatchStatus(ctx, name, []byte(patch)); err == nil {
+						made.Add(1)
+					}
 				}()
 			}
 		}
 	}()
-	return func() { cancel(); <-done }
+	return func() int64 { cancel(); <-done; return made.Load() }
 }
 
 // watchNodesFromNow watches the selected nodes' changes from now on: not
