@@ -112,12 +112,7 @@ func benchController(b *testing.B, nodes int) {
 		err := e.c.Get(b.Context(), client.ObjectKey{Name: "general"}, &np)
 		return err == nil && np.Status.Phase == herdpool.PhaseUpToDate && np.Status.Nodes == nodes
 	})
-	e.waitForB(b, "no reconcile for 5 s", 5*time.Minute, func() bool {
-		_, c0 := reconcileTime(b, metrics)
-		time.Sleep(5 * time.Second) // a quiet period, not synchronisation
-		_, c1 := reconcileTime(b, metrics)
-		return c0 == c1
-	})
+	e.waitQuiet(b, metrics)
 	cpu0, wall0 := cpuSeconds(b, cmd.Process.Pid), time.Now()
 	_, reconciles0 := reconcileTime(b, metrics)
 	profile(b, "steady", 20*time.Second)
@@ -130,7 +125,14 @@ func benchController(b *testing.B, nodes int) {
 	idle := e.idleReconcile(b, metrics, 30)
 
 	// Webhook to first dispatch: each iteration is a new commit changing
-	// general's kubelet config (a restart, so no drain to wait for).
+	// general's kubelet config (a restart, so no drain to wait for), from
+	// rest: the previous iteration's commit is reverted (its dispatched
+	// nodes never left the config they run) and the pool is up to date.
+	general := filepath.Join(e.work, "pools", "general.cue")
+	base, err := os.ReadFile(general)
+	if err != nil {
+		b.Fatal(err)
+	}
 	profile(b, "webhook", 30*time.Second)
 	var first, whole time.Duration
 	n := 0
@@ -153,8 +155,19 @@ func benchController(b *testing.B, nodes int) {
 		whole += all.Sub(start)
 		w.Stop()
 		n++
-		// The next commit starts from a pool at rest: the batch finished
-		// by the (absent) agents is not needed, the new target replaces it.
+		b.StopTimer()
+		if err := os.WriteFile(general, base, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		head := e.pushB(b, "general: back")
+		postWebhook(b, hook, "bench")
+		e.waitForB(b, "the pool back at rest", 5*time.Minute, func() bool {
+			var np herdpool.HerdPool
+			err := e.c.Get(b.Context(), client.ObjectKey{Name: "general"}, &np)
+			return err == nil && np.Status.ObservedRevision == head && np.Status.Phase == herdpool.PhaseUpToDate
+		})
+		e.waitQuiet(b, metrics)
+		b.StartTimer()
 	}
 	b.ReportMetric(float64(first.Milliseconds())/float64(n), "ms/webhook-to-dispatch")
 	b.ReportMetric(float64(whole.Milliseconds())/float64(n), "ms/webhook-to-whole-batch")
@@ -304,6 +317,16 @@ func (e *env) heartbeats(b *testing.B, period time.Duration) (stop func() int64)
 		}
 	}()
 	return func() int64 { cancel(); <-done; return made.Load() }
+}
+
+// waitQuiet waits until the controller made no reconcile for 3 s.
+func (e *env) waitQuiet(b *testing.B, metrics string) {
+	e.waitForB(b, "no reconcile for 3 s", 5*time.Minute, func() bool {
+		_, c0 := reconcileTime(b, metrics)
+		time.Sleep(3 * time.Second) // a quiet period, not synchronisation
+		_, c1 := reconcileTime(b, metrics)
+		return c0 == c1
+	})
 }
 
 // watchNodesFromNow watches the selected nodes' changes from now on: not

@@ -162,15 +162,44 @@ func (r *Reconciler) readRendered(ctx context.Context) (map[string]*schema.Rende
 	return out, nil
 }
 
+// After a batch of a thousand dispatches, a thousand reads of the nodes
+// the cache does not show yet would cost more than waiting for the cache:
+// when more than cacheWaitOver nodes lag, readNodes waits while their
+// number falls, up to cacheWait, then reads those that still lag (the
+// cache may also show a newer version than this controller's write, which
+// waiting does not change).
+const (
+	cacheWait     = time.Second
+	cacheWaitOver = 16
+)
+
 // readNodes lists the nodes from the cache, and reads those this
 // controller wrote and the cache does not show yet from the API server:
 // a plan must see its own last actions, or it could start a node twice.
 func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
-	// The cache's own objects, not copies: planning only reads them, and
-	// every write (sync/cluster) works on a copy of the node.
 	var list corev1.NodeList
-	if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
-		return fmt.Errorf("list nodes: %w", err)
+	deadline, before := time.Now().Add(cacheWait), -1
+	for {
+		// The cache's own objects, not copies: planning only reads them,
+		// and every write (sync/cluster) works on a copy of the node.
+		if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+			return fmt.Errorf("list nodes: %w", err)
+		}
+		lagging := 0
+		for i := range list.Items {
+			if r.fresh.lags(&list.Items[i]) {
+				lagging++
+			}
+		}
+		if lagging <= cacheWaitOver || lagging == before || !time.Now().Before(deadline) {
+			break
+		}
+		before = lagging
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	// In place: a copy of ten thousand nodes costs more than the plan.
 	nodes := list.Items[:0]
