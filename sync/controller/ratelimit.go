@@ -20,9 +20,10 @@ const (
 // runtime/client does: an API server with API Priority and Fairness
 // queues and limits requests itself, so the controller sends without a
 // limit of its own (a batch of a thousand nodes is a thousand writes, ten
-// seconds at 100 a second); without it, or when qps or burst are given,
-// qps and burst (default DefaultQPS and DefaultBurst).
-func clientRate(ctx context.Context, rc *rest.Config, qps float32, burst int) (string, error) {
+// seconds at 100 a second); without it, when that cannot be told, or when
+// qps or burst are given, qps and burst (default DefaultQPS and
+// DefaultBurst). It says which in a sentence for the log.
+func clientRate(ctx context.Context, rc *rest.Config, qps float32, burst int) string {
 	if qps != 0 || burst != 0 {
 		rc.QPS, rc.Burst = qps, burst
 		if rc.QPS == 0 {
@@ -31,18 +32,20 @@ func clientRate(ctx context.Context, rc *rest.Config, qps float32, burst int) (s
 		if rc.Burst == 0 {
 			rc.Burst = DefaultBurst
 		}
-		return fmt.Sprintf("client-side limit %g/s, burst %d (flags)", rc.QPS, rc.Burst), nil
+		return fmt.Sprintf("client-side limit %g/s, burst %d (flags)", rc.QPS, rc.Burst)
 	}
 	apf, err := flowControlled(ctx, rc)
 	if err != nil {
-		return "", err
+		// As Flux: when the check fails, the limit applies.
+		rc.QPS, rc.Burst = DefaultQPS, DefaultBurst
+		return fmt.Sprintf("client-side limit %d/s, burst %d: whether the API server applies priority and fairness is unknown: %v", DefaultQPS, DefaultBurst, err)
 	}
 	if apf {
 		rc.QPS, rc.Burst = -1, -1 // client-go: no rate limiter
-		return "no client-side limit: the API server applies priority and fairness", nil
+		return "no client-side limit: the API server applies priority and fairness"
 	}
 	rc.QPS, rc.Burst = DefaultQPS, DefaultBurst
-	return fmt.Sprintf("client-side limit %d/s, burst %d: the API server does not apply priority and fairness", DefaultQPS, DefaultBurst), nil
+	return fmt.Sprintf("client-side limit %d/s, burst %d: the API server does not apply priority and fairness", DefaultQPS, DefaultBurst)
 }
 
 // flowControlled reports whether the API server applies API Priority and

@@ -114,11 +114,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ctrl.SetLogger(cfg.Log)
 	rc := rest.CopyConfig(cfg.Rest)
-	rate, err := clientRate(ctx, rc, cfg.QPS, cfg.Burst)
-	if err != nil {
-		return err
-	}
-	cfg.Log.Info("Kubernetes API requests: " + rate)
+	cfg.Log.Info("Kubernetes API requests: " + clientRate(ctx, rc, cfg.QPS, cfg.Burst))
 	mgr, err := ctrl.NewManager(rc, ctrl.Options{
 		Scheme:                        Scheme(),
 		Logger:                        cfg.Log,
