@@ -12,6 +12,7 @@ import (
 	"path"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -60,6 +61,14 @@ type Options struct {
 	Git map[string][]byte
 	// ExtraArgs are appended to the controller's arguments.
 	ExtraArgs []string
+	// TrustedKeys, when set, are stored in the ConfigMap herd-trusted-keys,
+	// which the controller reads at every check (file name → content:
+	// *.asc and *.gpg keyrings, allowed_signers).
+	TrustedKeys map[string][]byte
+	// OSTrust, when set, is stored in the ConfigMap herd-os-trust, the
+	// agents' list of OSTree remotes and keys (remotes.yaml and the key
+	// files it names).
+	OSTrust map[string][]byte
 	// InsecureSkipVerify installs a controller that accepts fleet commits
 	// without checking their signatures (--insecure-skip-verify); otherwise
 	// it trusts the keys of the ConfigMap herd-trusted-keys (VerifyArg).
@@ -185,32 +194,65 @@ func (o *Options) overlay() ([]byte, error) {
 	return yaml.Marshal(k)
 }
 
-// secrets renders the Secrets the options carry, as YAML documents.
+// secrets renders the Secrets and ConfigMaps the options carry, as YAML
+// documents.
 func (o *Options) secrets() []byte {
 	var out []byte
-	add := func(name string, data map[string][]byte) {
+	add := func(kind, name, component string, data map[string][]byte) {
 		if len(data) == 0 {
 			return
 		}
-		enc := map[string]string{}
-		for k, v := range data {
-			enc[k] = base64.StdEncoding.EncodeToString(v)
-		}
-		b, _ := yaml.Marshal(map[string]any{
+		obj := map[string]any{
 			"apiVersion": "v1",
-			"kind":       "Secret",
-			"type":       "Opaque",
+			"kind":       kind,
 			"metadata": map[string]any{"name": name, "namespace": Namespace,
-				"labels": map[string]string{"app.kubernetes.io/name": "herd", "app.kubernetes.io/component": "controller"}},
-			"data": enc,
-		})
+				"labels": map[string]string{"app.kubernetes.io/name": "herd", "app.kubernetes.io/component": component}},
+		}
+		if kind == "Secret" {
+			obj["type"] = "Opaque"
+			obj["data"] = encode(data)
+		} else {
+			text, binary := configMapData(data)
+			if len(text) > 0 {
+				obj["data"] = text
+			}
+			if len(binary) > 0 {
+				obj["binaryData"] = binary
+			}
+		}
+		b, _ := yaml.Marshal(obj)
 		out = append(append(out, "---\n"...), b...)
 	}
 	if o.WebhookSecret != "" {
-		add("herd-webhook", map[string][]byte{"secret": []byte(o.WebhookSecret)})
+		add("Secret", "herd-webhook", "controller", map[string][]byte{"secret": []byte(o.WebhookSecret)})
 	}
-	add("herd-git", o.Git)
+	add("Secret", "herd-git", "controller", o.Git)
+	add("ConfigMap", "herd-trusted-keys", "controller", o.TrustedKeys)
+	add("ConfigMap", "herd-os-trust", "agent", o.OSTrust)
 	return out
+}
+
+// encode is a Secret's data: every value in base64.
+func encode(data map[string][]byte) map[string]string {
+	enc := map[string]string{}
+	for k, v := range data {
+		enc[k] = base64.StdEncoding.EncodeToString(v)
+	}
+	return enc
+}
+
+// configMapData splits files into a ConfigMap's data (UTF-8 text, such as
+// armored keys) and binaryData (the rest, such as *.gpg keyrings).
+func configMapData(files map[string][]byte) (text, binary map[string]string) {
+	text, bin := map[string]string{}, map[string][]byte{}
+	for k, v := range files {
+		if utf8.Valid(v) {
+			text[k] = string(v)
+		} else {
+			bin[k] = v
+		}
+	}
+	return text, encode(bin)
 }
 
 // load copies the embedded manifests into an in-memory file system.

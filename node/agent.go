@@ -8,20 +8,23 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"herd.dev/herd/node/apply"
+	"herd.dev/herd/node/fsm"
+	"herd.dev/herd/node/kube"
+	"herd.dev/herd/node/metrics"
 	"herd.dev/herd/os/ostree"
 	"herd.dev/herd/schema"
 )
 
 // Systemd units the agent restarts when files of their class change.
 const (
-	KubeletUnit    = "kubelet.service"
-	ContainerdUnit = "containerd.service"
+	KubeletUnit    = fsm.KubeletUnit
+	ContainerdUnit = fsm.ContainerdUnit
 )
 
 // Defaults of Options.
@@ -32,7 +35,7 @@ const (
 	// DefaultOSTrustFile is where the agent's DaemonSet mounts the
 	// operator's ConfigMap herd-system/herd-os-trust.
 	DefaultOSTrustFile   = "/etc/herd/os-trust/remotes.yaml"
-	DefaultRebootTimeout = 15 * time.Minute
+	DefaultRebootTimeout = fsm.DefaultRebootTimeout
 	// FieldManager names the agent's patches in managedFields.
 	FieldManager = "herd-agent"
 )
@@ -49,23 +52,35 @@ type Rebooter interface {
 	Reboot(ctx context.Context) error
 }
 
+// NodeFeed is how an agent learns about its Node: the latest copy from a
+// watch cache, and a signal whenever it may have changed (kube.Feed).
+type NodeFeed interface {
+	// Node returns the cached Node, or nil while it does not exist. The
+	// object is shared with the cache: never modify it.
+	Node() *corev1.Node
+	// Changed receives a value (coalesced) whenever Node may return
+	// something new.
+	Changed() <-chan struct{}
+}
+
 // Points at which the agent calls Options.Hook.
 const (
 	HookFilesPlanned = "files-planned" // the journal names the change, no file written yet
 	HookFileWritten  = "file-written"  // after each file written or removed
 	HookFilesWritten = "files-written" // all files written
 	HookSysctls      = "sysctls"       // sysctls applied
-	HookRestarted    = "restarted"     // after each service restart
-	HookDeployed     = "deployed"      // the OS commit is deployed for the next boot
+	HookRestarted    = "restarted"     // after each service restart, recorded in the journal
+	HookDeployed     = "deployed"      // the OS commit is deployed for the next boot, and the journal says so
 	HookRebooting    = "rebooting"     // Rebooting reported, before Rebooter.Reboot
 	HookPrestaged    = "prestaged"     // a prestage-os commit handled: found on disk, pulled, or failed
+	HookUntainting   = "untainting"    // at the target, before the agent reads the Node to remove the converging taint
 )
 
 // Options configure an Agent. NodeName, Client, Sysroot, Services and
 // Rebooter are required.
 type Options struct {
 	NodeName string
-	Client   kubernetes.Interface
+	Client   *kube.Client
 	// Sysroot is the node's OSTree sysroot and stateroot.
 	Sysroot *ostree.Sysroot
 	// Root is where rendered files are written and where proc/sys and
@@ -83,14 +98,16 @@ type Options struct {
 	// OSTrustFile is the cluster operator's list of trusted OSTree remotes
 	// and their keys (ostree.LoadTrust): only those are pulled from, always
 	// with signature verification. Empty trusts the fleet repo's remotes
-	// (tests and simulations); the herd agent command always sets it.
+	// (tests and simulations); herd-agent always sets it.
 	OSTrustFile string
 	Services    ServiceManager
 	Rebooter    Rebooter
-	// Feed delivers the Node; nil means a watch of this one Node (WatchNode).
+	// Feed delivers the Node; nil means a watch of this one Node
+	// (kube.WatchNode).
 	Feed NodeFeed
-	// Metrics receives counters; nil means a new one (see Agent.Metrics).
-	Metrics *Metrics
+	// Metrics receives what the agent does; nil means new, unregistered
+	// ones (see Agent.Metrics).
+	Metrics *metrics.Agent
 	// Log receives the agent's log; nil means slog.Default().
 	Log *slog.Logger
 	// RebootTimeout is how long the agent waits to be stopped by a reboot it
@@ -102,43 +119,26 @@ type Options struct {
 }
 
 // Agent reconciles one node towards the desired-config and desired-os
-// annotations its Node carries. See Run.
+// annotations its Node carries: it runs the state machine of package fsm
+// and carries out its actions. See Run.
 type Agent struct {
 	opts    Options
 	log     *slog.Logger
 	files   *apply.Files
-	metrics *Metrics
-	bootID  string
+	metrics *metrics.Agent
 
-	j journal
+	state fsm.State
+	saved fsm.Journal // the journal as on disk
 
 	render *schema.Rendered // the last render fetched (renders are immutable)
-
-	settled   bool // desired state `want` reached or refused: nothing to do until it changes
-	settledAt key
-	failures  int // transient failures in a row
-	retryAt   time.Time
-	retryFor  key
-	rebootAt  time.Time // when a reboot was requested; zero when none is
-	booted    string    // the booted commit, as last read
-	staged    string    // the commit deployed for the next boot when it is not the booted one
-
-	reported    report // what the Node's annotations say, as last patched
-	hasReported bool
-	patchedRV   string // resource version of the Node after the last patch
 
 	osCache *ostree.Status // the sysroot's status as last read, valid while osStamp holds
 	osStamp string
 
-	feed NodeFeed // where Run learns about the Node
-
-	prestageDone string    // the prestage-os commit handled (on disk, pulled or failed) by this process
-	taintFails   int       // failed removals of the converging taint in a row
-	taintRetryAt time.Time // when to try removing it again after a failure
+	feed  NodeFeed     // where Run learns about the Node
+	node  *corev1.Node // the Node of the sync in progress
+	ready atomic.Bool  // watching the Node, and reported once
 }
-
-// key is a desired state: the controller's two annotations.
-type key struct{ Config, OS string }
 
 // New checks the options, creates the state directory and reads the journal
 // and the boot ID.
@@ -164,11 +164,12 @@ func New(opts Options) (*Agent, error) {
 	if opts.TrustedKeysDir == "" {
 		opts.TrustedKeysDir = DefaultTrustedKeysDir
 	}
-	if opts.RebootTimeout <= 0 {
-		opts.RebootTimeout = DefaultRebootTimeout
-	}
 	if opts.Metrics == nil {
-		opts.Metrics = &Metrics{}
+		m, err := metrics.New(nil)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		opts.Metrics = m
 	}
 	log := opts.Log
 	if log == nil {
@@ -194,13 +195,22 @@ func New(opts Options) (*Agent, error) {
 		log:     log,
 		files:   &apply.Files{Root: opts.Root, StateDir: filepath.Join(opts.StateDir, "files")},
 		metrics: opts.Metrics,
-		bootID:  bootID,
-		j:       j,
+		state:   fsm.New(j, bootID, opts.RebootTimeout),
+		saved:   j.Clone(),
 	}, nil
 }
 
-// Metrics returns the agent's counters.
-func (a *Agent) Metrics() *Metrics { return a.metrics }
+// Metrics returns the agent's metrics.
+func (a *Agent) Metrics() *metrics.Agent { return a.metrics }
+
+// Ready returns nil once the agent watches its Node and has reported on
+// it, else why it is not ready: the /readyz probe.
+func (a *Agent) Ready() error {
+	if !a.ready.Load() {
+		return errors.New("the agent has not reported on its Node yet")
+	}
+	return nil
+}
 
 const bootIDFile = "proc/sys/kernel/random/boot_id"
 
@@ -224,7 +234,7 @@ func readBootID(root string) (string, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	feed := a.opts.Feed
 	if feed == nil {
-		f, err := WatchNode(ctx, a.opts.Client, a.opts.NodeName)
+		f, err := kube.WatchNode(ctx, a.opts.Client, a.opts.NodeName)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -234,7 +244,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		feed = f
 	}
 	a.feed = feed
-	a.log.Info("agent started", "bootID", a.bootID, "applied", schema.Short(a.j.Applied), "step", a.j.Step)
+	j := a.state.Journal
+	a.log.Info("agent started", "bootID", a.state.BootID, "applied", schema.Short(j.Applied), "step", j.Phase)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -269,131 +280,79 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// sync reacts to the Node as it is now and returns when to look again
-// without an event (0: only on the next event; negative: at once).
+// sync runs the state machine on the Node as it is now, carrying out its
+// actions, until it waits. It returns when to look again without an event
+// (0: only on the next event; negative: at once).
 func (a *Agent) sync(ctx context.Context, n *corev1.Node) time.Duration {
-	want := desired(n)
-	now := time.Now()
-	if a.j.OSPulled != "" && n.Annotations[schema.AnnotationPrestageOS] != a.j.OSPulled {
-		// The pre-stage request is over or changed: os-pulled goes with the
-		// next report.
-		a.j.OSPulled = ""
-	}
-	if !a.rebootAt.IsZero() {
-		if left := a.opts.RebootTimeout - now.Sub(a.rebootAt); left > 0 {
-			return a.ensureReported(ctx, n, left)
+	a.node = n
+	in := fsm.Input{Now: time.Now(), Node: nodeOf(n)}
+	for {
+		var out fsm.Output
+		a.state, out = fsm.Step(a.state, in)
+		act := out.Action
+		perr := a.persist()
+		a.noted(ctx, out.Notes)
+		if ctx.Err() != nil {
+			return 0
 		}
-		a.log.Warn("the reboot requested did not happen; requesting it again", "requested", a.rebootAt)
-		a.rebootAt = time.Time{}
-	}
-	if a.settled && want == a.settledAt {
-		return a.settledSync(ctx, n, want)
-	}
-	if want == a.retryFor && now.Before(a.retryAt) {
-		return a.retryAt.Sub(now) // backing off: events do not cut it short
-	}
-	if want != a.retryFor {
-		a.failures = 0 // a new desired state starts afresh
-	}
-	err := a.apply(ctx, want)
-	if ctx.Err() != nil {
-		return 0
-	}
-	var ref *refusal
-	switch {
-	case err == nil:
-		a.failures, a.retryFor = 0, key{}
-		if !a.rebootAt.IsZero() {
-			return a.opts.RebootTimeout
+		switch act.Kind {
+		case fsm.Wait:
+			if perr != nil {
+				a.log.Error("journal", "error", perr)
+				return 5 * time.Second // write it again soon
+			}
+			return act.After
+		case fsm.Resync:
+			return -1
 		}
-		a.settled, a.settledAt = true, want
-		return a.settledSync(ctx, n, want)
-	case errors.As(err, &ref):
-		a.failures, a.retryFor = 0, key{}
-		a.refuse(ctx, want, ref)
-		return 0
-	default:
-		a.failures++
-		delay := backoff(a.failures)
-		state := schema.StateWorking
-		if a.failures >= 3 {
-			state = schema.StateDegraded
+		res := fsm.Result{Of: act.Kind, Err: perr}
+		if perr == nil {
+			res = a.do(ctx, act)
 		}
-		msg := fmt.Sprintf("%v (attempt %d, retrying in %s)", err, a.failures, delay.Round(time.Second))
-		a.log.Warn("apply failed; will retry", "err", err, "attempt", a.failures, "in", delay)
-		if perr := a.publish(ctx, a.report(state, msg)); perr != nil {
-			a.log.Warn("report failed", "err", perr)
+		if ctx.Err() != nil {
+			return 0 // stopped, or killed in a hook: the next start resumes from the journal
 		}
-		a.retryFor, a.retryAt = want, now.Add(delay)
-		return delay
+		in = fsm.Input{Now: time.Now(), Result: &res}
+	}
+}
+
+// nodeOf is what the state machine needs of a Node.
+func nodeOf(n *corev1.Node) *fsm.Node {
+	tainted := false
+	for _, t := range n.Spec.Taints {
+		if t.Key == schema.TaintConverging && t.Effect == corev1.TaintEffectNoSchedule {
+			tainted = true
+		}
+	}
+	return &fsm.Node{
+		Desired:         desired(n),
+		PrestageOS:      n.Annotations[schema.AnnotationPrestageOS],
+		Tainted:         tainted,
+		Reported:        fsm.ReportOf(n.Annotations),
+		ResourceVersion: n.ResourceVersion,
 	}
 }
 
 // desired returns the Node's desired state: the controller's annotations.
-func desired(n *corev1.Node) key {
-	return key{Config: n.Annotations[schema.AnnotationDesiredConfig], OS: n.Annotations[schema.AnnotationDesiredOS]}
+func desired(n *corev1.Node) fsm.Key {
+	return fsm.Key{Config: n.Annotations[schema.AnnotationDesiredConfig], OS: n.Annotations[schema.AnnotationDesiredOS]}
 }
 
-// settledSync is what the agent does at a desired state reached or
-// refused: report what changed since (os-pulled), remove the converging
-// taint at the target, and pre-stage the commit prestage-os names. It
-// returns when to look again, as sync.
-func (a *Agent) settledSync(ctx context.Context, n *corev1.Node, want key) time.Duration {
-	if a.hasReported && a.reported.OSPulled != a.j.OSPulled {
-		if err := a.saveAndPublish(ctx, a.report(a.reported.State, a.reported.Message)); err != nil {
-			a.log.Warn("report failed", "err", err)
-			return 5 * time.Second
-		}
+// persist writes the journal when the state machine changed it.
+func (a *Agent) persist() error {
+	if a.state.Journal.Equal(a.saved) {
+		return nil
 	}
-	wait := a.removeConvergingTaint(ctx, n, want)
-	if ctx.Err() != nil {
-		return 0
+	if err := saveJournal(a.opts.StateDir, a.state.Journal); err != nil {
+		return err
 	}
-	if a.prestage(ctx, n, want) {
-		return -1
-	}
-	if w := a.ensureReported(ctx, n, 0); w > 0 && (wait == 0 || w < wait) {
-		wait = w
-	}
-	return wait
+	a.saved = a.state.Journal.Clone()
+	return nil
 }
 
-func backoff(failures int) time.Duration {
-	d := time.Second << min(failures-1, 9)
-	return min(d, 5*time.Minute)
-}
-
-// refuse records and reports a refused desired state.
-func (a *Agent) refuse(ctx context.Context, want key, ref *refusal) {
-	if !ref.recorded {
-		a.log.Error("refusing the desired state", "config", want.Config, "os", want.OS, "reason", ref.msg)
-		a.metrics.add(func(c *Counters) { c.Refusals++ })
-		a.j.Refused = &refusedState{Config: want.Config, OS: want.OS, Message: ref.msg}
-		a.j.BootID = a.bootID
-		if err := saveJournal(a.opts.StateDir, a.j); err != nil {
-			a.log.Error("journal", "err", err)
-		}
+func (a *Agent) hook(ctx context.Context, point string) error {
+	if a.opts.Hook != nil {
+		a.opts.Hook(point)
 	}
-	if err := a.publish(ctx, a.report(schema.StateDegraded, ref.msg)); err != nil {
-		// Not settled: the next event or the retry reports again.
-		a.log.Warn("report failed", "err", err)
-		a.retryFor, a.retryAt = want, time.Now().Add(5*time.Second)
-		return
-	}
-	a.settled, a.settledAt = true, want
-}
-
-// refusal is an error that makes the node Degraded until the desired state
-// changes.
-type refusal struct {
-	msg      string
-	recorded bool  // read back from the journal
-	err      error // the underlying error, if any
-}
-
-func (r *refusal) Error() string { return r.msg }
-func (r *refusal) Unwrap() error { return r.err }
-
-func refusef(format string, args ...any) error {
-	return &refusal{msg: fmt.Sprintf(format, args...)}
+	return ctx.Err()
 }

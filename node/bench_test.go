@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"herd.dev/herd/node"
+	"herd.dev/herd/node/sim/hostbus"
 	"herd.dev/herd/os/ostree"
 	"herd.dev/herd/os/ostree/osfixture"
 	"herd.dev/herd/schema"
@@ -115,14 +116,14 @@ func BenchmarkStageOS(b *testing.B) {
 	}
 }
 
-// buildHerd builds the herd binary as make build does (static).
-func buildHerd(tb testing.TB) string {
+// buildAgent builds the herd-agent binary as make build does (static).
+func buildAgent(tb testing.TB) string {
 	tb.Helper()
-	bin := filepath.Join(tb.TempDir(), "herd")
-	build := exec.Command("go", "build", "-o", bin, "herd.dev/herd/cmd/herd")
+	bin := filepath.Join(tb.TempDir(), "herd-agent")
+	build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", bin, "herd.dev/herd/cmd/herd-agent")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		tb.Fatalf("build herd: %v\n%s", err, out)
+		tb.Fatalf("build herd-agent: %v\n%s", err, out)
 	}
 	return bin
 }
@@ -157,12 +158,17 @@ func cpuTicks(tb testing.TB, pid int) int64 {
 	return u + s
 }
 
-// BenchmarkAgentIdle runs one `herd agent` (the real binary, built as make
-// build builds it), lets it apply a config and reach Idle, then measures its
-// RSS and the CPU it uses while idle for HERD_AGENT_IDLE (default 30s):
+// BenchmarkAgent runs one herd-agent (the real binary, built as make
+// build builds it, serving its metrics) against a real API server and
+// measures its memory and CPU: it applies a config and reaches Idle; idles
+// for HERD_AGENT_IDLE (default 30s), reporting its RSS and CPU then; then
+// applies a change of OS commit, files and sysctls (pull, write, deploy,
+// and the reboot request, which a stand-in logind on a private D-Bus
+// takes), reporting its peak RSS while it applies. HERD_AGENT_ARGS adds
+// arguments (e.g. --monitor, the eBPF node monitor):
 //
-//	go test -run '^$' -bench AgentIdle -benchtime 1x ./node/
-func BenchmarkAgentIdle(b *testing.B) {
+//	go test -run '^$' -bench 'Agent$' -benchtime 1x ./node/
+func BenchmarkAgent(b *testing.B) {
 	idle := 30 * time.Second
 	if s := os.Getenv("HERD_AGENT_IDLE"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -172,13 +178,21 @@ func BenchmarkAgentIdle(b *testing.B) {
 		idle = d
 	}
 	c := cluster(b)
-	herd := buildHerd(b)
+	agent := buildAgent(b)
 	for b.Loop() {
-		repo, err := osfixture.NewRepo(b.Context(), shmDir(b), osfixture.Options{Versions: 1})
+		repo, err := osfixture.NewRepo(b.Context(), shmDir(b), osfixture.Options{Versions: 2, Sign: true})
 		if err != nil {
 			b.Fatal(err)
 		}
 		dir := shmDir(b)
+		// The operator's trust file: the repository, signed with its key.
+		trust := filepath.Join(dir, "os-trust", "remotes.yaml")
+		writeFile(b, filepath.Join(dir, "os-trust", "herd.asc"), string(mustRead(b, repo.KeyPath)))
+		writeFile(b, trust, "remotes:\n  - name: "+osfixture.DefaultRemote+"\n    url: "+repo.URL+"\n    gpgKeyFile: herd.asc\n")
+		bus, err := hostbus.Start(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
 		root := filepath.Join(dir, "root")
 		for k, v := range knownSysctls {
 			writeFile(b, filepath.Join(root, "proc/sys", strings.ReplaceAll(k, ".", "/")), v+"\n")
@@ -189,30 +203,40 @@ func BenchmarkAgentIdle(b *testing.B) {
 			b.Fatal(err)
 		}
 		cs := adminClient(b)
-		name := fmt.Sprintf("idle-%d", time.Now().UnixNano()%100000)
+		name := fmt.Sprintf("agent-bench-%d", time.Now().UnixNano()%100000)
 		createNode(b, cs, name)
-		h := publishRender(b, cs, render(b, repo, spec{commit: repo.Commits[0],
+		v1, v2 := repo.Commits[0], repo.Commits[1]
+		h1 := publishRender(b, cs, render(b, repo, spec{commit: v1,
 			files:  []schema.File{{Path: "/etc/herd/files/motd", Content: "hello\n", Mode: 0o644}},
 			sysctl: map[string]string{"vm.max_map_count": "262144"}}))
-		setAnnotations(b, cs, name, map[string]any{schema.AnnotationDesiredConfig: h, schema.AnnotationDesiredOS: repo.Commits[0]})
+		setAnnotations(b, cs, name, map[string]any{schema.AnnotationDesiredConfig: h1, schema.AnnotationDesiredOS: v1})
 
-		cmd := exec.Command(herd, "agent", "--kubeconfig", c.KubeconfigPath(), "--node", name,
+		cmd := exec.Command(agent, "--kubeconfig", c.KubeconfigPath(), "--node", name,
 			"--root", root, "--sysroot", s.Path, "--osname", osfixture.DefaultOSName,
-			"--state-dir", filepath.Join(root, "var/lib/herd"))
-		cmd.Env = append(os.Environ(), osfixture.Env...)
+			"--state-dir", filepath.Join(root, "var/lib/herd"), "--os-trust", trust, "--metrics-addr", "127.0.0.1:0")
+		cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("HERD_AGENT_ARGS"))...)
+		cmd.Env = append(append(os.Environ(), osfixture.Env...), bus.Env())
 		var logs strings.Builder
 		cmd.Stderr = &logs
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
 		pid := cmd.Process.Pid
+		rebooted := make(chan struct{}, 1)
+		bus.Track(pid, func() {
+			select {
+			case rebooted <- struct{}{}:
+			default:
+			}
+		})
 		stopChild := func() {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			_ = cmd.Wait()
+			bus.Close()
 		}
 		if !poll(b, 60*time.Second, func() bool {
 			n, err := cs.CoreV1().Nodes().Get(b.Context(), name, metav1.GetOptions{})
-			return err == nil && n.Annotations[schema.AnnotationState] == "Idle" && n.Annotations[schema.AnnotationCurrentConfig] == h
+			return err == nil && n.Annotations[schema.AnnotationState] == "Idle" && n.Annotations[schema.AnnotationCurrentConfig] == h1
 		}) {
 			stopChild()
 			b.Fatalf("the agent never reached Idle; its log:\n%s", logs.String())
@@ -224,14 +248,43 @@ func BenchmarkAgentIdle(b *testing.B) {
 		wait := time.NewTimer(idle)
 		<-wait.C
 		cpu1, el := cpuTicks(b, pid), time.Since(t0)
-		rss, hwm := procStatusMiB(b, pid, "VmRSS"), procStatusMiB(b, pid, "VmHWM")
+		rss := procStatusMiB(b, pid, "VmRSS")
+		anon := procStatusMiB(b, pid, "RssAnon")
+
+		// A change of OS, files and sysctls, up to the reboot request.
+		h2 := publishRender(b, cs, render(b, repo, spec{commit: v2, maxPods: 64,
+			files:  []schema.File{{Path: "/etc/herd/files/motd", Content: "hello again\n", Mode: 0o644}},
+			sysctl: map[string]string{"vm.max_map_count": "524288", "net.core.somaxconn": "8192"}}))
+		peak := 0.0
+		sample := time.NewTicker(5 * time.Millisecond)
+		start := time.Now()
+		setAnnotations(b, cs, name, map[string]any{schema.AnnotationDesiredConfig: h2, schema.AnnotationDesiredOS: v2})
+		deadline := time.NewTimer(60 * time.Second)
+	apply:
+		for {
+			select {
+			case <-rebooted:
+				break apply
+			case <-sample.C:
+				peak = max(peak, procStatusMiB(b, pid, "VmRSS"))
+			case <-deadline.C:
+				stopChild()
+				b.Fatalf("no reboot requested for the change; the agent's log:\n%s", logs.String())
+			}
+		}
+		took := time.Since(start)
+		sample.Stop()
+		peak = max(peak, procStatusMiB(b, pid, "VmRSS"))
+		hwm := procStatusMiB(b, pid, "VmHWM")
 		stopChild()
 		cpuPct := 100 * float64(cpu1-cpu0) / 100 / el.Seconds() // USER_HZ = 100
-		b.ReportMetric(rss, "rss-MiB")
+		b.ReportMetric(rss, "idle-rss-MiB")
+		b.ReportMetric(anon, "idle-anon-MiB")
+		b.ReportMetric(peak, "apply-rss-MiB")
 		b.ReportMetric(hwm, "peak-rss-MiB")
 		b.ReportMetric(cpuPct, "idle-cpu-%")
-		b.ReportMetric(float64(cpu1-cpu0)*10, "idle-cpu-ms")
-		b.Logf("agent pid %d idle %v: CPU %d ms (%.3f%%), RSS %.1f MiB, peak RSS %.1f MiB", pid, el.Round(time.Second), (cpu1-cpu0)*10, cpuPct, rss, hwm)
+		b.Logf("agent pid %d: idle %v: CPU %d ms (%.3f%%), RSS %.1f MiB (%.1f anonymous); change applied to the reboot request in %v, RSS up to %.1f MiB sampled, %.1f MiB peak (VmHWM)",
+			pid, el.Round(time.Second), (cpu1-cpu0)*10, cpuPct, rss, anon, took.Round(time.Millisecond), peak, hwm)
 	}
 }
 

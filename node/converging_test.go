@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"herd.dev/herd/node"
 	"herd.dev/herd/os/ostree/osfixture"
 	"herd.dev/herd/schema"
 )
@@ -96,5 +97,46 @@ func TestAgentRemovesConvergingTaint(t *testing.T) {
 	}
 	if no.Spec.Taints[0] != other || no.Spec.Taints[1].Key != noExec.Key || no.Spec.Taints[1].Effect != noExec.Effect {
 		t.Errorf("taints %v, want %v and %v", no.Spec.Taints, other, noExec)
+	}
+}
+
+// The controller moves a joining node's target on just as the agent
+// reaches the old one and is about to remove the taint: the taint stays
+// until the node is at the new target, on the real API server.
+func TestAgentKeepsTaintWhenTargetMoves(t *testing.T) {
+	t.Parallel()
+	repo := newRepo(t, osfixture.Options{Versions: 1})
+	v1 := repo.Commits[0]
+	n := newTestNode(t, repo, osfixture.SysrootOptions{})
+	setTaints(t, n.cs, n.name, corev1.Taint{Key: schema.TaintConverging, Effect: corev1.TaintEffectNoSchedule})
+	h1 := publishRender(t, n.cs, render(t, repo, spec{commit: v1, sysctl: map[string]string{"vm.max_map_count": "262144"}}))
+	h2 := publishRender(t, n.cs, render(t, repo, spec{commit: v1, sysctl: map[string]string{"vm.max_map_count": "524288"}}))
+	n.setDesired(h1, v1)
+	events := watchNode(t, n.cs, n.name)
+	moved := false
+	n.start(func(p string, _ func()) {
+		if p == node.HookUntainting && !moved {
+			moved = true
+			n.setDesired(h2, v1) // the controller, between the agent's view and its patch
+		}
+	})
+	n.waitUpToDate(h2, v1)
+	if !poll(t, 30*time.Second, func() bool {
+		no, err := n.cs.CoreV1().Nodes().Get(t.Context(), n.name, metav1.GetOptions{})
+		return err == nil && !hasTaint(no, schema.TaintConverging)
+	}) {
+		t.Fatal("the converging taint is still there at the new target")
+	}
+	if !moved {
+		t.Fatal("the agent never came to remove the taint at the first target")
+	}
+	for _, no := range events.list() {
+		a := no.Annotations
+		if !hasTaint(no, schema.TaintConverging) && (a[schema.AnnotationCurrentConfig] != a[schema.AnnotationDesiredConfig] || a[schema.AnnotationState] != string(schema.StateIdle)) {
+			t.Errorf("the converging taint was gone while the node was not at its target: %v", a)
+		}
+	}
+	if c := n.metrics.Snapshot(); c.Untainted != 1 {
+		t.Errorf("counters %+v: want one taint removed", c)
 	}
 }

@@ -23,6 +23,8 @@ import (
 
 	"herd.dev/herd/node"
 	"herd.dev/herd/node/apply"
+	"herd.dev/herd/node/kube"
+	"herd.dev/herd/node/metrics"
 	"herd.dev/herd/os/ostree"
 	"herd.dev/herd/os/ostree/osfixture"
 	"herd.dev/herd/schema"
@@ -83,6 +85,25 @@ func adminClient(t testing.TB) kubernetes.Interface {
 	return cs
 }
 
+// agentClient is the agent's own client, with admin rights.
+func agentClient(t testing.TB) *kube.Client {
+	t.Helper()
+	c, err := kube.New(cluster(t).Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newMetrics(t testing.TB) *metrics.Agent {
+	t.Helper()
+	m, err := metrics.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // shmDir is a temporary directory on tmpfs when /dev/shm exists: ostree
 // admin deploy freezes the file system holding /boot, which must not be the
 // disk everything else runs on.
@@ -131,7 +152,7 @@ type testNode struct {
 	sysroot  *ostree.Sysroot
 	services *recorder
 	reboots  chan struct{}
-	metrics  *node.Metrics
+	metrics  *metrics.Agent
 	boots    int
 
 	cancel context.CancelFunc
@@ -155,7 +176,7 @@ func newTestNode(t *testing.T, repo *osfixture.Repo, sopts osfixture.SysrootOpti
 		state:    filepath.Join(dir, "root/var/lib/herd"),
 		services: &recorder{},
 		reboots:  make(chan struct{}, 1),
-		metrics:  &node.Metrics{},
+		metrics:  newMetrics(t),
 	}
 	for k, v := range knownSysctls {
 		n.writeRootFile(apply.SysctlFile(k), v+"\n")
@@ -231,7 +252,7 @@ func (n *testNode) startWith(edit func(o *node.Options, kill func())) {
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := node.Options{
 		NodeName:      n.name,
-		Client:        n.cs,
+		Client:        agentClient(n.t),
 		Sysroot:       n.sysroot,
 		Root:          n.root,
 		StateDir:      n.state,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 
 	"herd.dev/herd/config"
 	"herd.dev/herd/node"
+	"herd.dev/herd/node/kube"
 	"herd.dev/herd/os/ostree/osfixture"
 	"herd.dev/herd/schema"
 	herdcluster "herd.dev/herd/sync/cluster"
@@ -101,7 +103,28 @@ func agentClientFor(t *testing.T, cs kubernetes.Interface, nodeName string) kube
 	if err != nil {
 		t.Fatal(err)
 	}
+	agentTokens.Store(nodeName, tr.Status.Token)
 	return clientWithToken(t, tr.Status.Token)
+}
+
+// agentTokens holds the pod-bound token agentClientFor made, by node.
+var agentTokens sync.Map
+
+// agentKubeFor is the agent's own client with the token agentClientFor
+// made for nodeName.
+func agentKubeFor(t *testing.T, nodeName string) *kube.Client {
+	t.Helper()
+	token, ok := agentTokens.Load(nodeName)
+	if !ok {
+		t.Fatalf("no agent token for node %s", nodeName)
+	}
+	cfg := cluster(t).Config()
+	cfg.BearerToken = token.(string)
+	c, err := kube.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func clientWithToken(t *testing.T, token string) kubernetes.Interface {
@@ -288,7 +311,7 @@ func TestAgentRBAC(t *testing.T) {
 	// The real agent, with only these permissions, applies a config and reports.
 	h := publishRender(t, admin, render(t, repo, spec{commit: repo.Commits[0], sysctl: map[string]string{"vm.max_map_count": "262144"}}))
 	a.setDesired(h, repo.Commits[0])
-	a.startWith(func(o *node.Options, _ func()) { o.Client = agent })
+	a.startWith(func(o *node.Options, _ func()) { o.Client = agentKubeFor(t, a.name) })
 	a.waitUpToDate(h, repo.Commits[0])
 	if !poll(t, 30*time.Second, func() bool { return slices.Equal(taintKeys(t, admin, a.name), []string{other.Key}) }) {
 		t.Errorf("the agent did not remove the converging taint at its target: taints %v", taintKeys(t, admin, a.name))

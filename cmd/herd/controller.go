@@ -58,6 +58,11 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 			cfg.Rest = rc
 			cfg.LeaderElection = leader
 			cfg.Log = logger.NewLogger(logOpts)
+			if cfg.Verify != nil {
+				if ok, _ := cfg.Verify.Trusted(); !ok {
+					cfg.Log.Error(nil, "no trusted key: new fleet commits are rejected until one is added (the ConfigMap herd-trusted-keys when installed by herd install)", "dir", verifyDir)
+				}
+			}
 			cfg.Auth = gitutil.Auth{
 				Username:          os.Getenv("HERD_GIT_USERNAME"),
 				Password:          os.Getenv("HERD_GIT_PASSWORD"),
@@ -118,36 +123,26 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 }
 
 // verification collects the keys trusted to sign fleet commits. Checking
-// signatures is on unless turned off explicitly: without trusted keys and
-// without --insecure-skip-verify the controller does not start.
+// signatures is on unless turned off explicitly. Without any key flag the
+// controller does not start; with --verify-dir (a mounted ConfigMap) it
+// starts even while the directory holds no key, keeps the last accepted
+// revision in force and rejects new commits until a key is added, which
+// takes effect without a restart.
 func verification(dir string, keyrings []string, allowedSigners string, skip bool) (*source.Verification, error) {
-	if dir != "" {
-		entries, err := os.ReadDir(dir)
-		if err != nil && !os.IsNotExist(err) {
-			return nil, fmt.Errorf("--verify-dir: %w", err)
-		}
-		for _, e := range entries {
-			p := filepath.Join(dir, e.Name())
-			switch {
-			case e.Name() == "allowed_signers" && allowedSigners == "":
-				allowedSigners = p
-			case strings.HasSuffix(e.Name(), ".asc") || strings.HasSuffix(e.Name(), ".gpg"):
-				keyrings = append(keyrings, p)
-			}
-		}
+	v := &source.Verification{PGPKeyRings: keyrings, AllowedSigners: allowedSigners, Dir: dir}
+	trusted, err := v.Trusted()
+	if err != nil {
+		return nil, fmt.Errorf("--verify-dir: %w", err)
 	}
-	trusted := len(keyrings) > 0 || allowedSigners != ""
 	switch {
 	case skip && trusted:
 		return nil, errors.New("--insecure-skip-verify with trusted keys: pick one")
 	case skip:
 		return nil, nil
-	case !trusted && dir != "":
-		return nil, fmt.Errorf("commit signature verification is on, and %s holds no trusted key (*.asc, *.gpg or allowed_signers): put the keys that sign fleet commits in the ConfigMap herd-trusted-keys, or install with `herd install --insecure-skip-verify`", dir)
-	case !trusted:
+	case !trusted && dir == "":
 		return nil, errors.New("commit signature verification is on: give the keys that sign fleet commits (--verify-dir, --verify-pgp-keyring or --verify-allowed-signers), or turn it off with --insecure-skip-verify")
 	}
-	return &source.Verification{PGPKeyRings: keyrings, AllowedSigners: allowedSigners}, nil
+	return v, nil
 }
 
 // signer reads a status-commit signing key, if one is given.

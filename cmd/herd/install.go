@@ -22,6 +22,8 @@ func newInstallCmd() *cobra.Command {
 		opts        config.Options
 		webhookFile string
 		gitDir      string
+		trustedKeys []string
+		osTrustDir  string
 	)
 	cmd := &cobra.Command{
 		Use:   "install [--repo URL --cluster NAME]",
@@ -48,8 +50,9 @@ credentials.
 The controller checks the signature of every fleet commit: put the public
 keys that sign them in the ConfigMap herd-system/herd-trusted-keys (OpenPGP
 keyrings as *.asc, an ssh-keygen allowed_signers file as allowed_signers);
-until then it does not start. --insecure-skip-verify turns the check off,
-so whoever can push to the fleet repo changes every node.
+until then it accepts no commit and says so on the HerdSource, and a key
+added later takes effect without a restart. --insecure-skip-verify turns
+the check off, so whoever can push to the fleet repo changes every node.
 
 Without --repo and --cluster it installs everything but the controller
 (CRDs, RBAC, the admission policy, the agent): a controller can follow
@@ -59,8 +62,10 @@ later with a second herd install.`,
 			if opts.Version == "" {
 				opts.Version = herdVersion()
 			}
+			var err error
 			if webhookFile != "" {
-				b, err := os.ReadFile(webhookFile)
+				var b []byte
+				b, err = os.ReadFile(webhookFile)
 				if err != nil {
 					return failure(fmt.Errorf("--webhook-secret-file: %w", err))
 				}
@@ -73,6 +78,14 @@ later with a second herd install.`,
 				var err error
 				if opts.Git, err = readSecretDir(gitDir, "username", "password", "bearerToken", "identity", "known_hosts"); err != nil {
 					return failure(fmt.Errorf("--git-secret-dir: %w", err))
+				}
+			}
+			if opts.TrustedKeys, err = readTrustedKeys(trustedKeys); err != nil {
+				return usageError("--trusted-key: %v", err)
+			}
+			if osTrustDir != "" {
+				if opts.OSTrust, err = readOSTrust(osTrustDir); err != nil {
+					return failure(fmt.Errorf("--os-trust-dir: %w", err))
 				}
 			}
 			if (opts.Repo == "") != (opts.Cluster == "") {
@@ -120,9 +133,53 @@ later with a second herd install.`,
 	f.StringVar(&opts.Version, "version", "", "image tag (default: this binary's version)")
 	f.StringVar(&webhookFile, "webhook-secret-file", "", "file holding the webhook HMAC key (GitLab: token), stored in the Secret herd-webhook")
 	f.StringVar(&gitDir, "git-secret-dir", "", "directory of Git credentials in Flux's format, stored in the Secret herd-git")
-	f.BoolVar(&opts.InsecureSkipVerify, "insecure-skip-verify", false, "install a controller that does not check fleet commit signatures (by default it trusts the keys of the ConfigMap herd-trusted-keys, and does not start without one)")
+	f.StringArrayVar(&trustedKeys, "trusted-key", nil, "a file of keys trusted to sign fleet commits (*.asc or *.gpg OpenPGP keyring, or an ssh-keygen allowed_signers file), stored in the ConfigMap herd-trusted-keys (repeatable)")
+	f.StringVar(&osTrustDir, "os-trust-dir", "", "a directory with remotes.yaml (the OSTree remotes nodes may pull from) and the key files it names, stored in the ConfigMap herd-os-trust")
+	f.BoolVar(&opts.InsecureSkipVerify, "insecure-skip-verify", false, "install a controller that does not check fleet commit signatures (by default it trusts the keys of the ConfigMap herd-trusted-keys, and accepts no commit without one)")
 	f.StringArrayVar(&opts.ExtraArgs, "controller-arg", nil, "extra controller argument, e.g. --controller-arg=--verify-allowed-signers=... (repeatable)")
 	return cmd
+}
+
+// readTrustedKeys reads the --trusted-key files, keyed by base name, which
+// says what each is.
+func readTrustedKeys(files []string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for _, f := range files {
+		name := filepath.Base(f)
+		if name != "allowed_signers" && !strings.HasSuffix(name, ".asc") && !strings.HasSuffix(name, ".gpg") {
+			return nil, fmt.Errorf("%s: name an OpenPGP keyring *.asc or *.gpg, or an ssh-keygen file allowed_signers", f)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("%s: two files are named %s", f, name)
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = b
+	}
+	return out, nil
+}
+
+// readOSTrust reads the regular files of dir; remotes.yaml must be one.
+func readOSTrust(dir string) (map[string][]byte, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if out[e.Name()], err = os.ReadFile(filepath.Join(dir, e.Name())); err != nil {
+			return nil, err
+		}
+	}
+	if _, ok := out["remotes.yaml"]; !ok {
+		return nil, fmt.Errorf("%s has no remotes.yaml", dir)
+	}
+	return out, nil
 }
 
 // readSecretDir reads the named files of dir that exist; it fails when

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -38,6 +40,8 @@ type simFlags struct {
 	info        string
 	logLevel    string
 	failBoot    []string
+	agent       string
+	inProcess   bool
 }
 
 func newSimCmd() *cobra.Command {
@@ -45,14 +49,19 @@ func newSimCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sim [--nodes N] [--pools POOL:COUNT,...]",
 		Short: "Simulate a fleet of nodes, each with a real agent, against a Kubernetes API server",
-		Long: `Sim runs many nodes in one process against a real API server: for each a
-Node object, a root directory with a simulated /proc/sys, a real OSTree
-sysroot booted into the first of --versions OS commits from a local OSTree
-repository, and a real Herd agent. It plays the kubelet: keeps the nodes
-Ready and their Leases renewed, runs Pods bound to them (Running and Ready),
-finishes the deletion of evicted Pods, and plays reboots: the node goes
-NotReady for --reboot, boots the staged deployment, and its agent starts
-again from its state directory.
+		Long: `Sim runs many nodes against a real API server: for each a Node object, a
+root directory with a simulated /proc/sys, a real OSTree sysroot booted
+into the first of --versions OS commits from a local OSTree repository, and
+a real herd-agent process. It plays the kubelet: keeps the nodes Ready and
+their Leases renewed, runs Pods bound to them (Running and Ready), finishes
+the deletion of evicted Pods; and systemd and logind, on a D-Bus of its own:
+unit restarts succeed, and a reboot stops the agent, the node goes NotReady
+for --reboot, boots the staged deployment, and its agent starts again from
+its state directory.
+
+The agent is --agent, by default the herd-agent next to this herd binary
+(make build puts both in bin/), else on $PATH. --in-process runs the agents
+inside the simulator instead, which takes far less memory for large fleets.
 
 --fail-boot makes an OS version fail to boot, to try failure handling: a
 node rebooting into a new deployment of it comes back Ready on the
@@ -92,6 +101,8 @@ JSON. Ctrl-C stops the simulation and deletes its Nodes.`,
 	fl.StringVar(&f.info, "info", "", "write the repository URL, ref, remote, commits and nodes as JSON to this file once ready")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "log level of the simulator and its agents: debug, info, warn, error")
 	fl.StringArrayVar(&f.failBoot, "fail-boot", nil, "make an OS version fail to boot, on the given nodes or everywhere: VERSION[:NODE,...]")
+	fl.StringVar(&f.agent, "agent", "", "the herd-agent binary each node runs (default: next to herd, else on $PATH)")
+	fl.BoolVar(&f.inProcess, "in-process", false, "run the agents inside the simulator, not as herd-agent processes")
 	return cmd
 }
 
@@ -139,6 +150,12 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 	if err != nil {
 		return usageError("--fail-boot: %v", err)
 	}
+	agent := ""
+	if !f.inProcess {
+		if agent, err = agentBinary(f.agent); err != nil {
+			return failure(err)
+		}
+	}
 	cfg, err := restConfig(f.kubeconfig)
 	if err != nil {
 		return failure(fmt.Errorf("kubeconfig: %w", err))
@@ -167,6 +184,8 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 		LeaseDuration: f.lease,
 		LeaseRenew:    f.lease / 4,
 		Log:           slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+		AgentBinary:   agent,
+		AgentLog:      stderr,
 	})
 	if err != nil {
 		return failure(err)
@@ -231,6 +250,25 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 	return nil
 }
 
+// agentBinary finds the herd-agent binary: the one given, else the one
+// next to this executable, else on $PATH.
+func agentBinary(given string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "herd-agent")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("herd-agent")
+	if err != nil {
+		return "", fmt.Errorf("no herd-agent next to herd or on $PATH (make build builds both; or pass --agent or --in-process)")
+	}
+	return p, nil
+}
+
 // failBoot is one --fail-boot: a version (1-based) or a commit, and nodes.
 type failBoot struct {
 	version int
@@ -265,4 +303,12 @@ func parseFailBoots(values []string, versions int) ([]failBoot, error) {
 		out = append(out, fb)
 	}
 	return out, nil
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.ToUpper(s))); err != nil {
+		return 0, fmt.Errorf("unknown level %q", s)
+	}
+	return l, nil
 }

@@ -39,14 +39,14 @@ func (f *Fleet) Join(ctx context.Context, pool string, count int) (Joined, error
 		nodes[i] = f.node(name)
 	}
 	t0 := time.Now()
-	if err := f.eachNode(nodes, f.opts.Parallel, f.prepareNode); err != nil {
+	if err := f.eachNode(ctx, nodes, f.opts.Parallel, f.prepareNode); err != nil {
 		return Joined{Names: names}, err
 	}
 	j := Joined{Names: names, Prepared: time.Since(t0)}
 	t1 := time.Now()
-	// Registration is three requests a node (Node, status, Lease): as many
-	// at once as the client's burst allows.
-	if err := f.eachNode(nodes, max(f.opts.Burst/3, 1), f.startNode); err != nil {
+	// Registration is two requests a node (the Node with its status, its
+	// Lease): as many at once as the client's burst allows.
+	if err := f.eachNode(ctx, nodes, max(f.opts.Burst/2, 1), f.startNode); err != nil {
 		return j, err
 	}
 	j.Registered = time.Since(t1)
@@ -55,7 +55,7 @@ func (f *Fleet) Join(ctx context.Context, pool string, count int) (Joined, error
 }
 
 // eachNode runs do for every node, parallel at a time, and joins the errors.
-func (f *Fleet) eachNode(nodes []*simNode, parallel int, do func(context.Context, *simNode) error) error {
+func (f *Fleet) eachNode(ctx context.Context, nodes []*simNode, parallel int, do func(context.Context, *simNode) error) error {
 	sem := make(chan struct{}, parallel)
 	var (
 		mu   sync.Mutex
@@ -67,7 +67,7 @@ func (f *Fleet) eachNode(nodes []*simNode, parallel int, do func(context.Context
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := do(f.ctx, n); err != nil {
+			if err := do(ctx, n); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("sim: node %s: %w", n.name, err))
 				mu.Unlock()

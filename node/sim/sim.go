@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -25,6 +26,9 @@ import (
 
 	"herd.dev/herd/node"
 	"herd.dev/herd/node/apply"
+	"herd.dev/herd/node/kube"
+	"herd.dev/herd/node/metrics"
+	"herd.dev/herd/node/sim/hostbus"
 	"herd.dev/herd/os/ostree"
 	"herd.dev/herd/os/ostree/osfixture"
 )
@@ -136,8 +140,19 @@ type Options struct {
 	LinkSysroots bool
 	// KeepNodes leaves the Node objects behind at Stop.
 	KeepNodes bool
-	// Log receives the simulator's and the agents' logs; nil discards them.
+	// Log receives the simulator's logs, and those of agents that run in
+	// its process; nil discards them.
 	Log *slog.Logger
+	// AgentBinary, when set, is the herd-agent binary each node runs, as a
+	// process of its own: started with the node's root, sysroot and state
+	// directory, stopped (SIGTERM) and started again at every reboot,
+	// talking D-Bus to a private bus where the simulator plays systemd and
+	// logind, and counted from its /metrics. Empty runs every agent in
+	// this process instead (node.New), which costs far less memory for
+	// large fleets.
+	AgentBinary string
+	// AgentLog receives the logs of herd-agent processes; nil discards them.
+	AgentLog io.Writer
 }
 
 // Fleet is a running simulation.
@@ -149,9 +164,14 @@ type Fleet struct {
 	dir     string
 	tmpDir  bool
 	shm     string
-	watch   *node.NodeWatch
+	watch   *kube.NodeWatch
+	agents  *kube.Client // the in-process agents' client
 	kubelet *kubelet
-	started time.Duration
+
+	bus        *hostbus.Bus // with AgentBinary: systemd and logind for the agent processes
+	kubeconfig string       // with AgentBinary: the agent processes' kubeconfig
+	trustFile  string       // with AgentBinary: the agent processes' --os-trust
+	started    time.Duration
 
 	mu       sync.Mutex
 	nodes    map[string]*simNode
@@ -169,10 +189,10 @@ type Fleet struct {
 }
 
 // NodeCounters is what a simulated node did: its agents' counters (see
-// node.Counters: Pulls, Prestaged, Deploys, FastPaths, Untainted, ...) and
-// the simulator's.
+// metrics.Counters: Pulls, Prestaged, Deploys, FastPaths, Untainted, ...)
+// and the simulator's.
 type NodeCounters struct {
-	node.Counters
+	metrics.Counters
 	Boots        int // simulated reboots completed (failed boots included)
 	BootFailures int // boots that failed (FailBoot) and fell back to the previous deployment
 }
@@ -269,9 +289,16 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 		f.repo = repo
 	}
 
-	f.watch, err = node.WatchNodes(f.ctx, cs, metav1.ListOptions{})
-	if err != nil {
+	if f.agents, err = kube.New(cfg); err != nil {
 		return nil, fmt.Errorf("sim: %w", err)
+	}
+	if f.watch, err = kube.WatchNodes(f.ctx, f.agents, ""); err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	if opts.AgentBinary != "" {
+		if err := f.startAgentProcesses(cfg); err != nil {
+			return nil, err
+		}
 	}
 	f.kubelet, err = startKubelet(f.ctx, f)
 	if err != nil {
@@ -331,8 +358,10 @@ func (f *Fleet) newNodes(pool string, count int, converging bool) []string {
 			converging: converging,
 			root:       filepath.Join(f.dir, "nodes", name),
 			sysroot:    filepath.Join(f.shm, "nodes", name),
-			metrics:    &node.Metrics{},
 			reboot:     make(chan struct{}, 1),
+		}
+		if f.opts.AgentBinary == "" {
+			f.nodes[name].metrics, _ = metrics.New(nil) // unregistered: cannot fail
 		}
 		f.names = append(f.names, name)
 		names = append(names, name)
@@ -343,28 +372,11 @@ func (f *Fleet) newNodes(pool string, count int, converging bool) []string {
 // setupNodes sets the named nodes up, Parallel at a time, and waits until
 // their agents have reported.
 func (f *Fleet) setupNodes(ctx context.Context, names []string) error {
-	sem := make(chan struct{}, f.opts.Parallel)
-	var (
-		mu    sync.Mutex
-		errs  []error
-		setup sync.WaitGroup
-	)
-	for _, name := range names {
-		n := f.node(name)
-		setup.Add(1)
-		go func() {
-			defer setup.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			if err := f.setupNode(ctx, n); err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("sim: node %s: %w", n.name, err))
-				mu.Unlock()
-			}
-		}()
+	nodes := make([]*simNode, len(names))
+	for i, name := range names {
+		nodes[i] = f.node(name)
 	}
-	setup.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := f.eachNode(ctx, nodes, f.opts.Parallel, f.setupNode); err != nil {
 		return err
 	}
 	return f.waitReported(ctx, names)
@@ -487,8 +499,7 @@ func (f *Fleet) waitReported(ctx context.Context, names []string) error {
 	for {
 		missing := 0
 		for _, name := range names {
-			obj, ok, _ := f.watch.Store().GetByKey(name)
-			if !ok || obj.(*corev1.Node).Annotations["herd.dev/state"] == "" {
+			if n := f.watch.Node(name); n == nil || n.Annotations["herd.dev/state"] == "" {
 				missing++
 			}
 		}
@@ -511,45 +522,14 @@ func (f *Fleet) waitReported(ctx context.Context, names []string) error {
 func (f *Fleet) runNode(n *simNode) {
 	defer f.wg.Done()
 	for {
-		actx, stop := context.WithCancel(f.ctx)
-		a, err := node.New(node.Options{
-			NodeName:       n.name,
-			Client:         f.cs,
-			Sysroot:        n.os,
-			Root:           n.root,
-			StateDir:       filepath.Join(n.root, "var/lib/herd"),
-			TrustedKeysDir: n.keysDir(),
-			OSTrustFile:    f.opts.TrustFile,
-			Services:       services{},
-			Rebooter:       rebooter(n.reboot),
-			Feed:           f.watch.Feed(n.name),
-			Metrics:        n.metrics,
-			Log:            f.log,
-			RebootTimeout:  time.Hour,
-		})
-		if err != nil {
-			stop()
-			f.log.Error("sim: agent", "node", n.name, "err", err)
+		run := f.runInProcess
+		if f.opts.AgentBinary != "" {
+			run = f.runProcess
+		}
+		if !run(n) {
 			return
 		}
-		done := make(chan error, 1)
-		go func() { done <- a.Run(actx) }()
-		select {
-		case <-f.ctx.Done():
-			stop()
-			<-done
-			return
-		case err := <-done:
-			stop()
-			if f.ctx.Err() == nil {
-				f.log.Error("sim: agent stopped", "node", n.name, "err", err)
-			}
-			return
-		case <-n.reboot:
-		}
-		// The reboot: the agent goes down with the node.
-		stop()
-		<-done
+		// The reboot: the agent went down with the node.
 		f.kubelet.setReady(n, false)
 		t := time.NewTimer(f.opts.RebootDelay)
 		select {
@@ -578,6 +558,169 @@ func (f *Fleet) runNode(n *simNode) {
 		n.mu.Unlock()
 		f.kubelet.setReady(n, true)
 	}
+}
+
+// runInProcess runs node n's agent in this process until it requests a
+// reboot (true) or the simulation stops (false).
+func (f *Fleet) runInProcess(n *simNode) bool {
+	actx, stop := context.WithCancel(f.ctx)
+	defer stop()
+	a, err := node.New(node.Options{
+		NodeName:       n.name,
+		Client:         f.agents,
+		Sysroot:        n.os,
+		Root:           n.root,
+		StateDir:       filepath.Join(n.root, "var/lib/herd"),
+		TrustedKeysDir: n.keysDir(),
+		OSTrustFile:    f.opts.TrustFile,
+		Services:       services{},
+		Rebooter:       rebooter(n.reboot),
+		Feed:           f.watch.Feed(n.name),
+		Metrics:        n.metrics,
+		Log:            f.log,
+		RebootTimeout:  time.Hour,
+	})
+	if err != nil {
+		f.log.Error("sim: agent", "node", n.name, "err", err)
+		return false
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(actx) }()
+	select {
+	case <-f.ctx.Done():
+		stop()
+		<-done
+		return false
+	case err := <-done:
+		if f.ctx.Err() == nil {
+			f.log.Error("sim: agent stopped", "node", n.name, "err", err)
+		}
+		return false
+	case <-n.reboot:
+		stop()
+		<-done
+		return true
+	}
+}
+
+// runProcess runs node n's herd-agent process until it requests a reboot
+// (true) or the simulation stops (false). An agent that exits by itself is
+// started again after a second, as the kubelet restarts a failed container.
+func (f *Fleet) runProcess(n *simNode) bool {
+	for {
+		p, err := f.startProc(n)
+		if err != nil {
+			f.log.Error("sim: agent", "node", n.name, "err", err)
+			return false
+		}
+		n.mu.Lock()
+		n.addr = p.addr
+		n.mu.Unlock()
+		select {
+		case <-f.ctx.Done():
+			f.stopProc(p)
+			return false
+		case err := <-p.exited:
+			f.bus.Untrack(p.cmd.Process.Pid)
+			f.retire(n)
+			f.log.Error("sim: herd-agent exited; starting it again", "node", n.name, "err", err)
+			t := time.NewTimer(time.Second)
+			select {
+			case <-f.ctx.Done():
+				t.Stop()
+				return false
+			case <-t.C:
+			}
+		case <-n.reboot:
+			f.awaitRebootCounted(n)
+			f.stopProc(p)
+			f.retire(n)
+			return true
+		}
+	}
+}
+
+// awaitRebootCounted waits (up to 10 s) until node n's agent counts the
+// reboot it requested: the request reaches the simulator just before the
+// agent counts it.
+func (f *Fleet) awaitRebootCounted(n *simNode) {
+	n.mu.Lock()
+	want := n.last.Reboots + 1
+	n.mu.Unlock()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if c, ok := f.scrapeNode(n); ok && c.Reboots >= want {
+			return
+		}
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-deadline.C:
+			f.log.Warn("sim: the agent did not count the reboot it requested", "node", n.name)
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// scrapeNode reads the counters of node n's running agent process and
+// remembers them as its last.
+func (f *Fleet) scrapeNode(n *simNode) (metrics.Counters, bool) {
+	n.mu.Lock()
+	addr := n.addr
+	n.mu.Unlock()
+	if addr == "" {
+		return metrics.Counters{}, false
+	}
+	c, err := scrape(f.ctx, addr)
+	if err != nil {
+		return metrics.Counters{}, false
+	}
+	n.mu.Lock()
+	if n.addr == addr {
+		n.last = c
+	}
+	n.mu.Unlock()
+	return c, true
+}
+
+// retire adds the last counters of node n's agent process, which stopped,
+// to those of its earlier processes.
+func (f *Fleet) retire(n *simNode) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.base = n.base.Add(n.last)
+	n.last, n.addr = metrics.Counters{}, ""
+}
+
+// startAgentProcesses prepares what herd-agent processes need: the bus
+// where the simulator plays systemd and logind, and a kubeconfig.
+func (f *Fleet) startAgentProcesses(cfg *rest.Config) error {
+	if _, err := exec.LookPath(f.opts.AgentBinary); err != nil {
+		return fmt.Errorf("sim: agent binary: %w", err)
+	}
+	if f.opts.AgentLog == nil {
+		f.opts.AgentLog = io.Discard
+	}
+	f.kubeconfig = filepath.Join(f.dir, "kubeconfig")
+	if err := writeKubeconfig(cfg, f.kubeconfig); err != nil {
+		return err
+	}
+	if f.trustFile = f.opts.TrustFile; f.trustFile == "" {
+		var err error
+		if f.trustFile, err = writeTrust(filepath.Join(f.shm, "os-trust"), f.opts.Remote, f.repo); err != nil {
+			return err
+		}
+	}
+	b, err := hostbus.Start(f.shm)
+	if err != nil {
+		return err
+	}
+	f.bus = b
+	return nil
 }
 
 // bootFails reports whether the node's next boot fails: its default
@@ -713,7 +856,14 @@ func (f *Fleet) Counters(name string) (NodeCounters, bool) {
 	n.mu.Lock()
 	boots, failures := n.boots, n.bootFailures
 	n.mu.Unlock()
-	return NodeCounters{Counters: n.metrics.Snapshot(), Boots: boots, BootFailures: failures}, true
+	if n.metrics != nil {
+		return NodeCounters{Counters: n.metrics.Snapshot(), Boots: boots, BootFailures: failures}, true
+	}
+	f.scrapeNode(n)
+	n.mu.Lock()
+	c := n.base.Add(n.last)
+	n.mu.Unlock()
+	return NodeCounters{Counters: c, Boots: boots, BootFailures: failures}, true
 }
 
 // Total adds up the counters of all nodes.
@@ -722,21 +872,9 @@ func (f *Fleet) Total() NodeCounters {
 	t.Restarts = map[string]int{}
 	for _, name := range f.Nodes() {
 		c, _ := f.Counters(name)
-		t.Pulls += c.Pulls
-		t.Prestaged += c.Prestaged
-		t.FastPaths += c.FastPaths
-		t.Deploys += c.Deploys
-		t.Reboots += c.Reboots
-		t.Files += c.Files
-		t.Sysctls += c.Sysctls
-		t.Refusals += c.Refusals
-		t.Applied += c.Applied
-		t.Untainted += c.Untainted
+		t.Counters = t.Counters.Add(c.Counters)
 		t.Boots += c.Boots
 		t.BootFailures += c.BootFailures
-		for u, k := range c.Restarts {
-			t.Restarts[u] += k
-		}
 	}
 	return t
 }
@@ -756,6 +894,9 @@ func (f *Fleet) Stop() error {
 		f.wg.Wait()
 		if f.kubelet != nil {
 			f.kubelet.wait()
+		}
+		if f.bus != nil {
+			f.bus.Close()
 		}
 		var errs []error
 		if !f.opts.KeepNodes && len(f.Nodes()) > 0 {
@@ -810,13 +951,24 @@ type simNode struct {
 	root             string // files, proc/sys, state
 	sysroot          string
 	os               *ostree.Sysroot
-	metrics          *node.Metrics
+	metrics          *metrics.Agent // of the agents in this process; nil with Options.AgentBinary
 	reboot           chan struct{}
 
 	mu           sync.Mutex
+	addr         string           // of the running agent process's /metrics
+	base         metrics.Counters // of the node's earlier agent processes
+	last         metrics.Counters // of the running one, as last read
 	boots        int
 	bootFailures int
 	bootN        int
+}
+
+// requestReboot hands a reboot request to the node's loop.
+func (n *simNode) requestReboot() {
+	select {
+	case n.reboot <- struct{}{}:
+	default:
+	}
 }
 
 func (n *simNode) keysDir() string { return filepath.Join(n.root, "etc/herd/trusted.gpg.d") }

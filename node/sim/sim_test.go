@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -72,10 +73,26 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Twelve nodes in three pools come up Ready, their agents Idle on the first
-// commit; one of them takes a new OS through a simulated reboot; the
-// kubelet stand-in runs and evicts pods; Stop removes everything.
-func TestFleet(t *testing.T) {
+// Twelve nodes in three pools come up Ready, their agents (in the
+// simulator) Idle on the first commit; one of them takes a new OS through a
+// simulated reboot, then a kubelet change; the kubelet stand-in runs and
+// evicts pods; Stop removes everything.
+func TestFleet(t *testing.T) { testFleet(t, "") }
+
+// The same with every node running the herd-agent binary as a process of
+// its own, talking D-Bus to the simulator's systemd and logind, counted
+// from its /metrics.
+func TestFleetOfAgentProcesses(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "herd-agent")
+	build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", bin, "herd.dev/herd/cmd/herd-agent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build herd-agent: %v\n%s", err, out)
+	}
+	testFleet(t, bin)
+}
+
+func testFleet(t *testing.T, agent string) {
 	cp := controlplane.StartTest(t, controlplane.Options{})
 	cs, err := kubernetes.NewForConfig(cp.Config())
 	if err != nil {
@@ -88,6 +105,8 @@ func TestFleet(t *testing.T) {
 		Pools:       map[string]int{"system": 3, "general": 6, "batch": 3},
 		RebootDelay: 500 * time.Millisecond,
 		Log:         slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		AgentBinary: agent,
+		AgentLog:    logWriter{t},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -159,29 +178,36 @@ func TestFleet(t *testing.T) {
 	// A new OS for one node: the agent stages it, the node reboots (NotReady
 	// for a while), boots it, and reports Idle at the target.
 	v2 := f.Commits()[1]
-	r, err := schema.Render(schema.NodeConfig{
-		OS:     schema.OSConfig{Ref: f.Ref(), Commit: v2, Remote: &schema.RemoteConfig{Name: f.Remote(), URL: f.RepoURL()}},
-		Sysctl: map[string]string{"vm.max_map_count": "262144", "net.ipv4.ip_forward": "1"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, _ := schema.MarshalRendered(r)
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	if _, err := cs.CoreV1().ConfigMaps(schema.RenderedNamespace).Create(ctx, &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedName(r.Hash())},
-		Data:       map[string]string{schema.RenderedDataKey: string(data)},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	// desire publishes the render of cfg and sets the target's desired state.
+	desire := func(cfg schema.NodeConfig) *schema.Rendered {
+		t.Helper()
+		r, err := schema.Render(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := schema.MarshalRendered(r)
+		if _, err := cs.CoreV1().ConfigMaps(schema.RenderedNamespace).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedName(r.Hash())},
+			Data:       map[string]string{schema.RenderedDataKey: string(data)},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+			schema.AnnotationDesiredConfig: r.Hash(), schema.AnnotationDesiredOS: cfg.OS.Commit,
+		}}})
+		if _, err := cs.CoreV1().Nodes().Patch(ctx, target, types.MergePatchType, body, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return r
 	}
-	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-		schema.AnnotationDesiredConfig: r.Hash(), schema.AnnotationDesiredOS: v2,
-	}}})
-	if _, err := cs.CoreV1().Nodes().Patch(ctx, target, types.MergePatchType, body, metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
+	cfg := schema.NodeConfig{
+		OS:     schema.OSConfig{Ref: f.Ref(), Commit: v2, Remote: &schema.RemoteConfig{Name: f.Remote(), URL: f.RepoURL()}},
+		Sysctl: map[string]string{"vm.max_map_count": "262144", "net.ipv4.ip_forward": "1"},
 	}
+	r := desire(cfg)
 	sawNotReady := false
 	if !poll(t, 60*time.Second, func() bool {
 		n, err := cs.CoreV1().Nodes().Get(ctx, target, metav1.GetOptions{})
@@ -210,6 +236,23 @@ func TestFleet(t *testing.T) {
 	}
 	if total := f.Total(); total.Reboots != 1 || total.Pulls != 1 {
 		t.Errorf("fleet totals %+v: other nodes did something", total)
+	}
+
+	// A kubelet change restarts the kubelet (over D-Bus, for agent
+	// processes), and nothing else.
+	maxPods := 64
+	cfg.Kubelet = &schema.Kubelet{MaxPods: &maxPods}
+	r = desire(cfg)
+	if !poll(t, 60*time.Second, func() bool {
+		n, err := cs.CoreV1().Nodes().Get(ctx, target, metav1.GetOptions{})
+		return err == nil && n.Annotations[schema.AnnotationState] == string(schema.StateIdle) && n.Annotations[schema.AnnotationCurrentConfig] == r.Hash()
+	}) {
+		n, _ := cs.CoreV1().Nodes().Get(ctx, target, metav1.GetOptions{})
+		t.Fatalf("node %s never took the kubelet change: %v", target, n.Annotations)
+	}
+	c, _ = f.Counters(target)
+	if c.Restarts["kubelet.service"] != 1 || c.Reboots != 1 || c.Applied != 2 {
+		t.Errorf("counters after the kubelet change %+v", c)
 	}
 
 	// Stop: agents and kubelet end, nodes and leases go, sysroots are removed.

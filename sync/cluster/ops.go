@@ -67,11 +67,23 @@ func (n *Nodes) Uncordon(ctx context.Context, node *corev1.Node) error {
 // SetDesired tells the node's agent what to apply; with cordon it also
 // cordons the node, in the same write.
 func (n *Nodes) SetDesired(ctx context.Context, node *corev1.Node, hash, commit string, cordon bool, now time.Time) error {
+	return n.setDesired(ctx, node, hash, commit, cordon, now, client.MergeFrom(node))
+}
+
+// SetDesiredUnchanged is SetDesired for a node whose state the decision
+// rests on, such as a joining node's converging taint: the write carries
+// the node's resourceVersion, and fails with a Conflict
+// (apierrors.IsConflict) when the node changed since it was read, e.g. its
+// agent removed the taint and it takes work now.
+func (n *Nodes) SetDesiredUnchanged(ctx context.Context, node *corev1.Node, hash, commit string, now time.Time) error {
+	return n.setDesired(ctx, node, hash, commit, false, now, client.MergeFromWithOptions(node, client.MergeFromWithOptimisticLock{}))
+}
+
+func (n *Nodes) setDesired(ctx context.Context, node *corev1.Node, hash, commit string, cordon bool, now time.Time, patch client.Patch) error {
 	a := node.Annotations
 	if a[schema.AnnotationDesiredConfig] == hash && a[schema.AnnotationDesiredOS] == commit {
 		return nil
 	}
-	patch := client.MergeFrom(node)
 	node = node.DeepCopy()
 	if cordon && !node.Spec.Unschedulable {
 		node.Spec.Unschedulable = true

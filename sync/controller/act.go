@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
@@ -80,7 +81,7 @@ func (r *Reconciler) act(ctx context.Context, obs *observation, pp *planner.Pool
 			defer func() { <-sem; wg.Done() }()
 			for _, a := range actions {
 				if err := r.do(ctx, obs, pool, node, a, out); err != nil {
-					if !errors.Is(err, errDrainPending) {
+					if !errors.Is(err, errDrainPending) && !errors.Is(err, errNodeChanged) {
 						mu.Lock()
 						errs = append(errs, err)
 						mu.Unlock()
@@ -142,7 +143,18 @@ func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, n
 		if err := r.nodes.SetDesired(ctx, node, a.Target.Hash, a.Target.OSCommit, a.Cordon, obs.now); err != nil {
 			return err
 		}
-	case planner.ActJoin, planner.ActRetarget:
+	case planner.ActJoin:
+		// Outside the budget only while the node still converges: if it
+		// changed since it was observed (its agent removed the taint), the
+		// next reconcile plans it anew.
+		err := r.nodes.SetDesiredUnchanged(ctx, node, a.Target.Hash, a.Target.OSCommit, obs.now)
+		if apierrors.IsConflict(err) {
+			return errNodeChanged
+		}
+		if err != nil {
+			return err
+		}
+	case planner.ActRetarget:
 		if err := r.nodes.SetDesired(ctx, node, a.Target.Hash, a.Target.OSCommit, false, obs.now); err != nil {
 			return err
 		}
@@ -206,5 +218,9 @@ func podNames(pods []cluster.PodResult) []string {
 // errDrainPending ends a node's actions while its drain goes on; it is not
 // a failure.
 var errDrainPending = errors.New("drain in progress")
+
+// errNodeChanged means the node changed since it was observed; the change
+// brings another reconcile.
+var errNodeChanged = errors.New("the node changed since it was observed")
 
 const timeFormat = "2006-01-02T15:04:05Z07:00"

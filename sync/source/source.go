@@ -56,6 +56,9 @@ type Source struct {
 	current   *Revision
 	manifest  manifest // files of current.Dir
 	candidate string   // commit being checked out and validated
+	// awaitingKey: the last rejection was for want of any trusted key, so
+	// the same head is checked again (a key may have been added since).
+	awaitingKey bool
 }
 
 // New validates opts, opens or creates the cache and loads the trusted keys.
@@ -100,8 +103,8 @@ func New(opts Options) (*Source, error) {
 			return nil, fmt.Errorf("source: %s: %w", gitutil.RedactURL(opts.URL), err)
 		}
 	}
-	if opts.Verify != nil {
-		if s.verifier, err = gitutil.LoadVerifier(opts.Verify.PGPKeyRings, opts.Verify.AllowedSigners); err != nil {
+	if opts.Verify != nil && opts.Verify.Dir == "" {
+		if s.verifier, err = opts.Verify.load(); err != nil {
 			return nil, fmt.Errorf("source: %w", err)
 		}
 	}
@@ -291,6 +294,9 @@ func (s *Source) Reconcile(ctx context.Context) {
 	steps.done("verify")
 	if err != nil {
 		s.reject(commit, VerificationFailed, err.Error())
+		s.mu.Lock()
+		s.awaitingKey = errors.Is(err, errNoTrustedKey)
+		s.mu.Unlock()
 		return
 	}
 	rev, man, err := s.checkout(commit)
@@ -329,7 +335,7 @@ func (s *Source) alreadyHandled(head plumbing.Hash) bool {
 	defer s.mu.Unlock()
 	h := head.String()
 	return (s.current != nil && s.current.Commit == h) ||
-		(s.status.LastRejected != nil && s.status.LastRejected.Commit == h)
+		(s.status.LastRejected != nil && s.status.LastRejected.Commit == h && !s.awaitingKey)
 }
 
 // repackThreshold is the number of pack files (one per incremental fetch)
@@ -422,8 +428,15 @@ func (s *Source) ancestry(base string, head *object.Commit) (commitRange, error)
 
 // verify checks the signatures of the range; it returns the head's signer.
 func (s *Source) verify(head *object.Commit, rng commitRange) (string, error) {
-	if s.verifier == nil {
+	verifier := s.verifier
+	switch {
+	case s.opts.Verify == nil:
 		return "", nil
+	case verifier == nil: // keys in a directory: read them now
+		var err error
+		if verifier, err = s.opts.Verify.load(); err != nil {
+			return "", fmt.Errorf("commit %s: %w", head.Hash, err)
+		}
 	}
 	commits := rng.commits
 	if rng.headOnly {
@@ -431,7 +444,7 @@ func (s *Source) verify(head *object.Commit, rng commitRange) (string, error) {
 	}
 	signer := ""
 	for _, c := range commits {
-		who, err := s.verifier.VerifyCommit(c)
+		who, err := verifier.VerifyCommit(c)
 		if err != nil {
 			return "", fmt.Errorf("commit %s (%q by %s): %w", c.Hash, subject(c), c.Author.Email, err)
 		}
@@ -483,6 +496,7 @@ func (s *Source) accept(rev Revision, man manifest) {
 func (s *Source) reject(head *object.Commit, reason Reason, msg string) {
 	s.mu.Lock()
 	s.status.LastRejected = &Rejection{Commit: head.Hash.String(), Reason: reason, Message: msg, Time: time.Now()}
+	s.awaitingKey = false
 	s.outcome = [2]string{string(reason), msg}
 	s.status.Reason, s.status.Message = reason, msg
 	cur := ""

@@ -254,6 +254,32 @@ func TestVerification(t *testing.T) {
 				s.Trigger()
 				waitUpdate(t, s, good)
 			})
+			t.Run("key-added-later", func(t *testing.T) {
+				f := mk(t)
+				f.sign()
+				head := f.push("signed", "pool: general: nodes: 1\n")
+				dir := t.TempDir()
+				s := f.start(Options{Verify: &Verification{Dir: dir}})
+				st := waitStatus(t, s, "no trusted key", rejectedAs(head, VerificationFailed))
+				if !strings.Contains(st.Message, dir) || !strings.Contains(st.Message, "no trusted key") {
+					t.Fatalf("message %q does not say that %s holds no key", st.Message, dir)
+				}
+				if _, ok := s.Current(); ok {
+					t.Fatal("a commit was accepted without a trusted key")
+				}
+				// The key arrives in the directory (a ConfigMap update):
+				// the same head is accepted without a restart.
+				key := f.verify.AllowedSigners
+				name := "allowed_signers"
+				if key == "" {
+					key, name = f.verify.PGPKeyRings[0], "fleet.asc"
+				}
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(readFile(t, key)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				s.Trigger()
+				waitUpdate(t, s, head)
+			})
 			t.Run("first-revision-head-only", func(t *testing.T) {
 				f := mk(t)
 				f.writer.NoSigning()

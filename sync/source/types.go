@@ -115,6 +115,11 @@ type Verification struct {
 	// AllowedSigners is an ssh-keygen allowed_signers file (namespace
 	// "git"); "" for none.
 	AllowedSigners string
+	// Dir is a directory of more keys (a mounted ConfigMap), read again
+	// at every verification so that keys added to it take effect without
+	// a restart: *.asc and *.gpg keyrings and an allowed_signers file.
+	// While no key is trusted at all, every new commit is rejected.
+	Dir string
 }
 
 // Revision is an accepted commit of the fleet repository, materialized on

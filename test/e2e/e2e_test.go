@@ -27,7 +27,7 @@ func TestUserStory(t *testing.T) {
 		t.Skipf("%s=1", controlplane.SkipEnv)
 	}
 	ctx := t.Context()
-	s, err := story.Start(ctx, story.Options{Dir: t.TempDir(), RebootDelay: time.Second, Interval: 10 * time.Second})
+	s, err := story.Start(ctx, story.Options{Dir: t.TempDir(), RebootDelay: time.Second, Interval: 10 * time.Second, AgentBinary: agentBinary(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func buildHerd(t *testing.T) string {
 	return bin
 }
 
-var binDir string // see withHerdBinary
+var binDir string // see withHerdBinary; herd and herd-agent are built there
 
 var herdBinary = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(binDir, "herd")
@@ -200,7 +200,7 @@ var herdBinary = sync.OnceValues(func() (string, error) {
 })
 
 // withHerdBinary runs the package's tests with a directory for the herd
-// binary, removed afterwards.
+// and herd-agent binaries, removed afterwards.
 func withHerdBinary(m *testing.M) int {
 	var err error
 	if binDir, err = os.MkdirTemp("", "herd-e2e-bin-"); err != nil {

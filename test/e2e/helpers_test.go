@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +20,19 @@ import (
 	"herd.dev/herd/test/controlplane"
 	"herd.dev/herd/test/story"
 )
+
+// agentBinary is the herd-agent every simulated node runs, built once per
+// test binary as make build builds it.
+func agentBinary(tb testing.TB) string {
+	tb.Helper()
+	bin, err := agentBuild()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return bin
+}
+
+var agentBuild = sync.OnceValues(func() (string, error) { return story.BuildAgent(binDir) })
 
 // run is one end-to-end story with helpers to change the fleet repo with
 // the git CLI, as a person would.
@@ -34,6 +48,9 @@ func startStory(t *testing.T, opts story.Options) *run {
 	}
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
+	}
+	if opts.AgentBinary == "" {
+		opts.AgentBinary = agentBinary(t)
 	}
 	s, err := story.Start(t.Context(), opts)
 	if err != nil {

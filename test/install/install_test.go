@@ -73,7 +73,18 @@ func TestInstall(t *testing.T) {
 
 	// A fleet repo from the example, served by git daemon.
 	fleet := filepath.Join(work, "fleet")
-	head := fleettest.NewRepo(t, fleet)
+	fleettest.NewRepo(t, fleet)
+	// Every commit signed by the key the README trusts.
+	key := gitserver.NewSSHKey(t, "fleet admin")
+	signers := filepath.Join(work, "allowed_signers")
+	if err := os.WriteFile(signers, []byte(key.AllowedSignersLine("admin@example.com")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"gpg.format": "ssh", "user.signingkey": key.PrivatePath, "commit.gpgsign": "true"} {
+		fleettest.Git(t, fleet, "config", k, v)
+	}
+	fleettest.Git(t, fleet, "commit", "-q", "--amend", "--no-edit")
+	head := fleettest.Git(t, fleet, "rev-parse", "HEAD")
 	served := filepath.Join(work, "git")
 	bare := filepath.Join(served, "fleet.git")
 	fleettest.Git(t, work, "clone", "-q", "--bare", fleet, bare)
@@ -90,6 +101,7 @@ func TestInstall(t *testing.T) {
 		"KUBECONFIG="+cp.KubeconfigPath(),
 		"FLEET_REPO="+remote,
 		"CLUSTER=install-test",
+		"FLEET_SIGNERS="+signers,
 	)
 	shell(t, work, env, blocks[0])
 
@@ -201,6 +213,17 @@ func runAgent(t *testing.T, cp *controlplane.ControlPlane, c client.Client, cs k
 		t.Fatal(err)
 	}
 	pods := waitPods(t, cs, "app.kubernetes.io/component=agent", 1)
+	// The DaemonSet controller pins its Pod to the node by affinity; with
+	// no scheduler here, bind it as the scheduler would.
+	if pods[0].Spec.NodeName == "" {
+		if err := cs.CoreV1().Pods(pods[0].Namespace).Bind(t.Context(), &corev1.Binding{
+			ObjectMeta: metav1.ObjectMeta{Name: pods[0].Name, Namespace: pods[0].Namespace, UID: pods[0].UID},
+			Target:     corev1.ObjectReference{Kind: "Node", Name: node},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pods = waitPods(t, cs, "app.kubernetes.io/component=agent", 1)
+	}
 	if pods[0].Spec.NodeName != node {
 		t.Fatalf("agent pod on %q, want %s", pods[0].Spec.NodeName, node)
 	}

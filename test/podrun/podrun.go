@@ -4,7 +4,7 @@
 // The container's arguments and environment are exactly what the kubelet
 // would give it: $(VAR) expansion, literal values, the downward API,
 // Secret and ConfigMap references, the Kubernetes service variables. Its
-// volumes are mounted at their mount paths: emptyDir, Secret, hostPath
+// volumes are mounted at their mount paths: emptyDir, Secret, ConfigMap, hostPath
 // (mapped to a directory standing for the node's path), and the projected
 // ServiceAccount token bound to the Pod. runAsUser is honoured,
 // readOnlyRootFilesystem too. The image is replaced by a binary on this
@@ -445,6 +445,14 @@ func (p *Process) volumes(ctx context.Context, cs kubernetes.Interface, c *corev
 			if err := writeFiles(dir, files, uid); err != nil {
 				return nil, err
 			}
+		case v.ConfigMap != nil:
+			files, err := configMapFiles(ctx, cs, pod.Namespace, v.ConfigMap)
+			if err != nil {
+				return nil, err
+			}
+			if err := writeFiles(dir, files, uid); err != nil {
+				return nil, err
+			}
 		case v.Projected != nil:
 			files, err := p.projected(ctx, cs, v.Projected)
 			if err != nil {
@@ -473,6 +481,26 @@ func secretFiles(ctx context.Context, cs kubernetes.Interface, ns string, s *cor
 		return nil, fmt.Errorf("secret volume %s: %w", s.SecretName, err)
 	}
 	return sec.Data, nil
+}
+
+// configMapFiles are a ConfigMap volume's files: every key, or none when
+// an optional ConfigMap is missing.
+func configMapFiles(ctx context.Context, cs kubernetes.Interface, ns string, c *corev1.ConfigMapVolumeSource) (map[string][]byte, error) {
+	cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, c.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) && c.Optional != nil && *c.Optional {
+		return map[string][]byte{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config map volume %s: %w", c.Name, err)
+	}
+	files := map[string][]byte{}
+	for k, v := range cm.Data {
+		files[k] = []byte(v)
+	}
+	for k, v := range cm.BinaryData {
+		files[k] = v
+	}
+	return files, nil
 }
 
 // projected fills a projected volume: the ServiceAccount token bound to the

@@ -51,6 +51,12 @@ type Options struct {
 	Interval time.Duration
 	// Log receives the simulator's and controller's logs; nil discards.
 	Log *slog.Logger
+	// AgentBinary is the herd-agent binary every simulated node runs as a
+	// process of its own (BuildAgent builds one); empty runs the agents
+	// inside the simulator.
+	AgentBinary string
+	// AgentLog receives the herd-agent processes' logs; nil discards.
+	AgentLog io.Writer
 	// Sim, when set, adjusts the simulator's options before it starts
 	// (its client's rate, linked sysroots, ...).
 	Sim func(*sim.Options)
@@ -144,9 +150,14 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 		return s, err
 	}
 
-	step("herd sim: %d nodes on real OSTree sysroots, trusting only that repository", total(opts.Pools))
+	agents := "herd-agent processes"
+	if opts.AgentBinary == "" {
+		agents = "agents in the simulator"
+	}
+	step("herd sim: %d nodes on real OSTree sysroots, trusting only that repository; %s", total(opts.Pools), agents)
 	simOpts := sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay,
-		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile}
+		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile,
+		AgentBinary: opts.AgentBinary, AgentLog: opts.AgentLog}
 	if opts.Sim != nil {
 		opts.Sim(&simOpts)
 	}
@@ -406,6 +417,18 @@ func (s *Story) Stop() error {
 		errs = append(errs, s.CP.Stop())
 	}
 	return errors.Join(errs...)
+}
+
+// BuildAgent builds the herd-agent binary into dir as make build does
+// (static) and returns its path.
+func BuildAgent(dir string) (string, error) {
+	bin := filepath.Join(dir, "herd-agent")
+	build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", bin, "herd.dev/herd/cmd/herd-agent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build herd-agent: %v\n%s", err, out)
+	}
+	return bin, nil
 }
 
 // RepoRoot finds the herd repository from the working directory.

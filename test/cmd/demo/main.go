@@ -1,6 +1,7 @@
 // Command demo runs Herd's whole story on this machine for `make demo`: a
-// real control plane, 12 simulated nodes on real OSTree, a fleet repo served
-// by git daemon, and the controller. Ctrl-C stops everything it started.
+// real control plane, 12 simulated nodes on real OSTree each running
+// bin/herd-agent, a fleet repo served by git daemon, and the controller.
+// Ctrl-C stops everything it started.
 package main
 
 import (
@@ -40,7 +41,15 @@ func run(ctx context.Context, dir, pools string, reboot time.Duration, verbose b
 	if err != nil {
 		return err
 	}
-	opts := story.Options{Dir: dir, Pools: counts, RebootDelay: reboot, Interval: 5 * time.Second, Progress: os.Stdout}
+	root, err := story.RepoRoot()
+	if err != nil {
+		return err
+	}
+	agent := filepath.Join(root, "bin", "herd-agent")
+	if _, err := os.Stat(agent); err != nil {
+		return fmt.Errorf("the demo runs %s on every node: make build builds it (%w)", agent, err)
+	}
+	opts := story.Options{Dir: dir, Pools: counts, RebootDelay: reboot, Interval: 5 * time.Second, Progress: os.Stdout, AgentBinary: agent}
 	if verbose {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
@@ -51,6 +60,7 @@ func run(ctx context.Context, dir, pools string, reboot time.Duration, verbose b
 		}
 		defer f.Close()
 		opts.Log = slog.New(slog.NewTextHandler(f, nil))
+		opts.AgentLog = f
 		fmt.Println("logs:", f.Name())
 	}
 	s, err := story.Start(ctx, opts)
@@ -68,7 +78,6 @@ func run(ctx context.Context, dir, pools string, reboot time.Duration, verbose b
 		return err
 	}
 
-	root, _ := story.RepoRoot()
 	rel := func(p string) string {
 		if r, err := filepath.Rel(root, p); err == nil {
 			return r

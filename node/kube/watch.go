@@ -1,4 +1,4 @@
-package node
+package kube
 
 import (
 	"context"
@@ -8,21 +8,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
-
-// NodeFeed is how an agent learns about its Node: the latest copy from a
-// watch cache, and a signal whenever it may have changed.
-type NodeFeed interface {
-	// Node returns the cached Node, or nil while it does not exist. The
-	// object is shared with the cache: never modify it.
-	Node() *corev1.Node
-	// Changed receives a value (coalesced) whenever Node may return
-	// something new.
-	Changed() <-chan struct{}
-}
 
 // NodeWatch is one watch over Nodes, feeding any number of agents: a
 // standalone agent watches only its own Node (WatchNode), a simulator of
@@ -34,17 +21,15 @@ type NodeWatch struct {
 	feeds map[string]chan struct{}
 }
 
-// WatchNodes starts a watch over the Nodes that listOpts selects (all when
-// empty) and waits until its cache is filled. It stops when ctx ends. The
-// cached Nodes carry neither managedFields nor status.images, which an agent
-// never reads.
-func WatchNodes(ctx context.Context, client kubernetes.Interface, listOpts metav1.ListOptions) (*NodeWatch, error) {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = listOpts.FieldSelector
-			o.LabelSelector = listOpts.LabelSelector
-		}))
-	inf := factory.Core().V1().Nodes().Informer()
+// WatchNodes starts a watch over the Nodes that fieldSelector selects (all
+// when empty) and waits until its cache is filled. It stops when ctx ends.
+// The cached Nodes carry neither managedFields nor status.images, which an
+// agent never reads.
+func WatchNodes(ctx context.Context, c *Client, fieldSelector string) (*NodeWatch, error) {
+	lw := cache.NewFilteredListWatchFromClient(c.rest, "nodes", metav1.NamespaceAll, func(o *metav1.ListOptions) {
+		o.FieldSelector = fieldSelector
+	})
+	inf := cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
 	if err := inf.SetTransform(trimNode); err != nil {
 		return nil, fmt.Errorf("watch nodes: %w", err)
 	}
@@ -57,7 +42,7 @@ func WatchNodes(ctx context.Context, client kubernetes.Interface, listOpts metav
 	if err != nil {
 		return nil, fmt.Errorf("watch nodes: %w", err)
 	}
-	factory.Start(ctx.Done())
+	go inf.RunWithContext(ctx)
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		return nil, fmt.Errorf("watch nodes: cache not filled: %w", context.Cause(ctx))
 	}
@@ -66,10 +51,8 @@ func WatchNodes(ctx context.Context, client kubernetes.Interface, listOpts metav
 
 // WatchNode watches the one Node called name (a field selector on
 // metadata.name) and returns its feed.
-func WatchNode(ctx context.Context, client kubernetes.Interface, name string) (NodeFeed, error) {
-	w, err := WatchNodes(ctx, client, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(),
-	})
+func WatchNode(ctx context.Context, c *Client, name string) (*Feed, error) {
+	w, err := WatchNodes(ctx, c, fields.OneTermEqualSelector("metadata.name", name).String())
 	if err != nil {
 		return nil, fmt.Errorf("watch node %s: %w", name, err)
 	}
@@ -77,7 +60,7 @@ func WatchNode(ctx context.Context, client kubernetes.Interface, name string) (N
 }
 
 // Feed returns the feed of the Node called name.
-func (w *NodeWatch) Feed(name string) NodeFeed {
+func (w *NodeWatch) Feed(name string) *Feed {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ch, ok := w.feeds[name]
@@ -85,11 +68,19 @@ func (w *NodeWatch) Feed(name string) NodeFeed {
 		ch = make(chan struct{}, 1)
 		w.feeds[name] = ch
 	}
-	return &feed{w: w, name: name, ch: ch}
+	return &Feed{w: w, name: name, ch: ch}
 }
 
-// Store returns the watch's cache, for reading any watched Node.
-func (w *NodeWatch) Store() cache.Store { return w.informer.GetStore() }
+// Node returns the cached Node called name, or nil. The object is shared
+// with the cache: never modify it.
+func (w *NodeWatch) Node(name string) *corev1.Node {
+	obj, ok, err := w.informer.GetStore().GetByKey(name)
+	if err != nil || !ok {
+		return nil
+	}
+	n, _ := obj.(*corev1.Node)
+	return n
+}
 
 func (w *NodeWatch) notify(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
@@ -110,22 +101,21 @@ func (w *NodeWatch) notify(obj any) {
 	}
 }
 
-type feed struct {
+// Feed is how an agent learns about its Node: the latest copy from the
+// watch's cache, and a signal whenever it may have changed.
+type Feed struct {
 	w    *NodeWatch
 	name string
 	ch   chan struct{}
 }
 
-func (f *feed) Node() *corev1.Node {
-	obj, ok, err := f.w.informer.GetStore().GetByKey(f.name)
-	if err != nil || !ok {
-		return nil
-	}
-	n, _ := obj.(*corev1.Node)
-	return n
-}
+// Node returns the cached Node, or nil while it does not exist. The object
+// is shared with the cache: never modify it.
+func (f *Feed) Node() *corev1.Node { return f.w.Node(f.name) }
 
-func (f *feed) Changed() <-chan struct{} { return f.ch }
+// Changed receives a value (coalesced) whenever Node may return something
+// new.
+func (f *Feed) Changed() <-chan struct{} { return f.ch }
 
 // trimNode drops what agents never read from cached Nodes.
 func trimNode(obj any) (any, error) {
