@@ -203,7 +203,9 @@ func newBenchEnv(b *testing.B) *env {
 	// One general pool of 1,000 nodes, 10% at a time, no canary.
 	e.edit("pools/general.cue", `maxUnavailable: "25%"`, `maxUnavailable: "10%"`)
 	e.edit("pools/general.cue", `canary:         1`, ``)
-	e.push("general: 10% at a time")
+	// No soak: a reverted commit leaves the pool at rest at once.
+	e.edit("pools/general.cue", `soak:           "5m"`, ``)
+	e.push("general: 10% at a time, no soak")
 	return e
 }
 
@@ -319,13 +321,14 @@ func (e *env) heartbeats(b *testing.B, period time.Duration) (stop func() int64)
 	return func() int64 { cancel(); <-done; return made.Load() }
 }
 
-// waitQuiet waits until the controller made no reconcile for 3 s.
+// waitQuiet waits until the controller started no reconcile for 3 s and
+// runs none.
 func (e *env) waitQuiet(b *testing.B, metrics string) {
 	e.waitForB(b, "no reconcile for 3 s", 5*time.Minute, func() bool {
 		_, c0 := reconcileTime(b, metrics)
 		time.Sleep(3 * time.Second) // a quiet period, not synchronisation
 		_, c1 := reconcileTime(b, metrics)
-		return c0 == c1
+		return c0 == c1 && activeWorkers(b, metrics) == 0
 	})
 }
 
@@ -393,9 +396,24 @@ func (e *env) idleReconcile(b *testing.B, metricsAddr string, times int) float64
 	return 1000 * (sum1 - sum0) / (count1 - count0)
 }
 
+// activeWorkers reads the fleet reconciler's
+// controller_runtime_active_workers: reconciles under way.
+func activeWorkers(b *testing.B, addr string) float64 {
+	v, _ := strconv.ParseFloat(metric(b, addr, `controller_runtime_active_workers{controller="herd"} `), 64)
+	return v
+}
+
 // reconcileTime reads the sum and count of the fleet reconciler's
 // controller_runtime_reconcile_time_seconds.
 func reconcileTime(b *testing.B, addr string) (sum, count float64) {
+	sum, _ = strconv.ParseFloat(metric(b, addr, `controller_runtime_reconcile_time_seconds_sum{controller="herd"} `), 64)
+	count, _ = strconv.ParseFloat(metric(b, addr, `controller_runtime_reconcile_time_seconds_count{controller="herd"} `), 64)
+	return sum, count
+}
+
+// metric returns the value of the line of the controller's /metrics that
+// starts with prefix, or "".
+func metric(b *testing.B, addr, prefix string) string {
 	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
 		b.Fatal(err)
@@ -411,13 +429,11 @@ func reconcileTime(b *testing.B, addr string) (sum, count float64) {
 		b.Fatal(err)
 	}
 	for line := range strings.SplitSeq(string(body), "\n") {
-		for name, into := range map[string]*float64{"_sum": &sum, "_count": &count} {
-			if v, ok := strings.CutPrefix(line, "controller_runtime_reconcile_time_seconds"+name+`{controller="herd"} `); ok {
-				*into, _ = strconv.ParseFloat(v, 64)
-			}
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			return v
 		}
 	}
-	return sum, count
+	return ""
 }
 
 func postWebhook(b *testing.B, addr, token string) {
