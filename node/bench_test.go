@@ -223,12 +223,12 @@ func BenchmarkAgent(b *testing.B) {
 		}
 		pid := cmd.Process.Pid
 		rebooted := make(chan struct{}, 1)
-		bus.Track(pid, func() {
+		bus.Track(pid, hostbus.Machine{Reboot: func() {
 			select {
 			case rebooted <- struct{}{}:
 			default:
 			}
-		})
+		}})
 		stopChild := func() {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			_ = cmd.Wait()

@@ -152,8 +152,10 @@ type testNode struct {
 	sysroot  *ostree.Sysroot
 	services *recorder
 	reboots  chan struct{}
-	metrics  *metrics.Agent
-	boots    int
+	// rebootsSeen are the reboot requests awaitReboot received.
+	rebootsSeen int
+	metrics     *metrics.Agent
+	boots       int
 
 	cancel context.CancelFunc
 	done   chan error
@@ -312,13 +314,23 @@ func (n *testNode) rebootNow(boot bool) {
 	n.start(nil)
 }
 
-// awaitReboot waits for the agent to request a reboot.
+// awaitReboot waits for the agent to request a reboot and count it: the
+// request reaches the test just before the agent counts it, and a test
+// that stops the agent in between would lose the count.
 func (n *testNode) awaitReboot() {
 	n.t.Helper()
 	select {
 	case <-n.reboots:
+		n.rebootsSeen++
 	case <-time.After(60 * time.Second):
 		n.t.Fatalf("no reboot requested; node annotations: %v", n.annotations())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for n.metrics.Snapshot().Reboots < n.rebootsSeen {
+		if time.Now().After(deadline) {
+			n.t.Fatalf("the agent requested a reboot but never counted it: %+v", n.metrics.Snapshot())
+		}
+		<-time.After(10 * time.Millisecond)
 	}
 }
 

@@ -32,6 +32,9 @@ type cluster struct {
 	r                                *rand.Rand
 
 	log []string // what happened, for scenario output
+
+	rm         *repairModel // faults, conditions and repairs (repair_test.go)
+	repairKept RepairState  // what the HerdPool status keeps of repairs
 }
 
 // mnode is a node: what the planner sees, and what its agent does.
@@ -103,7 +106,8 @@ func (c *cluster) node(name string) *mnode {
 // input is the planner's input as the controller observes it.
 func (c *cluster) input() Input {
 	in := Input{Pools: []Pool{c.pool()}, Now: c.now, Earlier: c.earlier, Freeze: c.freeze,
-		Rollouts: map[string]Rollout{"p": c.state}, Resume: map[string]string{"p": c.resume}}
+		Rollouts: map[string]Rollout{"p": c.state}, Resume: map[string]string{"p": c.resume},
+		Repairs: map[string]RepairState{"p": c.repairKept}}
 	for _, n := range c.nodes {
 		in.Nodes = append(in.Nodes, n.Node)
 	}
@@ -119,9 +123,10 @@ func (c *cluster) plan() PoolPlan { return Compute(c.input()).Pools[0] }
 // run in order, those before the first it does not keep.
 func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 	pp := c.plan()
-	// The rollout state is kept before the actions are carried out, as
-	// raft persists before it sends: what they rest on is never lost.
-	c.state = pp.Next
+	// The rollout and repair state is kept before the actions are carried
+	// out, as raft persists before it sends: what they rest on is never
+	// lost, and a rung is counted before it starts.
+	c.state, c.repairKept = pp.Next, pp.NextRepairs
 	for _, e := range pp.Events {
 		if e.Kind == EventResumed {
 			c.attempt++ // forgiven nodes are tried again: a new attempt
@@ -142,6 +147,10 @@ func (c *cluster) controller(keep func(Action) bool) PoolPlan {
 // looks at the node first and does only what is missing.
 func (c *cluster) act(a Action) {
 	n := c.node(a.Node)
+	if a.Repair != nil {
+		c.actRepair(n, a)
+		return
+	}
 	switch a.Kind {
 	case ActStart:
 		if a.Drain {
@@ -285,6 +294,7 @@ func (c *cluster) agents() (rebooted []*mnode) {
 			c.logf("%s booted %s", n.Name, c.name(n.applying.OSCommit))
 		}
 	}
+	c.repairAgents()
 	return rebooted
 }
 
@@ -320,6 +330,12 @@ func (c *cluster) describeActions(pp PoolPlan) string {
 					b.WriteString(" " + f.name)
 				}
 			}
+		}
+		if rs := a.Repair; rs != nil && rs.State != nil {
+			fmt.Fprintf(&b, " %s", rs.State.Action)
+		}
+		if a.Repair != nil && a.Repair.DryRun {
+			b.WriteString(" dry-run")
 		}
 		if a.Why != nil {
 			fmt.Fprintf(&b, " (%s)", a.Why.Message())

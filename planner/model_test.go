@@ -54,7 +54,9 @@ var (
 //     model gave up converging after 50 hours. Its patience now follows
 //     from the spec.
 //   - 2150: the model wanted a node's soak recorded even with no soak.
-var regressionSeeds = []uint64{113, 137, 139, 140, 143, 386, 540, 2150}
+//   - 141, 941: as 139, in runs where repairs changed the rollout's course
+//     (faults make nodes NotReady).
+var regressionSeeds = []uint64{113, 137, 139, 140, 141, 143, 386, 540, 941, 2150}
 
 const modelSteps = 360
 
@@ -93,13 +95,22 @@ type model struct {
 	drained    map[string]int             // drains by node, target and attempt
 	rebooted   map[string]int             // reboots by node, target and attempt
 	fellBack   map[string]map[string]bool // nodes whose boot of a target fell back
+	starts     []repairStart              // rungs started (repair_model_test.go)
+	rrnd       *rand.Rand                 // the repairs' draws, apart: the rollout's replay as before
+	toldBefore map[string]told            // each node's target before the step
+}
+
+// told is the target a node was told, and when.
+type told struct {
+	hash string
+	at   time.Time
 }
 
 func newModel(t *testing.T, seed uint64) *model {
 	r := rand.New(rand.NewPCG(seed, 7))
 	c := newCluster(time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC))
 	c.r = r
-	m := &model{cluster: c, t: t, seed: seed, rnd: r, startedAt: map[string]bool{}, drained: map[string]int{}, rebooted: map[string]int{}, fellBack: map[string]map[string]bool{}}
+	m := &model{cluster: c, t: t, seed: seed, rnd: r, rrnd: rand.New(rand.NewPCG(seed, 13)), startedAt: map[string]bool{}, drained: map[string]int{}, rebooted: map[string]int{}, fellBack: map[string]map[string]bool{}}
 	m.push(m.newTarget())
 	for i := range 8 + r.IntN(25) {
 		m.addNode(fmt.Sprintf("n-%02d", i), []string{"a", "b", "c"}[i%3], false)
@@ -131,6 +142,7 @@ func (m *model) newTarget() Pool {
 		if r.IntN(3) == 0 {
 			s.Rollout.Quarantine = &schema.Quarantine{After: 1 + r.IntN(2)}
 		}
+		m.repairPolicy(s)
 	})
 	if r.IntN(3) == 0 {
 		w, err := schema.Window{Days: []string{"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}, Start: "06:00", End: "18:00", TimeZone: "Europe/Berlin"}.Compile()
@@ -155,7 +167,7 @@ func (m *model) dump() string {
 	out := fmt.Sprintf("target %s/%s (maxUnavailable %s, canary %d, maxFailures %d, %s), last good %s; state: halt %q, rolling back %v, forgiven %v\n",
 		schema.Short(p.Hash), schema.Short(p.Spec.OS.Commit), p.Spec.Rollout.MaxUnavailable, p.Spec.Rollout.Canary, p.Spec.Rollout.MaxFailures, p.Spec.Rollout.FailurePolicy,
 		schema.Short(m.lastGood.Hash), s.Halt.Message(), s.RollingBack, s.Forgiven)
-	out += m.describeNodes()
+	out += m.describeNodes() + m.describeRepairState()
 	return out + strings.Join(m.log, "\n")
 }
 
@@ -210,6 +222,7 @@ func (m *model) events() {
 	case 7: // and deletes it
 		m.nodes[r.IntN(len(m.nodes))].barePod = false
 	}
+	m.repairEvents()
 }
 
 // calm ends the trouble: no more failures; someone lifts the freeze and
@@ -223,6 +236,7 @@ func (m *model) calm() {
 	}
 	m.freeze = false
 	m.resume = "calm"
+	m.calmRepairs()
 }
 
 // step runs the agents and one reconcile, crashing after a random subset
@@ -245,9 +259,11 @@ func (m *model) step(crash bool) {
 	}
 	before := map[string]bool{}
 	drainStarted := map[string]bool{}
+	m.toldBefore = map[string]told{}
 	for _, n := range m.nodes {
 		before[n.Name] = m.out(n)
 		drainStarted[n.Name] = !n.DrainStarted.IsZero()
+		m.toldBefore[n.Name] = told{n.DesiredConfig, n.Dispatched}
 	}
 	p := m.pool()
 	if crash && m.rnd.IntN(4) == 0 {
@@ -255,10 +271,18 @@ func (m *model) step(crash bool) {
 	}
 	var keep func(Action) bool
 	if crash {
-		keep = func(Action) bool { return m.rnd.IntN(2) == 0 }
+		keep = func(a Action) bool {
+			if a.Repair != nil {
+				return m.rrnd.IntN(2) == 0
+			}
+			return m.rnd.IntN(2) == 0
+		}
 	}
+	m.replaceMarked()
+	snap := m.snapshotRepairs()
 	pp := m.controller(keep)
 	m.check(pp, p, before, drainStarted)
+	m.checkRepairs(pp, snap, crash)
 	m.updateLastGood()
 }
 
@@ -286,7 +310,7 @@ func (m *model) check(pp PoolPlan, p Pool, before, drainStarted map[string]bool)
 				taken = append(taken, n.Name)
 			}
 		}
-		if !drainStarted[n.Name] && !n.DrainStarted.IsZero() {
+		if !drainStarted[n.Name] && !n.DrainStarted.IsZero() && n.Remediation == nil { // a repair's drain is not the rollout's
 			k := fmt.Sprintf("%s/%s/%v/%d", n.Name, p.Hash, m.state.RollingBack, m.attempt)
 			if m.drained[k]++; m.drained[k] > 1 {
 				m.fatalf("%s drained twice toward %s in one attempt", n.Name, schema.Short(p.Hash))
@@ -294,13 +318,14 @@ func (m *model) check(pp PoolPlan, p Pool, before, drainStarted map[string]bool)
 		}
 	}
 	budget := p.Spec.Rollout.MaxUnavailable.Resolve(members)
-	if len(taken) > 0 {
-		if out > budget {
-			m.fatalf("took %v out: %d of %d nodes out, maxUnavailable %d", taken, out, members, budget)
-		}
-		if m.freeze || !p.Windows.Open(m.now) {
-			m.fatalf("took %v out while frozen (%v) or outside the windows", taken, m.freeze)
-		}
+	if len(taken) > 0 && out > budget {
+		m.fatalf("took %v out: %d of %d nodes out, maxUnavailable %d", taken, out, members, budget)
+	}
+	// Repairs take nodes out too, bound to the budget, but not to windows,
+	// a freeze or a canary.
+	taken = slices.DeleteFunc(taken, func(name string) bool { return m.node(name).Remediation != nil })
+	if len(taken) > 0 && (m.freeze || !p.Windows.Open(m.now)) {
+		m.fatalf("took %v out while frozen (%v) or outside the windows", taken, m.freeze)
 	}
 	m.checkCanary(p, taken)
 	for _, n := range m.nodes {
@@ -339,7 +364,7 @@ func (m *model) checkCanary(p Pool, taken []string) {
 	}
 	going := 0 // taken out toward the target, and neither failed nor back
 	for name := range m.startedAt {
-		if n := m.node(name); m.out(n) && n.State != schema.StateDegraded && n.FailedTarget != p.Hash {
+		if n := m.node(name); m.out(n) && n.State != schema.StateDegraded && n.FailedTarget != p.Hash && n.Remediation == nil {
 			going++
 		}
 	}
@@ -357,7 +382,11 @@ func (m *model) reallyFailed(n *mnode, hash string) bool {
 	if m.fellBack[n.Name][hash] {
 		return true
 	}
-	return n.DesiredConfig == hash && m.now.Sub(n.Dispatched) > m.pool().Spec.Rollout.NodeTimeoutDuration()
+	timeout := m.pool().Spec.Rollout.NodeTimeoutDuration()
+	if d, ok := m.toldBefore[n.Name]; ok && d.hash == hash && m.now.Sub(d.at) > timeout {
+		return true // it timed out, and the step sent it elsewhere (a rollback)
+	}
+	return n.DesiredConfig == hash && m.now.Sub(n.Dispatched) > timeout
 }
 
 // updateLastGood notes the target once every node runs it: reports it,
@@ -393,11 +422,12 @@ func (m *model) converged() {
 			// once they really failed: herd resume.
 			m.resume, retried = "retry", true
 		}
-		if m.atTarget(p) {
+		if _, over := m.repairsOver(); over && m.atTarget(p) {
 			return
 		}
 	}
-	m.fatalf("the nodes did not converge on %s", schema.Short(p.Hash))
+	why, _ := m.repairsOver()
+	m.fatalf("the nodes did not converge on %s %s", schema.Short(p.Hash), why)
 }
 
 // patience is how long converging may take after the calm: what is in

@@ -162,6 +162,7 @@ func planPool(in *Input, p *Pool, nodes []*Node) PoolPlan {
 	batches := pl.batch(s)
 	pl.changes(s, batches)
 	pl.prestage(batches)
+	pl.remediate()
 	pl.finish(s)
 	return pl.pp
 }
@@ -230,6 +231,10 @@ func (pl *poolPlanner) sort() *sorted {
 		u, unavailable := unavailability(n)
 		if unavailable {
 			pp.Unavailable = append(pp.Unavailable, u)
+		}
+		if repairing(n) {
+			pl.sortRepairing(s, n, unavailable)
+			continue
 		}
 		atGoal := n.CurrentConfig == goal.Hash && n.OSBooted == goal.OSCommit
 		toGoal := dispatchedTo(n, goal)

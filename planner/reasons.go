@@ -62,6 +62,11 @@ type Reason struct {
 	Time     time.Time        `json:"time,omitzero"`
 	Duration time.Duration    `json:"duration,omitempty"`
 	Detail   string           `json:"detail,omitempty"`
+	// Problem, Health and Action are a repair's: the problem, its
+	// condition's reason, the rung's repair.
+	Problem schema.Problem           `json:"problem,omitempty"`
+	Health  schema.HealthReason      `json:"health,omitempty"`
+	Action  schema.RemediationAction `json:"action,omitempty"`
 }
 
 func reason(c Code) *Reason { return &Reason{Code: c} }
@@ -70,6 +75,9 @@ func reason(c Code) *Reason { return &Reason{Code: c} }
 func (r *Reason) Message() string {
 	if r == nil {
 		return ""
+	}
+	if m, ok := repairMessage(r); ok {
+		return m
 	}
 	switch r.Code {
 	case CodeUnavailable:

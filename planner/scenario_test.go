@@ -212,6 +212,12 @@ func runStep(t *testing.T, c *cluster, file string, s step) string {
 		c.drainTime = d
 		return ""
 	}
+	if out, ok, err := runRepairStep(c, s, kv, pos); ok {
+		if err != nil {
+			return fail("%v", err)
+		}
+		return out
+	}
 	return fail("unknown command")
 }
 
@@ -323,7 +329,10 @@ func scenarioPool(c *cluster, name string, kv map[string]string) (Pool, error) {
 		case "windows":
 			windows = nil
 		default:
-			return Pool{}, fmt.Errorf("unknown setting %s", k)
+			var ok bool
+			if ok, err = repairSetting(&spec, k, v); !ok {
+				return Pool{}, fmt.Errorf("unknown setting %s", k)
+			}
 		}
 		if err != nil {
 			return Pool{}, fmt.Errorf("%s=%s: %w", k, v, err)

@@ -61,6 +61,16 @@ type Node struct {
 	// Converging is set while the node carries the herd.dev/converging
 	// taint: it joined its pool and takes no work until at its target.
 	Converging bool
+
+	// Conditions are its Ready condition and the agent's health
+	// conditions: what repairs are decided on (remediate.go).
+	Conditions []Condition
+	// Remediation is the repair in progress (herd.dev/remediation),
+	// Remediations its recent repairs (herd.dev/remediations), Remediated
+	// its agent's report on the last rung asked (herd.dev/remediated).
+	Remediation  *schema.RemediationState
+	Remediations []schema.RemediationRecord
+	Remediated   *schema.RemediationReport
 }
 
 // Zone is the node's topology.kubernetes.io/zone label, or "".
@@ -91,6 +101,9 @@ type Input struct {
 	Resume map[string]string
 	// Freeze stops every new batch of the fleet.
 	Freeze bool
+	// Repairs is each pool's repair state as last kept (HerdPool status),
+	// by pool name.
+	Repairs map[string]RepairState
 
 	// Now is the time the plan is for. Nothing reads a clock.
 	Now time.Time
@@ -200,6 +213,8 @@ type Action struct {
 	// of service: it opens a batch and needs room under maxUnavailable.
 	New bool    `json:"new,omitempty"`
 	Why *Reason `json:"why,omitempty"`
+	// Repair is what a repair action (remediate.go) carries out.
+	Repair *RepairStep `json:"repair,omitempty"`
 }
 
 // Plan is what should happen: per pool, the batches and every node's change.
@@ -273,7 +288,9 @@ type PoolPlan struct {
 
 	// Recheck is the earliest time after Now at which the plan changes by
 	// the clock alone: a node's soak ends or its nodeTimeout passes, a
-	// window opens. Zero when nothing waits on the clock.
+	// window opens, a problem lasts its ladder's duration, a rung times
+	// out, the repair rate limit frees up. Zero when nothing waits on the
+	// clock.
 	Recheck time.Time `json:"recheck,omitzero"`
 
 	// Actions are what the controller does now, node by node.
@@ -282,6 +299,11 @@ type PoolPlan struct {
 	Events []Event `json:"events,omitempty"`
 	// Next is the rollout state to keep for the next plan.
 	Next Rollout `json:"next"`
+
+	// Repairs are the pool's repairs (remediate.go); NextRepairs the
+	// repair state to keep.
+	Repairs     RepairPlan  `json:"repairs,omitzero"`
+	NextRepairs RepairState `json:"nextRepairs,omitzero"`
 }
 
 // Unavailable is a node that does not count as available, and why.
@@ -320,6 +342,8 @@ const (
 	EventRollbackStarted EventKind = "RollbackStarted" // going back to the last good target
 	EventResumed         EventKind = "RolloutResumed"  // a resume lifted a halt or forgave failures
 	EventCompleted       EventKind = "RolloutComplete" // every node at the target
+	EventRepairsStopped  EventKind = "RepairsStopped"  // the repair breaker opened: too many nodes sick at once
+	EventRepairsResumed  EventKind = "RepairsResumed"  // the breaker closed
 )
 
 // Event is a notable moment of a pool's rollout, decided by the plan.

@@ -46,6 +46,8 @@ type NodePool struct {
 	Files      []File            `json:"files,omitempty"`
 	Paused     bool              `json:"paused"`
 	Rollout    Rollout           `json:"rollout"`
+	// Remediation repairs the pool's sick nodes; nil: Herd only reports.
+	Remediation *Remediation `json:"remediation,omitempty"`
 }
 
 // Selector picks nodes by label.

@@ -17,12 +17,15 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/apimachinery/pkg/fields"
 
+	"herd.dev/herd/bpf/monitor"
 	"herd.dev/herd/node"
 	"herd.dev/herd/node/kube"
 	"herd.dev/herd/node/logging"
@@ -61,6 +64,16 @@ pulls that commit ahead of the node's rollout and reports herd.dev/os-pulled.
 It removes the taint herd.dev/converging, and only it, once the node is Idle
 at its target.
 
+Beside that, every --check-interval it checks the node (kubelet's /healthz
+and Lease, PLEG, the runtime's CRI, leftover pod sandboxes, disk, memory
+pressure, OS drift) and publishes Herd's Node conditions; it answers herd
+diagnose's NodeDiagnostics for its node (with the eBPF monitor's worst
+offenders when --monitor runs it); and it carries out, once, the repair the
+controller asks for in herd.dev/remediate (restart kubelet or containerd
+through systemd, clean sandboxes, reboot after an evidence bundle) and
+reports it in herd.dev/remediated (docs/health.md). --health=false turns
+that side off.
+
 Its journal, the manifest of the files it wrote and their previous versions
 live in --state-dir, so an agent killed at any point finishes the change
 when it starts again. It serves Prometheus metrics (herd_agent_*) on
@@ -79,6 +92,7 @@ type flags struct {
 	monitor               bool
 	monitorCgroupRoot     string
 	log                   logging.Options
+	healer                healerFlags
 	version               bool
 }
 
@@ -112,6 +126,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.monitorCgroupRoot, "monitor-cgroup-root", "", "the host's cgroup file system as the agent sees it, to name other pods' cgroups (in a pod: /host/sys/fs/cgroup); empty: this process's")
 	fs.StringVar(&f.log.Encoding, "log-encoding", logging.DefaultEncoding, "log encoding: json or console")
 	fs.StringVar(&f.log.Level, "log-level", logging.DefaultLevel, "log level: trace, debug, info or error")
+	f.healer.register(fs)
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -187,47 +202,80 @@ func runAgent(ctx context.Context, f flags, log *slog.Logger) error {
 	if mon != nil {
 		defer mon.Close()
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var agent atomic.Pointer[node.Agent]
+	ready := func() error {
+		if a := agent.Load(); a != nil {
+			return a.Ready()
+		}
+		return errors.New("the agent has not started yet")
+	}
+	served, err := serveMetrics(ctx, f.metricsAddr, reg, ready, mon, log)
+	if err != nil {
+		return err
+	}
 	units := &systemd.Units{}
 	defer units.Close()
+	sysroot := &ostree.Sysroot{Path: f.sysroot, OSName: osname}
+	// One watch of its own Node, for the agent and its health side.
+	watch, err := kube.WatchNodes(ctx, client, fields.OneTermEqualSelector("metadata.name", f.node).String())
+	if err != nil {
+		cancel()
+		return errors.Join(fmt.Errorf("watch node %s: %w", f.node, err), <-served)
+	}
 	a, err := node.New(node.Options{
 		NodeName:      f.node,
 		Client:        client,
-		Sysroot:       &ostree.Sysroot{Path: f.sysroot, OSName: osname},
+		Sysroot:       sysroot,
 		Root:          f.root,
 		StateDir:      f.stateDir,
 		DefaultRemote: f.remote,
 		OSTrustFile:   f.osTrust,
 		Services:      units,
 		Rebooter:      systemd.Logind{},
+		Feed:          watch.Feed(f.node),
 		Metrics:       m,
 		Log:           log,
 		RebootTimeout: f.rebootTimeout,
 	})
 	if err != nil {
-		return err
+		cancel()
+		return errors.Join(err, <-served)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	served := make(chan error, 1)
-	if f.metricsAddr != "0" && f.metricsAddr != "" {
-		srv, err := metrics.Listen(f.metricsAddr, reg, a.Ready)
+	agent.Store(a)
+	waitHealer := func() error { return nil }
+	if f.healer.enabled {
+		waitHealer, err = startHealer(ctx, cfg, f.healer, healerSetup{node: f.node, root: f.root, stateDir: f.stateDir,
+			client: client, sysroot: sysroot, feed: watch.Feed(f.node), units: units, monitor: mon, log: log})
 		if err != nil {
-			return err
+			cancel()
+			return errors.Join(err, <-served)
 		}
-		if mon != nil {
-			srv.Handle("/top", mon.Handler()) // GET ?n=10: the monitor's report as JSON
-		}
-		log.Info("serving metrics and probes", "addr", srv.Addr())
-		go func() { served <- srv.Serve(ctx) }()
-	} else {
-		close(served)
 	}
 	err = a.Run(ctx)
-	cancel()
-	if serr := <-served; err == nil {
-		err = serr
+	cancel() // the health side and the metrics stop with the agent
+	return errors.Join(err, waitHealer(), <-served)
+}
+
+// serveMetrics serves /metrics, the probes and the monitor's /top on addr
+// ("0" or empty: none) until ctx ends; the channel receives how it ended.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, ready func() error, mon *monitor.Monitor, log *slog.Logger) (<-chan error, error) {
+	served := make(chan error, 1)
+	if addr == "0" || addr == "" {
+		close(served)
+		return served, nil
 	}
-	return err
+	srv, err := metrics.Listen(addr, reg, ready)
+	if err != nil {
+		return nil, err
+	}
+	if mon != nil {
+		srv.Handle("/top", mon.Handler()) // GET ?n=10: the monitor's report as JSON
+	}
+	log.Info("serving metrics and probes", "addr", srv.Addr())
+	go func() { served <- srv.Serve(ctx) }()
+	return served, nil
 }
 
 // onlyStateroot returns the sysroot's stateroot when it has exactly one.

@@ -109,6 +109,7 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 	f.StringVar(&cfg.PprofAddr, "pprof-addr", "", "address of /debug/pprof (off when empty)")
 	addBudgetFlags(f, &cfg.Budget)
 	f.StringVar(&verifyDir, "verify-dir", "", "directory of keys trusted to sign fleet commits: OpenPGP keyrings (*.asc, *.gpg) and an ssh-keygen allowed_signers file")
+	f.StringVar(&cfg.ReplaceWebhook, "replace-webhook", "", "URL posted a JSON request for every node a repair marks for replacement (docs/health.md); set by the operator, never by the fleet repo")
 	f.StringSliceVar(&pgpKeyrings, "verify-pgp-keyring", nil, "armored OpenPGP public keys trusted to sign fleet commits (repeatable)")
 	f.StringVar(&allowedSigners, "verify-allowed-signers", "", "ssh-keygen allowed_signers file trusted to sign fleet commits")
 	f.BoolVar(&skipVerify, "insecure-skip-verify", false, "accept fleet commits without checking their signatures: whoever can push to the fleet repo then changes every node")

@@ -46,7 +46,8 @@ and the last evidence bundle. -o json prints the report as JSON.`,
 			if err != nil {
 				return failure(err)
 			}
-			if _, err := cs.CoreV1().Nodes().Get(cmd.Context(), node, metav1.GetOptions{}); err != nil {
+			n, err := cs.CoreV1().Nodes().Get(cmd.Context(), node, metav1.GetOptions{})
+			if err != nil {
 				if apierrors.IsNotFound(err) {
 					return failure(fmt.Errorf("node %s not found", node))
 				}
@@ -62,6 +63,7 @@ and the last evidence bundle. -o json prints the report as JSON.`,
 			if err != nil {
 				return failure(err)
 			}
+			report.Remediations = diagnose.RemediationsOf(n.Annotations)
 			if output == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")

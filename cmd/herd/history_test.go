@@ -117,3 +117,41 @@ func TestRollbackRefusesAnInvalidResult(t *testing.T) {
 		t.Errorf("the working tree was left changed:\n%s", st)
 	}
 }
+
+// Repairs on the status branch show in herd history beside the rollouts,
+// under the commit the cluster ran, even one that changed another pool.
+func TestHistoryShowsRepairs(t *testing.T) {
+	work, bare := fleetWithRemote(t)
+	fleettest.Edit(t, work, "pools/batch.cue", `maxPods:                     250`, `maxPods:                     200`)
+	other := fleettest.Commit(t, work, "batch: maxPods 200")
+	fleettest.Git(t, work, "push", "-q")
+	w, err := writeback.New(writeback.Options{URL: "file://" + bare, Cluster: "prod", Interval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC)
+	repair := writeback.Repair{Time: at, Node: "general-3", ID: "1793520300", Problem: "HerdKubeletUnhealthy", Reason: "KubeletHealthzFailed", Rung: 1, Action: "restart-kubelet"}
+	for _, outcome := range []string{"", "Healed"} {
+		r := repair
+		r.Outcome = outcome
+		if err := w.SetPool(writeback.PoolStatus{Name: "general", SpecRevision: other, Phase: "UpToDate", Repairs: []writeback.Repair{r}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, errOut := herd(t, "", "history", work, "--pool", "general")
+	if code != 0 {
+		t.Fatalf("history: exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"prod/general: repair 2026-11-02 08:00:00 (general-3: restart-kubelet, rung 1 for HerdKubeletUnhealthy (KubeletHealthzFailed))",
+		"prod/general: repair ended",
+		"(general-3: restart-kubelet healed)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("history lacks %q:\n%s", want, out)
+		}
+	}
+}

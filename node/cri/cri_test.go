@@ -108,6 +108,15 @@ func TestIntegrationStatus(t *testing.T) {
 	if _, err := c.Status(sctx); err == nil {
 		t.Fatal("status of a killed containerd: no error")
 	}
+
+	// Its supervisor starts it again (the repair restart-containerd): the
+	// same client reconnects and finds it ready.
+	if err := ctd.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := pollStatus(t, c, func(st cri.Status) bool { return st.RuntimeReady && st.NetworkReady }); st.Reason != "" {
+		t.Fatalf("after the restart: %+v", st)
+	}
 }
 
 func pollStatus(t *testing.T, c *cri.Client, ok func(cri.Status) bool) cri.Status {

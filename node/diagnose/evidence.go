@@ -51,14 +51,17 @@ type Evidence struct {
 	Truncated  []string         `json:"truncated,omitempty"`
 }
 
+// CRI is what evidence reads of the container runtime.
+type CRI interface {
+	health.RuntimeStatus
+	health.SandboxLister
+}
+
 // Sources say where evidence comes from; nil or empty parts are left out.
 type Sources struct {
 	KernelLog func(ctx context.Context, lines int) ([]string, error) // KernelLog when nil
 	Checks    []health.Check
-	CRI       interface {
-		health.RuntimeStatus
-		health.SandboxLister
-	}
+	CRI       CRI
 	PSIPath   string   // health.DefaultPSIPath when empty
 	DiskPaths []string // health.DefaultDiskPaths when empty
 }

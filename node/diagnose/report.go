@@ -14,6 +14,7 @@ import (
 	"herd.dev/herd/bpf/monitor"
 	"herd.dev/herd/node/health"
 	"herd.dev/herd/os/ostree"
+	"herd.dev/herd/schema"
 )
 
 // DefaultReportLimit caps a Report's JSON encoding: it travels in a
@@ -35,8 +36,9 @@ type Report struct {
 	// worst run-queue latency, the latest OOM kills, retransmit and exec
 	// rates, the slowest disks (bpf/monitor).
 	Monitor *monitor.Report `json:"monitor,omitempty"`
-	// Remediations are the node's recent repairs, newest first. Filled in
-	// once the controller repairs nodes (issue #13, part B).
+	// Remediations are the node's recent repairs, newest first, from the
+	// controller's record on the Node (RemediationsOf): herd diagnose adds
+	// them to the agent's report.
 	Remediations []Remediation `json:"remediations,omitempty"`
 	Evidence     *Evidence     `json:"evidence,omitempty"` // the last bundle captured
 	Errors       []string      `json:"errors,omitempty"`   // what could not be read
@@ -294,4 +296,32 @@ func readConntrack(dir string) (*Conntrack, error) {
 		return nil, err
 	}
 	return &Conntrack{Count: count, Max: max}, nil
+}
+
+// RemediationsOf reads a node's repairs from its annotations (the
+// controller's record), newest first: the one in progress, then its
+// history.
+func RemediationsOf(annotations map[string]string) []Remediation {
+	var out []Remediation
+	if st, err := schema.ParseRemediationState(annotations[schema.AnnotationRemediation]); err == nil && st != nil {
+		outcome := "in progress"
+		if !st.Marked.IsZero() {
+			outcome = "marked for replacement"
+		}
+		out = append(out, Remediation{Time: st.Started, Action: string(st.Action), Reason: remediationReason(st.Problem, st.Reason, st.Rung), Outcome: outcome})
+	}
+	h, _ := schema.ParseRemediationRecords(annotations[schema.AnnotationRemediations])
+	for i := len(h) - 1; i >= 0; i-- {
+		r := h[i]
+		out = append(out, Remediation{Time: r.Time, Action: string(r.Action), Reason: remediationReason(r.Problem, r.Reason, r.Rung), Outcome: string(r.Outcome)})
+	}
+	return out
+}
+
+func remediationReason(p schema.Problem, why schema.HealthReason, rung int) string {
+	s := fmt.Sprintf("%s, rung %d", p, rung+1)
+	if why != "" {
+		s = fmt.Sprintf("%s (%s), rung %d", p, why, rung+1)
+	}
+	return s
 }

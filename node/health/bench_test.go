@@ -65,10 +65,10 @@ func BenchmarkRound(b *testing.B) {
 	defer kubelet.Close()
 	self := func(context.Context) (*corev1.Node, error) { return n, nil } // the agent's watched Node
 	checks := []health.Check{
-		&health.Kubelet{HealthzURL: kubelet.URL + "/healthz", Lease: health.NodeLease(cs, node)},
+		&health.Kubelet{HealthzURL: kubelet.URL + "/healthz", Lease: health.NodeLease(lean(b), node)},
 		&health.PLEG{Node: self},
 		&health.Runtime{CRI: c},
-		&health.Sandboxes{CRI: c, Pods: health.PodsOnNode(cs, node), Grace: time.Minute},
+		&health.Sandboxes{CRI: c, Pods: health.PodsOnNode(cs.CoreV1().Pods("").List, node), Grace: time.Minute},
 		&health.Disk{Paths: []string{"/", ctd.Root()}},
 		&health.Memory{},
 		&health.OSDrift{Node: self},

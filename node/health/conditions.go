@@ -8,7 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/types"
 
 	"herd.dev/herd/schema"
 )
@@ -59,9 +59,14 @@ func Stale(c corev1.NodeCondition, now time.Time, period time.Duration) bool {
 	return schema.ConditionStale(c.LastHeartbeatTime.Time, now, period)
 }
 
+// StatusPatcher patches a Node's status (kube.Client).
+type StatusPatcher interface {
+	PatchNodeStatus(ctx context.Context, name string, pt types.PatchType, body []byte, fieldManager string) (*corev1.Node, error)
+}
+
 // Publisher writes health conditions to one Node's status.
 type Publisher struct {
-	Client   kubernetes.Interface
+	Client   StatusPatcher
 	NodeName string
 	// HeartbeatPeriod: schema.DefaultHeartbeatPeriod when zero.
 	HeartbeatPeriod time.Duration
@@ -81,7 +86,7 @@ func (p *Publisher) Publish(ctx context.Context, existing []corev1.NodeCondition
 	if err != nil {
 		return nil, err
 	}
-	n, err := p.Client.CoreV1().Nodes().PatchStatus(ctx, p.NodeName, body)
+	n, err := p.Client.PatchNodeStatus(ctx, p.NodeName, types.StrategicMergePatchType, body, "herd-agent")
 	if err != nil {
 		return nil, fmt.Errorf("publish health conditions of node %s: %w", p.NodeName, err)
 	}

@@ -105,7 +105,7 @@ func TestIntegrationKubelet(t *testing.T) {
 	srv := httptest.NewServer(fk)
 	defer srv.Close()
 	const node = "kubelet-node"
-	check := &health.Kubelet{HealthzURL: srv.URL + "/healthz", Timeout: 300 * time.Millisecond, Lease: health.NodeLease(cs, node)}
+	check := &health.Kubelet{HealthzURL: srv.URL + "/healthz", Timeout: 300 * time.Millisecond, Lease: health.NodeLease(lean(t), node)}
 
 	expect(t, check.Check(ctx, time.Now()), corev1.ConditionUnknown, schema.ReasonKubeletLeaseUnknown)
 	renewLease(t, cs, node, time.Now())
@@ -201,7 +201,7 @@ func TestIntegrationRuntimeAndSandboxes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sb := &health.Sandboxes{CRI: c, Pods: health.PodsOnNode(cs, node), Grace: time.Minute}
+	sb := &health.Sandboxes{CRI: c, Pods: health.PodsOnNode(lean(t).ListPods, node), Grace: time.Minute}
 	expect(t, sb.Check(ctx, time.Now()), corev1.ConditionFalse, schema.ReasonNoLeftoverSandboxes) // younger than the grace period
 	later := time.Now().Add(2 * time.Minute)
 	r := sb.Check(ctx, later)
@@ -333,7 +333,7 @@ func TestIntegrationPublish(t *testing.T) {
 	ready := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "kubelet is posting ready status",
 		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}
 	n := newNode(t, cs, node, ready)
-	pub := &health.Publisher{Client: cs, NodeName: node, HeartbeatPeriod: time.Minute}
+	pub := &health.Publisher{Client: lean(t), NodeName: node, HeartbeatPeriod: time.Minute}
 
 	t1 := time.Now().Truncate(time.Second)
 	results := []health.Result{

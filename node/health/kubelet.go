@@ -10,8 +10,6 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"herd.dev/herd/schema"
 )
@@ -30,10 +28,15 @@ const (
 // LeaseGetter returns the node's Lease in kube-node-lease.
 type LeaseGetter func(ctx context.Context) (*coordinationv1.Lease, error)
 
+// LeaseReader reads a Lease (kube.Client).
+type LeaseReader interface {
+	Lease(ctx context.Context, namespace, name string) (*coordinationv1.Lease, error)
+}
+
 // NodeLease reads the Lease of node with client.
-func NodeLease(client kubernetes.Interface, node string) LeaseGetter {
+func NodeLease(client LeaseReader, node string) LeaseGetter {
 	return func(ctx context.Context) (*coordinationv1.Lease, error) {
-		return client.CoordinationV1().Leases("kube-node-lease").Get(ctx, node, metav1.GetOptions{})
+		return client.Lease(ctx, "kube-node-lease", node)
 	}
 }
 

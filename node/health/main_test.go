@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"herd.dev/herd/node/kube"
 	"herd.dev/herd/test/controlplane"
 )
 
@@ -57,4 +58,18 @@ func client(t testing.TB) kubernetes.Interface {
 		t.Fatal(err)
 	}
 	return cs
+}
+
+// lean returns the agent's own client (node/kube) of the package's control
+// plane, as admin; client starts the control plane first.
+func lean(t testing.TB) *kube.Client {
+	t.Helper()
+	client(t)
+	cfg := cp.Config()
+	cfg.QPS, cfg.Burst = 1000, 1000
+	c, err := kube.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -17,15 +17,16 @@ import (
 
 	"herd.dev/herd/config"
 	"herd.dev/herd/node/health"
+	"herd.dev/herd/node/kube"
 	"herd.dev/herd/schema"
 	herdcluster "herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/controller"
 )
 
-// agentClient installs Herd's manifests and returns a client that is the
+// agentClient installs Herd's manifests and returns clients that are the
 // agent on node: the herd-agent ServiceAccount with a token bound to a pod
-// on that node.
-func agentClient(t *testing.T, cs kubernetes.Interface, node string) kubernetes.Interface {
+// on that node; the agent's own (node/kube) and client-go's.
+func agentClient(t *testing.T, cs kubernetes.Interface, node string) (*kube.Client, kubernetes.Interface) {
 	t.Helper()
 	ctx := t.Context()
 	manifests, err := config.Render()
@@ -63,7 +64,11 @@ func agentClient(t *testing.T, cs kubernetes.Interface, node string) kubernetes.
 	if err != nil {
 		t.Fatal(err)
 	}
-	return agent
+	own, err := kube.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return own, agent
 }
 
 // TestIntegrationAgentRights: with the agent's own rights, the checks read
@@ -77,7 +82,7 @@ func TestIntegrationAgentRights(t *testing.T) {
 	newNode(t, cs, node, corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady"})
 	newNode(t, cs, other)
 	renewLease(t, cs, node, time.Now())
-	agent := agentClient(t, cs, node)
+	own, agent := agentClient(t, cs, node)
 
 	// The policy takes a moment to be loaded: wait until it denies a dry
 	// run, then check it type-checked against the Node schema cleanly.
@@ -110,18 +115,18 @@ func TestIntegrationAgentRights(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	if _, err := health.NodeLease(agent, node)(ctx); err != nil {
+	if _, err := health.NodeLease(own, node)(ctx); err != nil {
 		t.Errorf("the agent reads its Lease: %v", err)
 	}
-	if _, err := health.PodsOnNode(agent, node)(ctx); err != nil {
+	if _, err := health.PodsOnNode(own.ListPods, node)(ctx); err != nil {
 		t.Errorf("the agent lists the pods on its node: %v", err)
 	}
-	pub := &health.Publisher{Client: agent, NodeName: node}
+	pub := &health.Publisher{Client: own, NodeName: node}
 	res := []health.Result{{Type: schema.ConditionDiskPressure, Status: corev1.ConditionFalse, Reason: schema.ReasonDiskOK}}
 	if _, err := pub.Publish(ctx, nil, res, time.Now()); err != nil {
 		t.Fatalf("the agent publishes its conditions: %v", err)
 	}
-	if _, err := (&health.Publisher{Client: agent, NodeName: other}).Publish(ctx, nil, res, time.Now()); !denied(err, "may not change Node "+other) {
+	if _, err := (&health.Publisher{Client: own, NodeName: other}).Publish(ctx, nil, res, time.Now()); !denied(err, "may not change Node "+other) {
 		t.Errorf("the agent publishing on another node: %v", err)
 	}
 	for name, patch := range map[string]string{

@@ -7,9 +7,9 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 
 	"herd.dev/herd/node/cri"
 	"herd.dev/herd/schema"
@@ -32,19 +32,23 @@ type SandboxLister interface {
 // PodUIDs returns the UIDs of the pods bound to the node in the API.
 type PodUIDs func(ctx context.Context) (map[string]bool, error)
 
+// PodList lists pods in all namespaces as opts select (kube.Client's
+// ListPods).
+type PodList func(ctx context.Context, opts metav1.ListOptions) (*corev1.PodList, error)
+
 // PodsOnNode lists the pods bound to node (from the API server's cache:
-// resourceVersion 0) and returns their UIDs.
-func PodsOnNode(client kubernetes.Interface, node string) PodUIDs {
+// resourceVersion 0) with list and returns their UIDs.
+func PodsOnNode(list PodList, node string) PodUIDs {
 	return func(ctx context.Context) (map[string]bool, error) {
-		list, err := client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		pods, err := list(ctx, metav1.ListOptions{
 			FieldSelector:   fields.OneTermEqualSelector("spec.nodeName", node).String(),
 			ResourceVersion: "0",
 		})
 		if err != nil {
 			return nil, fmt.Errorf("list pods on node %s: %w", node, err)
 		}
-		uids := make(map[string]bool, len(list.Items))
-		for _, p := range list.Items {
+		uids := make(map[string]bool, len(pods.Items))
+		for _, p := range pods.Items {
 			uids[string(p.UID)] = true
 		}
 		return uids, nil

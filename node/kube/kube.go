@@ -1,5 +1,6 @@
 // Package kube is the node agent's lean Kubernetes client: Nodes (get,
-// watch, patch) and ConfigMaps (get), with core/v1 types only.
+// watch, patch, patch status), Pods (list), ConfigMaps (get) and node
+// Leases (get), with core/v1 and coordination/v1 types only.
 //
 // client-go's typed clientset registers every API group of Kubernetes at
 // start and its informer factory links an informer for each; an agent on
@@ -11,6 +12,7 @@ import (
 	"context"
 	"fmt"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -21,7 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// scheme knows core/v1 and the meta types of lists, options and watch
+// scheme knows core/v1, coordination/v1 and the meta types of lists, options and watch
 // events.
 var (
 	scheme = runtime.NewScheme()
@@ -30,6 +32,9 @@ var (
 
 func init() {
 	if err := corev1.AddToScheme(scheme); err != nil {
+		panic(err)
+	}
+	if err := coordinationv1.AddToScheme(scheme); err != nil {
 		panic(err)
 	}
 	metav1.AddToGroupVersion(scheme, schema.GroupVersion{Version: "v1"})
@@ -72,6 +77,25 @@ func (c *Client) PatchNode(ctx context.Context, name string, pt types.PatchType,
 		VersionedParams(&metav1.PatchOptions{FieldManager: fieldManager}, metav1.ParameterCodec).
 		Body(body).Do(ctx).Into(n)
 	return n, err
+}
+
+// PatchNodeStatus patches the status of the Node called name (its status
+// subresource) with body, a patch of type pt, as fieldManager, and returns
+// the Node after the patch.
+func (c *Client) PatchNodeStatus(ctx context.Context, name string, pt types.PatchType, body []byte, fieldManager string) (*corev1.Node, error) {
+	n := &corev1.Node{}
+	err := c.rest.Patch(pt).Resource("nodes").Name(name).SubResource("status").
+		VersionedParams(&metav1.PatchOptions{FieldManager: fieldManager}, metav1.ParameterCodec).
+		Body(body).Do(ctx).Into(n)
+	return n, err
+}
+
+// Lease reads the Lease namespace/name (coordination.k8s.io/v1), e.g. a
+// node's in kube-node-lease.
+func (c *Client) Lease(ctx context.Context, namespace, name string) (*coordinationv1.Lease, error) {
+	l := &coordinationv1.Lease{}
+	err := c.rest.Get().AbsPath("/apis", coordinationv1.GroupName, "v1", "namespaces", namespace, "leases", name).Do(ctx).Into(l)
+	return l, err
 }
 
 // ListPods lists pods in all namespaces, as opts select (e.g. a field

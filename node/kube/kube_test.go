@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,8 +18,9 @@ import (
 )
 
 // The lean client against a real API server: a Node read, patched and
-// watched (one Node, by field selector), a ConfigMap read, pods listed by
-// node, and errors as client-go's typed clientset reports them.
+// watched (one Node, by field selector, two feeds each told), its status
+// patched, a ConfigMap read, pods listed by node, a node Lease read, and
+// errors as client-go's typed clientset reports them.
 func TestClient(t *testing.T) {
 	cp := controlplane.StartTest(t, controlplane.Options{})
 	admin, err := kubernetes.NewForConfig(cp.Config())
@@ -42,6 +44,11 @@ func TestClient(t *testing.T) {
 	if n := feed.Node(); n == nil || n.Name != "n1" {
 		t.Fatalf("watched node %v", n)
 	}
+	w, err := kube.WatchNodes(ctx, c, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	feeds := []*kube.Feed{w.Feed("n1"), w.Feed("n1")}
 
 	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{"example.com/a": "1"}}})
 	n, err := c.PatchNode(ctx, "n1", types.MergePatchType, body, "herd-agent")
@@ -51,10 +58,12 @@ func TestClient(t *testing.T) {
 	if got, err := c.Node(ctx, "n1"); err != nil || got.ResourceVersion != n.ResourceVersion {
 		t.Errorf("get after patch: %v, %v", got, err)
 	}
-	select {
-	case <-feed.Changed():
-	case <-time.After(30 * time.Second):
-		t.Fatal("the watch did not signal the patch")
+	for i, f := range append(feeds, feed) {
+		select {
+		case <-f.Changed():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("feed %d was not told of the patch", i)
+		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for feed.Node().Annotations["example.com/a"] != "1" {
@@ -62,6 +71,10 @@ func TestClient(t *testing.T) {
 			t.Fatal("the watch's cache never got the patch")
 		}
 		<-time.After(10 * time.Millisecond)
+	}
+	status, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{{Type: "HerdExample", Status: corev1.ConditionTrue}}}})
+	if n, err := c.PatchNodeStatus(ctx, "n1", types.StrategicMergePatchType, status, "herd-agent"); err != nil || len(n.Status.Conditions) != 1 || n.Status.Conditions[0].Type != "HerdExample" {
+		t.Errorf("patch status: %v, %v", n.Status.Conditions, err)
 	}
 	if _, err := c.Node(ctx, "none"); !apierrors.IsNotFound(err) {
 		t.Errorf("get a missing node: %v, want NotFound", err)
@@ -88,4 +101,17 @@ func TestClient(t *testing.T) {
 	if err != nil || len(pods.Items) != 1 || pods.Items[0].Name != "a" {
 		t.Errorf("pods on n1: %v, %v", pods, err)
 	}
+
+	if _, err := admin.CoordinationV1().Leases("kube-node-lease").Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr("n1")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := c.Lease(ctx, "kube-node-lease", "n1"); err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != "n1" {
+		t.Errorf("lease: %v, %v", l, err)
+	}
+	if _, err := c.Lease(ctx, "kube-node-lease", "none"); !apierrors.IsNotFound(err) {
+		t.Errorf("get a missing lease: %v, want NotFound", err)
+	}
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -18,7 +18,7 @@ type NodeWatch struct {
 	informer cache.SharedIndexInformer
 
 	mu    sync.Mutex
-	feeds map[string]chan struct{}
+	feeds map[string][]chan struct{} // by node: one per Feed, each its own signal
 }
 
 // WatchNodes starts a watch over the Nodes that fieldSelector selects (all
@@ -33,7 +33,7 @@ func WatchNodes(ctx context.Context, c *Client, fieldSelector string) (*NodeWatc
 	if err := inf.SetTransform(trimNode); err != nil {
 		return nil, fmt.Errorf("watch nodes: %w", err)
 	}
-	w := &NodeWatch{informer: inf, feeds: map[string]chan struct{}{}}
+	w := &NodeWatch{informer: inf, feeds: map[string][]chan struct{}{}}
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { w.notify(obj) },
 		UpdateFunc: func(_, obj any) { w.notify(obj) },
@@ -59,15 +59,13 @@ func WatchNode(ctx context.Context, c *Client, name string) (*Feed, error) {
 	return w.Feed(name), nil
 }
 
-// Feed returns the feed of the Node called name.
+// Feed returns a new feed of the Node called name: every feed is told of
+// every change (the agent and its health side share one watch).
 func (w *NodeWatch) Feed(name string) *Feed {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	ch, ok := w.feeds[name]
-	if !ok {
-		ch = make(chan struct{}, 1)
-		w.feeds[name] = ch
-	}
+	ch := make(chan struct{}, 1)
+	w.feeds[name] = append(w.feeds[name], ch)
 	return &Feed{w: w, name: name, ch: ch}
 }
 
@@ -91,9 +89,9 @@ func (w *NodeWatch) notify(obj any) {
 		return
 	}
 	w.mu.Lock()
-	ch := w.feeds[n.Name]
+	chs := w.feeds[n.Name]
 	w.mu.Unlock()
-	if ch != nil {
+	for _, ch := range chs {
 		select {
 		case ch <- struct{}{}:
 		default: // a signal is pending already

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,8 +26,9 @@ import (
 
 // kubelet plays the kubelet for all simulated nodes at once: it registers
 // the Nodes, posts Ready (NotReady while a node reboots), renews the node
-// Leases, runs Pods bound to the nodes (Running and Ready), and finishes the
-// deletion of Pods being deleted there, so that drains complete.
+// Leases, serves each node's /healthz, runs Pods bound to the nodes (Running
+// and Ready), and finishes the deletion of Pods being deleted there, so that
+// drains complete. Faults make a node's kubelet misbehave (KubeletFault).
 type kubelet struct {
 	f  *Fleet
 	cs kubernetes.Interface
@@ -41,7 +45,36 @@ type nodeState struct {
 	uid        types.UID
 	ready      bool
 	transition metav1.Time
+	fault      KubeletFault // what is wrong with its kubelet now
+	starts     int          // kubelet starts: its invocation, for restarts
 }
+
+// KubeletFault is what goes wrong with a simulated node's kubelet. A
+// kubelet restart clears it unless it Survives the restart (a runtime
+// restart clears PLEG too); a reboot clears it unless it Survives the
+// reboot too.
+type KubeletFault struct {
+	NoLease   bool // it stops renewing the node's Lease (the node goes NotReady once the Lease expires)
+	NoHealthz bool // its /healthz answers 500
+	PLEG      bool // it posts Ready False: "PLEG is not healthy"
+	Survives  Survival
+}
+
+// Survival is the gentlest repair a fault survives.
+type Survival int
+
+// Survivals.
+const (
+	SurvivesNothing Survival = iota // a kubelet restart clears it
+	SurvivesRestart                 // a reboot clears it
+	SurvivesReboot                  // nothing Herd does clears it
+)
+
+// any reports whether the fault does anything.
+func (f KubeletFault) any() bool { return f.NoLease || f.NoHealthz || f.PLEG }
+
+// plegMessage is kubelet's own Ready message when PLEG is stuck.
+const plegMessage = "container runtime is down, PLEG is not healthy: pleg was last seen active 3m20s ago; threshold is 3m0s"
 
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }
 
@@ -191,12 +224,17 @@ func resources() corev1.ResourceList {
 }
 
 func conditions(ready bool, heartbeat, transition metav1.Time) []corev1.NodeCondition {
+	return conditionsWith(ready, "node is rebooting (herd sim)", heartbeat, transition)
+}
+
+// conditionsWith is the node's conditions, with why it is not ready.
+func conditionsWith(ready bool, why string, heartbeat, transition metav1.Time) []corev1.NodeCondition {
 	c := corev1.NodeCondition{
 		Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
 		Message: "kubelet is posting ready status (herd sim)", LastHeartbeatTime: heartbeat, LastTransitionTime: transition,
 	}
 	if !ready {
-		c.Status, c.Reason, c.Message = corev1.ConditionFalse, "KubeletNotReady", "node is rebooting (herd sim)"
+		c.Status, c.Reason, c.Message = corev1.ConditionFalse, "KubeletNotReady", why
 	}
 	conds := []corev1.NodeCondition{c}
 	for _, t := range []corev1.NodeConditionType{corev1.NodeMemoryPressure, corev1.NodeDiskPressure, corev1.NodePIDPressure} {
@@ -240,8 +278,12 @@ func (k *kubelet) postStatus(ctx context.Context, name string) error {
 	}
 	st := *sp
 	k.mu.Unlock()
+	ready, why := st.ready, "node is rebooting (herd sim)"
+	if st.ready && st.fault.PLEG {
+		ready, why = false, plegMessage
+	}
 	body, err := json.Marshal(map[string]any{"status": map[string]any{
-		"conditions": conditions(st.ready, metav1.Now(), st.transition)[:1],
+		"conditions": conditionsWith(ready, why, metav1.Now(), st.transition)[:1],
 	}})
 	if err != nil {
 		return err
@@ -269,7 +311,7 @@ func (k *kubelet) renewLeases(ctx context.Context) {
 	var nodes []up
 	k.mu.Lock()
 	for name, st := range k.state {
-		if st.ready {
+		if st.ready && !st.fault.NoLease {
 			nodes = append(nodes, up{name, st.uid})
 		}
 	}
@@ -316,6 +358,120 @@ func (k *kubelet) renewLease(ctx context.Context, name string, uid types.UID) er
 		return nil // the renewal loop created it meanwhile, just now
 	}
 	return err
+}
+
+// serveHealthz answers each node's kubelet /healthz at /<node>/healthz:
+// "ok", or 500 while its kubelet has the NoHealthz fault, or 404 for a
+// node that is not running. It returns the server's base URL.
+func (k *kubelet) serveHealthz(ctx context.Context) (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("sim: kubelet healthz: %w", err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name, ok := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, "/"), "/healthz")
+		k.mu.Lock()
+		st := k.state[name]
+		up := ok && st != nil && st.ready
+		bad := up && st.fault.NoHealthz
+		k.mu.Unlock()
+		switch {
+		case !up:
+			http.NotFound(w, r)
+		case bad:
+			http.Error(w, "[-]syncloop failed: reason withheld (herd sim)", http.StatusInternalServerError)
+		default:
+			fmt.Fprint(w, "ok")
+		}
+	})}
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		_ = srv.Serve(l)
+	}()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	return "http://" + l.Addr().String(), nil
+}
+
+// setFault gives the node's kubelet a fault (a zero one clears it), and
+// posts its status at once.
+func (k *kubelet) setFault(name string, f KubeletFault) error {
+	k.mu.Lock()
+	st := k.state[name]
+	if st != nil {
+		st.fault = f
+	}
+	k.mu.Unlock()
+	if st == nil {
+		return fmt.Errorf("sim: no node %q", name)
+	}
+	return k.postStatus(k.f.ctx, name)
+}
+
+// restart restarts the node's kubelet: a new invocation, and the fault
+// gone unless it survives restarts; a live kubelet renews its Lease at
+// once.
+func (k *kubelet) restart(name string) error {
+	k.mu.Lock()
+	st := k.state[name]
+	if st == nil {
+		k.mu.Unlock()
+		return fmt.Errorf("sim: no node %q", name)
+	}
+	st.starts++
+	if st.fault.Survives < SurvivesRestart {
+		st.fault = KubeletFault{}
+	}
+	uid, renew := st.uid, st.ready && !st.fault.NoLease
+	k.mu.Unlock()
+	ctx := k.f.ctx
+	if err := k.postStatus(ctx, name); err != nil {
+		return err
+	}
+	if renew {
+		return k.renewLease(ctx, name, uid)
+	}
+	return nil
+}
+
+// runtimeRestarted clears a PLEG fault that a runtime restart clears: a
+// PLEG that stalls on a hung runtime relists once it answers again.
+func (k *kubelet) runtimeRestarted(name string) {
+	k.mu.Lock()
+	st := k.state[name]
+	cleared := st != nil && st.fault.PLEG && st.fault.Survives < SurvivesRestart
+	if cleared {
+		st.fault.PLEG = false
+	}
+	k.mu.Unlock()
+	if cleared {
+		_ = k.postStatus(k.f.ctx, name)
+	}
+}
+
+// booted clears the faults a reboot clears.
+func (k *kubelet) booted(name string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if st := k.state[name]; st != nil {
+		st.starts++
+		if st.fault.Survives < SurvivesReboot {
+			st.fault = KubeletFault{}
+		}
+	}
+}
+
+// invocation is the node's kubelet's current start.
+func (k *kubelet) invocation(name string) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if st := k.state[name]; st != nil {
+		return fmt.Sprintf("kubelet-%d", st.starts)
+	}
+	return ""
 }
 
 func (k *kubelet) podWorker(ctx context.Context) {

@@ -51,6 +51,7 @@ func (f *Fleet) startProc(n *simNode) (*agentProc, error) {
 		"--reboot-timeout", time.Hour.String(),
 		"--metrics-addr", addr,
 		"--log-level", level)
+	cmd.Args = append(cmd.Args, f.healerArgs(n)...)
 	cmd.Env = append(append(os.Environ(), osfixture.Env...), f.bus.Env())
 	cmd.Stdout, cmd.Stderr = f.opts.AgentLog, f.opts.AgentLog
 	// The agent dies with the simulator.
@@ -58,7 +59,7 @@ func (f *Fleet) startProc(n *simNode) (*agentProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", f.opts.AgentBinary, err)
 	}
-	f.bus.Track(cmd.Process.Pid, n.requestReboot)
+	f.bus.Track(cmd.Process.Pid, f.machine(n))
 	p := &agentProc{cmd: cmd, addr: addr, exited: make(chan error, 1)}
 	go func() { p.exited <- cmd.Wait() }()
 	return p, nil

@@ -21,6 +21,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -127,7 +128,8 @@ type Options struct {
 	QPS   float32
 	Burst int
 	// LeaseDuration and LeaseRenew: node Leases last LeaseDuration
-	// (default 40s) and are renewed every LeaseRenew (default 10s).
+	// (default 40s) and are renewed every LeaseRenew (default a quarter
+	// of it, 10s, as kubelet does).
 	LeaseDuration, LeaseRenew time.Duration
 	// StatusInterval is how often Ready is re-posted besides changes;
 	// default 5m, as the kubelet's nodeStatusReportFrequency.
@@ -153,6 +155,28 @@ type Options struct {
 	AgentBinary string
 	// AgentLog receives the logs of herd-agent processes; nil discards them.
 	AgentLog io.Writer
+
+	// Healer runs each node's health side beside its agent (node/healer;
+	// in herd-agent processes, their own): the checks and their
+	// conditions, herd diagnose's answers, repairs. Unit restarts restart
+	// the simulated kubelet (clearing its faults, InjectKubeletFault) or
+	// the node's runtime (Runtimes).
+	Healer bool
+	// CheckInterval of the healers; schema.DefaultCheckInterval when zero.
+	CheckInterval time.Duration
+	// SandboxGrace is how old a leftover pod sandbox must be to count
+	// (health.DefaultSandboxGrace when zero).
+	SandboxGrace time.Duration
+	// Runtimes gives nodes, by name, a real container runtime: its CRI
+	// socket, which the runtime and sandbox checks read, and how to
+	// restart it. Other nodes have none (no runtime checks).
+	Runtimes map[string]Runtime
+}
+
+// Runtime is a node's container runtime: a real containerd in tests.
+type Runtime struct {
+	Socket  string
+	Restart func(ctx context.Context) error
 }
 
 // Fleet is a running simulation.
@@ -160,6 +184,7 @@ type Fleet struct {
 	opts    Options
 	log     *slog.Logger
 	cs      kubernetes.Interface
+	dyn     dynamic.Interface // herd diagnose's NodeDiagnostics, for the healers
 	repo    *osfixture.Repo
 	dir     string
 	tmpDir  bool
@@ -167,6 +192,7 @@ type Fleet struct {
 	watch   *kube.NodeWatch
 	agents  *kube.Client // the in-process agents' client
 	kubelet *kubelet
+	healthz string // the kubelets' /healthz server
 
 	bus        *hostbus.Bus // with AgentBinary: systemd and logind for the agent processes
 	kubeconfig string       // with AgentBinary: the agent processes' kubeconfig
@@ -247,7 +273,7 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 		opts.LeaseDuration = 40 * time.Second
 	}
 	if opts.LeaseRenew <= 0 {
-		opts.LeaseRenew = 10 * time.Second
+		opts.LeaseRenew = opts.LeaseDuration / 4 // kubelet's 10s of 40s
 	}
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 5 * time.Minute
@@ -266,8 +292,12 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("sim: client: %w", err)
 	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("sim: client: %w", err)
+	}
 
-	f := &Fleet{opts: opts, log: log, cs: cs, nodes: map[string]*simNode{}, poolSize: map[string]int{}, failBoot: map[string]*failSet{}}
+	f := &Fleet{opts: opts, log: log, cs: cs, dyn: dyn, nodes: map[string]*simNode{}, poolSize: map[string]int{}, failBoot: map[string]*failSet{}}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -302,6 +332,9 @@ func Start(ctx context.Context, opts Options) (_ *Fleet, err error) {
 	}
 	f.kubelet, err = startKubelet(f.ctx, f)
 	if err != nil {
+		return nil, err
+	}
+	if f.healthz, err = f.kubelet.serveHealthz(f.ctx); err != nil {
 		return nil, err
 	}
 
@@ -458,6 +491,9 @@ func (f *Fleet) prepareNode(ctx context.Context, n *simNode) error {
 	if err := n.newBoot(); err != nil {
 		return err
 	}
+	if err := healthDirs(n.root); err != nil {
+		return err
+	}
 	if f.repo.KeyPath != "" {
 		key, err := os.ReadFile(f.repo.KeyPath)
 		if err != nil {
@@ -521,8 +557,13 @@ func (f *Fleet) waitReported(ctx context.Context, names []string) error {
 // same state directory.
 func (f *Fleet) runNode(n *simNode) {
 	defer f.wg.Done()
+	// The in-process agent's and healer's feeds, one each for all boots.
+	feeds := nodeFeeds{agent: f.watch.Feed(n.name)}
+	if f.opts.Healer {
+		feeds.healer = f.watch.Feed(n.name)
+	}
 	for {
-		run := f.runInProcess
+		run := func(n *simNode) bool { return f.runInProcess(n, feeds) }
 		if f.opts.AgentBinary != "" {
 			run = f.runProcess
 		}
@@ -556,13 +597,18 @@ func (f *Fleet) runNode(n *simNode) {
 			n.bootFailures++
 		}
 		n.mu.Unlock()
+		f.kubelet.booted(n.name)
 		f.kubelet.setReady(n, true)
 	}
 }
 
-// runInProcess runs node n's agent in this process until it requests a
-// reboot (true) or the simulation stops (false).
-func (f *Fleet) runInProcess(n *simNode) bool {
+// nodeFeeds are the feeds of a node's in-process agent and healer.
+type nodeFeeds struct{ agent, healer *kube.Feed }
+
+// runInProcess runs node n's agent, and its healer with Options.Healer, in
+// this process until it requests a reboot (true) or the simulation stops
+// (false).
+func (f *Fleet) runInProcess(n *simNode, feeds nodeFeeds) bool {
 	actx, stop := context.WithCancel(f.ctx)
 	defer stop()
 	a, err := node.New(node.Options{
@@ -575,7 +621,7 @@ func (f *Fleet) runInProcess(n *simNode) bool {
 		OSTrustFile:    f.opts.TrustFile,
 		Services:       services{},
 		Rebooter:       rebooter(n.reboot),
-		Feed:           f.watch.Feed(n.name),
+		Feed:           feeds.agent,
 		Metrics:        n.metrics,
 		Log:            f.log,
 		RebootTimeout:  time.Hour,
@@ -586,6 +632,8 @@ func (f *Fleet) runInProcess(n *simNode) bool {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(actx) }()
+	healerDone := f.startHealer(actx, n, feeds.healer)
+	defer func() { <-healerDone }() // after stop
 	select {
 	case <-f.ctx.Done():
 		stop()
@@ -595,6 +643,7 @@ func (f *Fleet) runInProcess(n *simNode) bool {
 		if f.ctx.Err() == nil {
 			f.log.Error("sim: agent stopped", "node", n.name, "err", err)
 		}
+		stop()
 		return false
 	case <-n.reboot:
 		stop()
@@ -954,13 +1003,14 @@ type simNode struct {
 	metrics          *metrics.Agent // of the agents in this process; nil with Options.AgentBinary
 	reboot           chan struct{}
 
-	mu           sync.Mutex
-	addr         string           // of the running agent process's /metrics
-	base         metrics.Counters // of the node's earlier agent processes
-	last         metrics.Counters // of the running one, as last read
-	boots        int
-	bootFailures int
-	bootN        int
+	mu            sync.Mutex
+	addr          string           // of the running agent process's /metrics
+	base          metrics.Counters // of the node's earlier agent processes
+	last          metrics.Counters // of the running one, as last read
+	boots         int
+	bootFailures  int
+	bootN         int
+	runtimeStarts int // its runtime's restarts by repairs
 }
 
 // requestReboot hands a reboot request to the node's loop.

@@ -1,9 +1,11 @@
-// Package systemd restarts services through systemd and reboots the node
-// through logind, both over the system D-Bus; the agent's real side effects.
+// Package systemd restarts services through systemd (and tells one run of
+// a unit from the next) and reboots the node through logind, both over the
+// system D-Bus; the agent's real side effects.
 package systemd
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -58,6 +60,25 @@ func (u *Units) Restart(ctx context.Context, unit string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("restart %s: %w", unit, ctx.Err())
 	}
+}
+
+// InvocationID returns the unit's invocation ID as hex: systemd gives
+// every start of a unit a new one, so a changed ID says the unit was
+// restarted (empty while it never ran).
+func (u *Units) InvocationID(ctx context.Context, unit string) (string, error) {
+	conn, err := u.connect(ctx)
+	if err != nil {
+		return "", fmt.Errorf("invocation of %s: %w", unit, err)
+	}
+	p, err := conn.GetUnitPropertyContext(ctx, unit, "InvocationID")
+	if err != nil {
+		return "", fmt.Errorf("invocation of %s: %w", unit, err)
+	}
+	b, ok := p.Value.Value().([]byte)
+	if !ok {
+		return "", fmt.Errorf("invocation of %s: InvocationID is %s, not bytes", unit, p.Value.Signature())
+	}
+	return hex.EncodeToString(b), nil
 }
 
 // Close closes the D-Bus connection, if one was opened.

@@ -68,25 +68,53 @@ func startBus(t *testing.T) string {
 }
 
 // fakeSystemd exports org.freedesktop.systemd1.Manager.RestartUnit and
-// signals JobRemoved with result for each job, as systemd does.
+// signals JobRemoved with result for each job, as systemd does; and each
+// unit's InvocationID property, new at every restart that succeeds.
 type fakeSystemd struct {
 	conn   *dbus.Conn
 	result string
 
 	mu       sync.Mutex
 	restarts []string
+	runs     map[string]byte // restarts that succeeded, by unit
 }
 
 func (f *fakeSystemd) RestartUnit(name, mode string) (dbus.ObjectPath, *dbus.Error) {
 	f.mu.Lock()
 	f.restarts = append(f.restarts, name+" "+mode)
 	id := uint32(len(f.restarts))
+	if f.result == "done" {
+		if f.runs == nil {
+			f.runs = map[string]byte{}
+		}
+		f.runs[name]++
+	}
 	f.mu.Unlock()
 	job := dbus.ObjectPath(fmt.Sprintf("/org/freedesktop/systemd1/job/%d", id))
 	go func() {
 		_ = f.conn.Emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager.JobRemoved", id, job, name, f.result)
 	}()
 	return job, nil
+}
+
+// unitProps serves org.freedesktop.DBus.Properties.Get of a unit's object.
+type unitProps struct {
+	f    *fakeSystemd
+	unit string
+}
+
+func (p unitProps) Get(iface, prop string) (dbus.Variant, *dbus.Error) {
+	if iface != "org.freedesktop.systemd1.Unit" || prop != "InvocationID" {
+		return dbus.Variant{}, dbus.NewError("org.freedesktop.DBus.Error.UnknownProperty", []any{prop})
+	}
+	p.f.mu.Lock()
+	defer p.f.mu.Unlock()
+	id := make([]byte, 16)
+	id[15] = p.f.runs[p.unit]
+	if id[15] == 0 {
+		id = []byte{} // never ran
+	}
+	return dbus.MakeVariant(id), nil
 }
 
 // fakeLogind exports org.freedesktop.login1.Manager.Reboot.
@@ -149,6 +177,39 @@ func TestRestart(t *testing.T) {
 	err := u.Restart(ctx, "kubelet.service")
 	if err == nil || !strings.Contains(err.Error(), `"failed"`) {
 		t.Errorf("Restart of a failing unit = %v, want the job result", err)
+	}
+}
+
+// A restart changes the unit's invocation ID, which tells the agent that a
+// restart it asked for happened; a failed one does not.
+func TestInvocationID(t *testing.T) {
+	addr := startBus(t)
+	fake := &fakeSystemd{result: "done"}
+	fake.conn = serve(t, addr, "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", fake)
+	if err := fake.conn.Export(unitProps{fake, "kubelet.service"}, "/org/freedesktop/systemd1/unit/kubelet_2eservice", "org.freedesktop.DBus.Properties"); err != nil {
+		t.Fatal(err)
+	}
+	u := &systemd.Units{}
+	defer u.Close()
+	ctx := t.Context()
+	before, err := u.InvocationID(ctx, "kubelet.service")
+	if err != nil || before != "" {
+		t.Fatalf("InvocationID of a unit that never ran = %q, %v", before, err)
+	}
+	if err := u.Restart(ctx, "kubelet.service"); err != nil {
+		t.Fatal(err)
+	}
+	first, err := u.InvocationID(ctx, "kubelet.service")
+	if err != nil || first == before || len(first) != 32 {
+		t.Fatalf("InvocationID after a restart = %q, %v (before %q)", first, err, before)
+	}
+	fake.result = "failed"
+	_ = u.Restart(ctx, "kubelet.service")
+	if again, err := u.InvocationID(ctx, "kubelet.service"); err != nil || again != first {
+		t.Errorf("InvocationID after a failed restart = %q, %v; want %q", again, err, first)
+	}
+	if _, err := u.InvocationID(ctx, "containerd.service"); err == nil {
+		t.Error("InvocationID of a unit systemd does not answer for: no error")
 	}
 }
 

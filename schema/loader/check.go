@@ -149,6 +149,9 @@ func (c *checker) pool(f *schema.Fleet, name string, p schema.NodePool) {
 		}
 	}
 	c.drain(at("rollout", "drain"), r.Drain)
+	if p.Remediation != nil {
+		c.remediation(at("remediation"), p.Remediation)
+	}
 }
 
 // drain checks a pool's drain policy: a timeout that can pass, a grace
@@ -186,6 +189,36 @@ func (c *checker) drain(path []string, d schema.Drain) {
 				}
 			}
 		}
+	}
+}
+
+// remediation checks what #Remediation cannot say: durations that parse and
+// are positive, a percentage in range, replace only as the last rung.
+func (c *checker) remediation(at []string, r *schema.Remediation) {
+	path := func(rest ...string) []string { return append(slices.Clone(at), rest...) }
+	if mu := r.MaxUnhealthy; mu.IsPct && (mu.Percent < 1 || mu.Percent > 100) {
+		c.errorf(path("maxUnhealthy"), "maxUnhealthy %s must be between 1%% and 100%%", mu)
+	}
+	c.positive(path("quarantine", "window"), r.Quarantine.Window)
+	for _, pr := range schema.Problems {
+		l, ok := r.Problems[pr]
+		if !ok {
+			continue
+		}
+		c.positive(path("problems", string(pr), "duration"), l.Duration)
+		for i, rung := range l.Rungs {
+			c.positive(path("problems", string(pr), "rungs", strconv.Itoa(i), "timeout"), rung.Timeout)
+			if rung.Action == schema.RepairReplace && i != len(l.Rungs)-1 {
+				c.errorf(path("problems", string(pr), "rungs", strconv.Itoa(i), "action"), "replace must be the last rung: nothing can follow a replacement")
+			}
+		}
+	}
+}
+
+// positive checks a duration that must parse and be above zero.
+func (c *checker) positive(path []string, s string) {
+	if d, err := time.ParseDuration(s); err != nil || d <= 0 {
+		c.errorf(path, "invalid duration %q: want a positive duration such as \"5m\"", s)
 	}
 }
 

@@ -119,7 +119,7 @@ func mapElem(v cue.Value) cue.Value {
 	if e := v.LookupPath(cue.MakePath(cue.AnyString)); e.Err() == nil {
 		return e
 	}
-	for _, key := range []string{"x", "cpu", "memory.available", "vm.x", "GracefulNodeShutdown", "docker.io"} {
+	for _, key := range []string{"x", "cpu", "memory.available", "vm.x", "GracefulNodeShutdown", "docker.io", "NotReady"} {
 		if e := v.LookupPath(cue.MakePath(cue.Str(key).Optional())); e.Exists() && e.Err() == nil {
 			return e
 		}

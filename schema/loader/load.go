@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -425,12 +426,55 @@ func cueDiagnostics(err error, root string) Diagnostics {
 		if pos, ok := bestPos(e, root); ok {
 			d.File, d.Line, d.Column = pos.Filename, pos.Line, pos.Column
 		}
-		diags = append(diags, explain(d))
+		d = explain(d)
+		if !slices.ContainsFunc(diags, func(o Diagnostic) bool { return o.Path == d.Path && o.Message == d.Message }) {
+			diags = append(diags, d)
+		}
 	}
 	if len(diags) == 0 && err != nil {
 		diags = append(diags, Diagnostic{Message: err.Error()})
 	}
-	return diags
+	return mergeDisjunctions(diags)
+}
+
+var conflicting = regexp.MustCompile(`^conflicting values ("(?:[^"\\]|\\.)*") and ("(?:[^"\\]|\\.)*")$`)
+
+// mergeDisjunctions says once that a value is none of an enumeration's
+// strings, where CUE reports the empty disjunction and then a conflict
+// with every choice.
+func mergeDisjunctions(diags Diagnostics) Diagnostics {
+	type key struct{ path, value string }
+	choices := map[key][]string{}
+	first := map[key]int{}
+	for i, d := range diags {
+		if m := conflicting.FindStringSubmatch(d.Message); m != nil {
+			k := key{d.Path, m[2]}
+			if _, ok := first[k]; !ok {
+				first[k] = i
+			}
+			choices[k] = append(choices[k], m[1])
+		}
+	}
+	var out Diagnostics
+	for i, d := range diags {
+		if strings.HasSuffix(d.Message, "errors in empty disjunction:") && slices.ContainsFunc(diags, func(o Diagnostic) bool {
+			return o.Path == d.Path && conflicting.MatchString(o.Message)
+		}) {
+			continue
+		}
+		if m := conflicting.FindStringSubmatch(d.Message); m != nil {
+			k := key{d.Path, m[2]}
+			if len(choices[k]) < 2 {
+				out = append(out, d)
+			} else if first[k] == i {
+				d.Message = m[2] + " is not one of " + strings.Join(choices[k], ", ")
+				out = append(out, d)
+			}
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 // maxMessage bounds a diagnostic's message: CUE quotes values in full, and
@@ -578,7 +622,7 @@ func poolDecls(files map[string][]byte) map[string]Diagnostic {
 }
 
 // listFields are the schema's lists, whose path elements are indices.
-var listFields = map[string]bool{"kernelArgs": true, "files": true, "mirrors": true, "allowedUnsafeSysctls": true, "windows": true, "days": true, "matchExpressions": true, "values": true}
+var listFields = map[string]bool{"kernelArgs": true, "files": true, "mirrors": true, "allowedUnsafeSysctls": true, "windows": true, "days": true, "rungs": true, "matchExpressions": true, "values": true}
 
 // cuePathString writes a path as CUE does, quoting labels that are not
 // identifiers.

@@ -145,6 +145,49 @@ pools: odd: {
 			`pools/odd.cue:13:73: pools.odd.kubelet.imageGCLowThresholdPercent: imageGCLowThresholdPercent (60) must be below imageGCHighThresholdPercent (50)`,
 		},
 	}, {
+		name: "remediation",
+		edit: func(f map[string][]byte) {
+			f["pools/sick.cue"] = []byte(`package fleet
+
+pools: sick: {
+	os: commit: ` + commit + `
+	remediation: {
+		maxUnhealthy: "0%"
+		quarantine: window: "0s"
+		problems: HerdKubeletUnhealthy: {
+			duration: "0m"
+			rungs: [{action: "replace"}, {action: "reboot", timeout: "0s"}]
+		}
+	}
+}
+`)
+		},
+		want: []string{
+			`pools/sick.cue:6:17: pools.sick.remediation.maxUnhealthy: maxUnhealthy 0% must be between 1% and 100%`,
+			`pools/sick.cue:7:23: pools.sick.remediation.quarantine.window: invalid duration "0s": want a positive duration such as "5m"`,
+			`pools/sick.cue:9:14: pools.sick.remediation.problems.HerdKubeletUnhealthy.duration: invalid duration "0m": want a positive duration such as "5m"`,
+			`pools/sick.cue:10:21: pools.sick.remediation.problems.HerdKubeletUnhealthy.rungs.0.action: replace must be the last rung: nothing can follow a replacement`,
+			`pools/sick.cue:10:61: pools.sick.remediation.problems.HerdKubeletUnhealthy.rungs.1.timeout: invalid duration "0s": want a positive duration such as "5m"`,
+		},
+	}, {
+		name: "remediation: unknown problem and action",
+		edit: func(f map[string][]byte) {
+			f["pools/sick.cue"] = []byte(`package fleet
+
+pools: sick: {
+	os: commit: ` + commit + `
+	remediation: problems: {
+		KernelPanic: {duration: "1m", rungs: []}
+		HerdOSDrift: {duration: "1m", rungs: [{action: "rm -rf /"}]}
+	}
+}
+`)
+		},
+		want: []string{
+			`pools/sick.cue:6:17: pools.sick.remediation.problems.KernelPanic: unknown problem KernelPanic: want HerdRuntimeUnhealthy, HerdPLEGUnhealthy, HerdKubeletUnhealthy, NotReady, HerdLeftoverSandboxes, HerdDiskPressure, HerdMemoryPressure, HerdOSDrift`,
+			`pools/sick.cue:7:50: pools.sick.remediation.problems.HerdOSDrift.rungs.0.action: "rm -rf /" is not one of "clean-sandboxes", "reboot", "replace", "restart-containerd", "restart-kubelet"`,
+		},
+	}, {
 		name: "syntax error",
 		edit: func(f map[string][]byte) {
 			f["pools/general.cue"] = []byte("package fleet\n\npools: general: {\n")

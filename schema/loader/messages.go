@@ -2,6 +2,7 @@ package loader
 
 import (
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -89,6 +90,11 @@ func explain(d Diagnostic) Diagnostic {
 	}
 	if d.Message == "field not allowed" {
 		parent, field := splitPath(d.Path)
+		if problems, problem := splitPath(parent); strings.HasSuffix(problems, ".problems") && !slices.Contains(schema.Problems, schema.Problem(problem)) {
+			// A ladder under an unknown problem: CUE names its fields.
+			d.Path, d.Message = parent, "unknown problem "+problem+": want "+problemList()
+			return d
+		}
 		_, parentName := splitPath(parent)
 		if want, ok := unknownKey[parentName]; ok {
 			d.Message = "invalid key " + field + ": " + want
@@ -100,6 +106,15 @@ func explain(d Diagnostic) Diagnostic {
 		}
 	}
 	return d
+}
+
+// problemList names the problems a ladder may answer.
+func problemList() string {
+	names := make([]string, len(schema.Problems))
+	for i, p := range schema.Problems {
+		names[i] = string(p)
+	}
+	return strings.Join(names, ", ")
 }
 
 // splitPath splits "a.b.c" into "a.b" and "c", minding quoted labels.

@@ -20,7 +20,7 @@ import (
 // PlannerNode turns a Kubernetes Node into what the planner needs to know.
 func PlannerNode(n *corev1.Node) planner.Node {
 	a := n.Annotations
-	return planner.Node{
+	pn := planner.Node{
 		Name:          n.Name,
 		Labels:        n.Labels,
 		Ready:         IsReady(n),
@@ -44,6 +44,8 @@ func PlannerNode(n *corev1.Node) planner.Node {
 		OSPulled:      a[schema.AnnotationOSPulled],
 		Converging:    HasTaint(n, schema.TaintConverging),
 	}
+	repairFields(n, &pn)
+	return pn
 }
 
 // HasTaint reports whether the node carries a taint with the key.

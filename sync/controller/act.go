@@ -114,6 +114,12 @@ func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, n
 		out.mu.Unlock()
 		return nil
 	}
+	if a.Repair != nil {
+		if err := r.repair(ctx, obs, p, node, a, out); err != nil {
+			return err
+		}
+		return done()
+	}
 	switch a.Kind {
 	case planner.ActStart:
 		if a.Drain {
@@ -121,23 +127,8 @@ func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, n
 			if err := r.nodes.Cordon(ctx, node); err != nil {
 				return err
 			}
-			policy, err := cluster.DrainPolicyFor(p.Spec.Rollout.Drain)
-			if err != nil {
-				return fmt.Errorf("pool %s: %w", p.Name, err)
-			}
-			res, err := r.nodes.Drain(ctx, node, policy, obs.now)
-			if err != nil {
+			if err := r.drain(ctx, obs, p, node, out); err != nil {
 				return err
-			}
-			r.logDrain(a.Node, res)
-			if err := r.nodes.MarkDrainBlocked(ctx, node, res); err != nil {
-				return err
-			}
-			out.mu.Lock()
-			out.drains[a.Node] = res
-			out.mu.Unlock()
-			if !res.Done() {
-				return errDrainPending
 			}
 		}
 		if err := r.nodes.SetDesired(ctx, node, a.Target.Hash, a.Target.OSCommit, a.Cordon, obs.now); err != nil {
@@ -195,6 +186,31 @@ func (r *Reconciler) do(ctx context.Context, obs *observation, p planner.Pool, n
 		return fmt.Errorf("node %s: unknown action %q", a.Node, a.Kind)
 	}
 	return done()
+}
+
+// drain makes one pass of the pool's drain policy (kubectl drain's) over
+// the node, records on it whether the drain is blocked, and keeps the
+// result for persist. errDrainPending while pods are still in the way.
+func (r *Reconciler) drain(ctx context.Context, obs *observation, p planner.Pool, node *corev1.Node, out *outcome) error {
+	policy, err := cluster.DrainPolicyFor(p.Spec.Rollout.Drain)
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", p.Name, err)
+	}
+	res, err := r.nodes.Drain(ctx, node, policy, obs.now)
+	if err != nil {
+		return err
+	}
+	r.logDrain(node.Name, res)
+	if err := r.nodes.MarkDrainBlocked(ctx, node, res); err != nil {
+		return err
+	}
+	out.mu.Lock()
+	out.drains[node.Name] = res
+	out.mu.Unlock()
+	if !res.Done() {
+		return errDrainPending
+	}
+	return nil
 }
 
 // logDrain logs a drain pass: at the default level when it moved pods.

@@ -9,9 +9,9 @@
 //	decide  → one planner.Compute call on planinput.Build's input, the
 //	          same call `herd plan` makes: every decision, typed
 //	act     → per pool: mirror the HerdPool, store the render, keep the
-//	          planner's next rollout state in its status (before acting,
-//	          as raft persists before it sends), carry the pool's actions
-//	          out (cordon, drain, dispatch, ...)
+//	          planner's next rollout and repair state in its status
+//	          (before acting, as raft persists before it sends), carry the
+//	          pool's actions out (cordon, drain, dispatch, repair, ...)
 //	persist → per pool, deferred so it always runs (as Flux's
 //	          SummarizeAndPatch): HerdPool status with the planner's next
 //	          rollout state and kstatus conditions, events, metrics, the
@@ -83,6 +83,12 @@ type Options struct {
 	// Evaluate evaluates the fleet of an accepted revision; default: in a
 	// child process within sandbox.DefaultBudget.
 	Evaluate func(ctx context.Context, dir string) (*loader.Result, error)
+	// Cluster names the cluster, for the replacement webhook.
+	Cluster string
+	// ReplaceWebhook, set by the operator (never by the fleet repo), is
+	// posted a ReplaceRequest for every node a repair marks for
+	// replacement; "" for none.
+	ReplaceWebhook string
 }
 
 // HistoryDepth is how many earlier fleet revisions the controller
@@ -236,7 +242,7 @@ func (r *Reconciler) reconcilePool(ctx context.Context, obs *observation, pp *pl
 	if err := r.store(ctx, obs, obs.pool(pp.Name)); err != nil {
 		return 0, err
 	}
-	if err := r.keepRollout(ctx, np, pp.Next); err != nil {
+	if err := r.keep(ctx, np, pp); err != nil {
 		return 0, err
 	}
 	return 0, r.act(ctx, obs, pp, out)
@@ -245,7 +251,8 @@ func (r *Reconciler) reconcilePool(ctx context.Context, obs *observation, pp *pl
 // wake says how soon a pool wants another look without an event: every
 // Resync while anything is in progress (drains and health checks are
 // polled), and at the moment the plan changes by the clock alone (a soak
-// ends, a node times out, a window opens), so no batch waits for a poll.
+// ends, a node times out, a window opens, a problem lasts long enough, a
+// rung times out), so no batch or repair waits for a poll.
 func (r *Reconciler) wake(obs *observation, pp *planner.PoolPlan, out *outcome) time.Duration {
 	busy := len(pp.Actions) > 0 || len(pp.Soaking) > 0 || out.pending() ||
 		len(pp.Batches) > 0 && pp.Closed == nil && pp.Halt == nil && !pp.Paused

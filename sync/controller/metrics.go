@@ -53,6 +53,7 @@ func (r *Reconciler) recordMetrics(obs *observation, pp *planner.PoolPlan, np *h
 			batchesTotal.WithLabelValues(pp.Name).Inc()
 		}
 	}
+	repairMetrics(pp, out)
 	if r.Metrics != nil {
 		ref := corev1.ObjectReference{Kind: herdpool.Kind, Name: np.Name, APIVersion: herdpool.GroupVersion.String()}
 		for _, t := range []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition} {

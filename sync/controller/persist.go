@@ -58,17 +58,19 @@ func (r *Reconciler) persist(ctx context.Context, obs *observation, pp *planner.
 	return nil
 }
 
-// keepRollout writes the planner's next rollout state to the HerdPool
+// keep writes the planner's next rollout and repair state to the HerdPool
 // before any of the pool's actions is carried out. A controller that stops
 // half-way then leaves actions undone, which the next plan redoes, but
 // never loses a decision they rest on: a rollback under way, a halt, the
-// batch it started.
-func (r *Reconciler) keepRollout(ctx context.Context, np *herdpool.HerdPool, next planner.Rollout) error {
-	if jsonEqual(np.Status.Rollout, next) {
+// batch it started, a rung started (counted by the rate limit even should
+// its node vanish).
+func (r *Reconciler) keep(ctx context.Context, np *herdpool.HerdPool, pp *planner.PoolPlan) error {
+	if jsonEqual(np.Status.Rollout, pp.Next) && jsonEqual(np.Status.Repairs, pp.NextRepairs) {
 		return nil
 	}
 	before := np.DeepCopy()
-	np.Status.Rollout = next
+	np.Status.Rollout = pp.Next
+	np.Status.Repairs = pp.NextRepairs
 	return r.patchStatus(ctx, np, before)
 }
 
@@ -101,6 +103,7 @@ func summarize(obs *observation, pp *planner.PoolPlan, np *herdpool.HerdPool, ou
 	}
 	s.Phase = string(pp.Phase)
 	s.Message = message(pp, np)
+	summarizeRepairs(pp, np)
 	markConditions(np, pp, actErr)
 }
 
@@ -186,6 +189,12 @@ func markConditions(np *herdpool.HerdPool, pp *planner.PoolPlan, actErr error) {
 		ready(meta.ProgressingReason)
 		conditions.Delete(np, meta.StalledCondition)
 	}
+	if why := pp.Repairs.Stopped; why != nil {
+		// Too many nodes sick at once: repairs wait for people, whatever
+		// the rollout does.
+		conditions.MarkStalled(np, ReasonRepairsStopped, "%s", why.Message())
+		conditions.MarkFalse(np, meta.ReadyCondition, ReasonRepairsStopped, "%s", why.Message())
+	}
 	if actErr != nil {
 		conditions.MarkFalse(np, meta.ReadyCondition, ReasonActionFailed, "%s", actErr.Error())
 	}
@@ -269,6 +278,9 @@ func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan,
 		case planner.ActFail:
 			ev(corev1.EventTypeWarning, "NodeFailed", "Rollout", "%s failed config %s: %s", a.Node, schema.Short(a.Target.Hash), a.Why.Message())
 		case planner.ActQuarantine:
+			if a.Repair != nil {
+				continue // a repair's: repairEvents
+			}
 			ev(corev1.EventTypeWarning, "NodeQuarantined", "Rollout", "%s quarantined: %s; remove its %s annotation to bring it back", a.Node, a.Why.Message(), schema.AnnotationQuarantined)
 		}
 	}
@@ -290,6 +302,7 @@ func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan,
 	if before.Status.Degraded < np.Status.Degraded {
 		ev(corev1.EventTypeWarning, "NodeDegraded", "Rollout", "%d nodes degraded: %s", np.Status.Degraded, np.Status.Message)
 	}
+	r.repairEvents(np, pp, out)
 }
 
 // gitPoolStatus is the pool as the status branch records it.
@@ -321,6 +334,10 @@ func gitPoolStatus(obs *observation, pp *planner.PoolPlan, np *herdpool.HerdPool
 	}
 	for _, name := range pp.Soaking {
 		ps.Nodes = append(ps.Nodes, writeback.NodeStatus{Name: name, State: "Soaking", Revision: obs.rev.Commit})
+	}
+	for _, l := range pp.NextRepairs.Log {
+		ps.Repairs = append(ps.Repairs, writeback.Repair{Time: l.Time, Node: l.Node, ID: l.ID, Problem: string(l.Problem),
+			Reason: string(l.Reason), Rung: l.Rung + 1, Action: string(l.Action), DryRun: l.DryRun, Outcome: string(l.Outcome)})
 	}
 	// Quarantined nodes are in every status commit until someone acts.
 	for _, name := range pp.Quarantined {

@@ -79,6 +79,9 @@ type Config struct {
 	MetricsAddr   string // "0" for none
 	HealthAddr    string // "" for none
 	PprofAddr     string // "" for none
+	// ReplaceWebhook is posted every node a repair marks for replacement
+	// ("" for none): the operator's, never the fleet repo's.
+	ReplaceWebhook string
 
 	// Budget bounds the evaluation of each fleet revision, in a child
 	// process; a revision over budget is rejected (BudgetExceeded).
@@ -226,12 +229,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	r := New(mgr, Options{
-		Source:   src,
-		History:  gitHistory(src, cfg.Path, fleets.loadFiles),
-		Status:   sink,
-		Events:   recorder,
-		Metrics:  reconcileMetrics(),
-		Evaluate: fleets.load,
+		Source:         src,
+		History:        gitHistory(src, cfg.Path, fleets.loadFiles),
+		Status:         sink,
+		Events:         recorder,
+		Metrics:        reconcileMetrics(),
+		Evaluate:       fleets.load,
+		Cluster:        cfg.Cluster,
+		ReplaceWebhook: cfg.ReplaceWebhook,
 	})
 	if err := r.SetupWithManager(mgr, src.Updates()); err != nil {
 		return err
@@ -249,7 +254,11 @@ func slimNode(obj any) (any, error) {
 	n.ManagedFields = nil
 	conds := n.Status.Conditions
 	for i := range conds {
-		conds[i].LastHeartbeatTime = metav1.Time{} // changes every heartbeat; nothing reads it
+		if !schema.IsHealthCondition(string(conds[i].Type)) {
+			// Kubelet's changes every heartbeat and nothing reads it; the
+			// agent's says whether its condition is stale (repairs).
+			conds[i].LastHeartbeatTime = metav1.Time{}
+		}
 	}
 	n.Status = corev1.NodeStatus{Conditions: conds}
 	return n, nil

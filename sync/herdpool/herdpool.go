@@ -90,6 +90,14 @@ type Status struct {
 	// the pods in the way; each stays cordoned until they are dealt with.
 	DrainBlocked []DrainBlockedNode `json:"drainBlocked,omitempty"`
 
+	// Repairs is the pool's repair state as the planner decided it: the
+	// rungs started lately (the rate limit, the status branch), the
+	// breaker, a dry run's records. Repairing lists the nodes being
+	// repaired and Unhealthy those with a problem on, for status readers.
+	Repairs   planner.RepairState `json:"repairs,omitzero"`
+	Repairing []string            `json:"repairing,omitempty"`
+	Unhealthy []string            `json:"unhealthy,omitempty"`
+
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 

@@ -45,6 +45,8 @@ type Entry struct {
 	// RevertedBy lists later commits that undid this one's change.
 	RevertedBy []string `json:"revertedBy,omitempty"`
 	Events     []Event  `json:"events,omitempty"`
+
+	first bool // the fleet's first revision: shown whatever it changed
 }
 
 // PoolChange is what a commit changed in one pool.
@@ -62,8 +64,10 @@ type Event struct {
 	Time    time.Time `json:"time,omitzero"`
 	Cluster string    `json:"cluster,omitempty"`
 	Pool    string    `json:"pool"`
-	What    string    `json:"what,omitempty"` // applying, completed, halted, rolling back, ...
+	What    string    `json:"what,omitempty"` // applying, completed, halted, rolling back, repair, repaired, ...
 	Detail  string    `json:"detail,omitempty"`
+	// Repair is set on a node's repair: shown whatever the commit changed.
+	Repair bool `json:"repair,omitempty"`
 }
 
 // Load reads the history.
@@ -111,7 +115,19 @@ func Load(opts Options) ([]Entry, error) {
 			e.Events = append(e.Events, ev.Event)
 		}
 	}
-	return entries, nil
+	// An entry shows what a commit changed (of the pool asked for), or
+	// that it was invalid; the first one always; any under which a node
+	// was repaired, whatever it changed.
+	oldest := len(revs) - 1
+	if len(entries) > 0 && oldest >= opts.Limit {
+		oldest = -1 // the oldest shown is not the repository's first
+	}
+	for i := range entries {
+		entries[i].first = i == oldest
+	}
+	return slices.DeleteFunc(entries, func(e Entry) bool {
+		return len(e.Changes) == 0 && e.Invalid == "" && !e.first && !slices.ContainsFunc(e.Events, func(ev Event) bool { return ev.Repair })
+	}), nil
 }
 
 // specEntries diffs each revision against the one before it.
@@ -160,9 +176,7 @@ func specEntries(revs []revisions.Revision, opts Options) []Entry {
 				e.Changes = append(e.Changes, c)
 			}
 		}
-		if len(e.Changes) > 0 || e.Invalid != "" || i == len(revs)-1 {
-			out = append(out, e)
-		}
+		out = append(out, e) // Load keeps those that show something
 	}
 	return out
 }
@@ -275,6 +289,7 @@ func statusEvents(repo *revisions.Repo, opts Options) ([]statusEvent, error) {
 	type key struct{ cluster, pool string }
 	type last struct{ rev, phase string }
 	seen := map[key]last{}
+	repairs := map[key]map[string]string{} // outcome by node/id
 	var out []statusEvent
 	for _, c := range commits {
 		cluster := trailer(c.Message, "Herd-Cluster")
@@ -311,7 +326,7 @@ func statusEvents(repo *revisions.Repo, opts Options) ([]statusEvent, error) {
 			t := c.Committer.When
 			progress := fmt.Sprintf("%d/%d nodes", ps.Counts.Updated, ps.Counts.Total)
 			if ps.SpecRevision != prev.rev {
-				out = append(out, statusEvent{Event{t, cluster, pool, "applying", progress}, ps.SpecRevision})
+				out = append(out, statusEvent{Event{Time: t, Cluster: cluster, Pool: pool, What: "applying", Detail: progress}, ps.SpecRevision})
 			}
 			if ps.Phase != prev.phase || ps.SpecRevision != prev.rev {
 				if what := phaseEvent(ps.Phase); what != "" {
@@ -319,13 +334,46 @@ func statusEvents(repo *revisions.Repo, opts Options) ([]statusEvent, error) {
 					if ps.Message != "" && what != "completed" {
 						detail = ps.Message
 					}
-					out = append(out, statusEvent{Event{t, cluster, pool, what, detail}, ps.SpecRevision})
+					out = append(out, statusEvent{Event{Time: t, Cluster: cluster, Pool: pool, What: what, Detail: detail}, ps.SpecRevision})
 				}
 			}
 			seen[k] = last{ps.SpecRevision, ps.Phase}
+			if repairs[k] == nil {
+				repairs[k] = map[string]string{}
+			}
+			for _, ev := range repairEvents(ps, repairs[k], t) {
+				out = append(out, statusEvent{Event{Time: ev.Time, Cluster: cluster, Pool: pool, What: ev.What, Detail: ev.Detail, Repair: true}, ps.SpecRevision})
+			}
 		}
 	}
 	return out, nil
+}
+
+// repairEvents turns the repairs of a pool's status that are new, or newly
+// ended, into events; known holds the outcome of those seen already, by
+// node/id, and is updated.
+func repairEvents(ps writeback.PoolStatus, known map[string]string, at time.Time) []Event {
+	var out []Event
+	for _, r := range ps.Repairs {
+		k := r.Node + "/" + r.ID
+		outcome, seen := known[k]
+		dry := ""
+		if r.DryRun {
+			dry = "dry run: "
+		}
+		if !seen {
+			detail := fmt.Sprintf("%s%s: %s, rung %d for %s", dry, r.Node, r.Action, r.Rung, r.Problem)
+			if r.Reason != "" {
+				detail += " (" + r.Reason + ")"
+			}
+			out = append(out, Event{Time: r.Time, What: "repair", Detail: detail})
+		}
+		if r.Outcome != "" && r.Outcome != outcome {
+			out = append(out, Event{Time: at, What: "repair ended", Detail: fmt.Sprintf("%s%s: %s %s", dry, r.Node, r.Action, strings.ToLower(r.Outcome))})
+		}
+		known[k] = r.Outcome
+	}
+	return out
 }
 
 func phaseEvent(phase string) string {
@@ -362,7 +410,7 @@ func Write(w io.Writer, entries []Entry) error {
 		}
 		sort.SliceStable(e.Events, func(i, j int) bool { return e.Events[i].Time.Before(e.Events[j].Time) })
 		for _, ev := range e.Events {
-			if !touches(e, ev.Pool) {
+			if !touches(e, ev.Pool) && !ev.Repair {
 				continue // every pool reports every revision; show the ones it changed
 			}
 			fmt.Fprintf(w, "    %s/%s: %s %s (%s)\n", ev.Cluster, ev.Pool, ev.What, ev.Time.UTC().Format("2006-01-02 15:04:05"), ev.Detail)

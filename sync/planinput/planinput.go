@@ -50,6 +50,7 @@ func Build(s Sources) (planner.Input, error) {
 		Earlier:   map[string]*schema.Rendered{},
 		Rollbacks: map[string]bool{},
 		Rollouts:  map[string]planner.Rollout{},
+		Repairs:   map[string]planner.RepairState{},
 		Resume:    map[string]string{},
 		Freeze:    s.Fleet.Fleet.Frozen(),
 		Now:       s.Now,
@@ -76,6 +77,7 @@ func Build(s Sources) (planner.Input, error) {
 		}
 		if np := s.Pools[name]; np != nil {
 			in.Rollouts[name] = np.Status.Rollout
+			in.Repairs[name] = np.Status.Repairs
 			if r := np.Annotations[herdpool.AnnotationResume]; r != "" {
 				in.Resume[name] = r
 			}

@@ -51,6 +51,10 @@ func normalizePool(p PoolStatus) PoolStatus {
 	if n := len(p.Transitions); n > MaxTransitions {
 		p.Transitions = p.Transitions[n-MaxTransitions:]
 	}
+	p.Repairs = slices.Clone(p.Repairs)
+	for i := range p.Repairs {
+		p.Repairs[i].Time = normTime(p.Repairs[i].Time)
+	}
 	return p
 }
 

@@ -79,6 +79,24 @@ type PoolStatus struct {
 	// branch); transitions passed in by the caller are appended as extra
 	// events.
 	Transitions []Transition `json:"transitions,omitempty" yaml:"transitions,omitempty"`
+	// Repairs lists the pool's recent repairs, oldest first: every rung
+	// started within the last hour, and at least the last 50 (the
+	// controller's record, as the HerdPool keeps it). A new repair, or a
+	// repair's outcome, is committed at once.
+	Repairs []Repair `json:"repairs,omitempty" yaml:"repairs,omitempty"`
+}
+
+// Repair is one rung of a node's repair.
+type Repair struct {
+	Time    time.Time `json:"time" yaml:"time"` // when it started
+	Node    string    `json:"node" yaml:"node"`
+	ID      string    `json:"id" yaml:"id"`
+	Problem string    `json:"problem" yaml:"problem"`
+	Reason  string    `json:"reason,omitempty" yaml:"reason,omitempty"` // the problem's condition reason
+	Rung    int       `json:"rung" yaml:"rung"`                         // 1 for the first rung of its ladder
+	Action  string    `json:"action" yaml:"action"`
+	DryRun  bool      `json:"dryRun,omitempty" yaml:"dryRun,omitempty"`
+	Outcome string    `json:"outcome,omitempty" yaml:"outcome,omitempty"` // once it ended
 }
 
 // Batch is the position of a rollout in its batches.

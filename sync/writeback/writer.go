@@ -205,6 +205,9 @@ func (w *Writer) SetPool(p PoolStatus) error {
 	if ok {
 		next.seeded = prev.seeded
 		trans = slices.Clone(prev.status.Transitions)
+		if !slices.Equal(prev.status.Repairs, p.Repairs) {
+			phase = true // a repair, or its outcome: a commit of its own
+		}
 		if prev.status.Phase != p.Phase {
 			phase = true
 			trans = append(trans, Transition{Time: now, From: prev.status.Phase, To: p.Phase, Message: p.Message})

@@ -59,6 +59,7 @@ type Options struct {
 type Containerd struct {
 	dir     string
 	socket  string
+	cfgPath string // the config file, for Restart
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
@@ -129,6 +130,7 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, err error) {
 	if err := os.WriteFile(config, []byte(c.config()), 0o644); err != nil {
 		return c, fmt.Errorf("containerd: write config: %w", err)
 	}
+	c.cfgPath = config
 	if err := c.spawn(config); err != nil {
 		return c, err
 	}
@@ -225,7 +227,7 @@ func (c *Containerd) EnableCNI() error {
 }
 
 func (c *Containerd) spawn(config string) error {
-	log, err := os.Create(c.LogPath())
+	log, err := os.OpenFile(c.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644) // appended to after a Restart
 	if err != nil {
 		return fmt.Errorf("containerd: create log: %w", err)
 	}
@@ -304,6 +306,22 @@ func (c *Containerd) Kill() error {
 	}
 	<-c.done
 	return nil
+}
+
+// Restart starts containerd again, as its supervisor does: it kills it if
+// it runs (SIGKILL: shims and sandboxes keep running, as on a node) and
+// starts it on the same root, state and socket, and waits until it serves.
+func (c *Containerd) Restart(ctx context.Context) error {
+	if err := c.Kill(); err != nil {
+		return err
+	}
+	c.done, c.waitErr = make(chan struct{}), nil
+	if err := c.spawn(c.cfgPath); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return c.waitSocket(ctx)
 }
 
 // Stop stops containerd (SIGTERM, SIGKILL after 15 s), then the shims and

@@ -37,6 +37,7 @@ import (
 	k8syaml "sigs.k8s.io/yaml"
 
 	"herd.dev/herd/os/ostree/osfixture"
+	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/herdsource"
 	"herd.dev/herd/test/controlplane"
@@ -208,6 +209,14 @@ func runAgent(t *testing.T, cp *controlplane.ControlPlane, c client.Client, cs k
 	node := simulatedNode(t, c)
 	host := filepath.Join(work, "node-root")
 	newSysroot(t, host)
+	// The host's boot ID, which the agent's repairs tell boots apart by.
+	bootID := filepath.Join(host, "proc/sys/kernel/random/boot_id")
+	if err := os.MkdirAll(filepath.Dir(bootID), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bootID, []byte("00000000-0000-4000-8000-000000000001\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	dbus := filepath.Join(work, "node-dbus")
 	if err := os.MkdirAll(dbus, 0o755); err != nil {
 		t.Fatal(err)
@@ -235,16 +244,19 @@ func runAgent(t *testing.T, cp *controlplane.ControlPlane, c client.Client, cs k
 			t.Errorf("the agent's /metrics has no %s, which config/monitoring uses", name)
 		}
 	}
-	// It reports on its own Node, through the admission policy: its token
-	// is bound to its Pod on that node.
+	// It reports on its own Node, and its health side publishes Herd's
+	// conditions there, through the admission policy: its token is bound
+	// to its Pod on that node.
 	if err := wait.PollUntilContextTimeout(t.Context(), 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		var n corev1.Node
 		if err := c.Get(ctx, client.ObjectKey{Name: node}, &n); err != nil {
 			return false, nil
 		}
-		return n.Annotations["herd.dev/state"] != "", nil
+		return n.Annotations["herd.dev/state"] != "" && slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
+			return c.Type == corev1.NodeConditionType(schema.ConditionDiskPressure)
+		}), nil
 	}); err != nil {
-		t.Fatal("the agent never reported herd.dev/state on its Node")
+		t.Fatal("the agent never reported herd.dev/state and its health conditions on its Node")
 	}
 	if err := p.Stop(30 * time.Second); err != nil {
 		t.Error(err)

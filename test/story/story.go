@@ -62,6 +62,16 @@ type Options struct {
 	Sim func(*sim.Options)
 	// Progress receives a line per setup step; nil discards.
 	Progress io.Writer
+
+	// Healer runs each simulated node's health side (checks, herd
+	// diagnose, repairs) every CheckInterval, with Leases of LeaseDuration
+	// (sim's defaults when zero) and the nodes' real Runtimes.
+	Healer        bool
+	CheckInterval time.Duration
+	LeaseDuration time.Duration
+	SandboxGrace  time.Duration
+	Runtimes      map[string]sim.Runtime
+
 	// ControllerBin, when set, is a herd binary: the controller runs as a
 	// process of its own (`herd controller`), logging to
 	// Dir/controller.log, and StopController kills it with SIGKILL, as a
@@ -157,7 +167,9 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 	step("herd sim: %d nodes on real OSTree sysroots, trusting only that repository; %s", total(opts.Pools), agents)
 	simOpts := sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay,
 		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile,
-		AgentBinary: opts.AgentBinary, AgentLog: opts.AgentLog}
+		AgentBinary: opts.AgentBinary, AgentLog: opts.AgentLog,
+		Healer: opts.Healer, CheckInterval: opts.CheckInterval, LeaseDuration: opts.LeaseDuration,
+		SandboxGrace: opts.SandboxGrace, Runtimes: opts.Runtimes}
 	if opts.Sim != nil {
 		opts.Sim(&simOpts)
 	}

@@ -2,13 +2,15 @@
 // logind are played, for herd-agent processes of simulated nodes.
 //
 // Agents speak real D-Bus to it, as on a node (DBUS_SYSTEM_BUS_ADDRESS
-// points them at it): unit restarts succeed, and a reboot request is handed
-// to the simulated machine whose agent made it, known by the caller's
-// process ID. Nothing reaches the host's own systemd or logind.
+// points them at it): unit restarts, units' invocation IDs and reboot
+// requests are handed to the simulated machine whose agent made them, known
+// by the caller's process ID. Nothing reaches the host's own systemd or
+// logind.
 package hostbus
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,8 +20,26 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
 )
+
+// Units are the systemd units whose invocation IDs the bus tells
+// (org.freedesktop.systemd1.Unit's InvocationID): those repairs restart.
+var Units = []string{"kubelet.service", "containerd.service"}
+
+// Machine is the simulated machine of a tracked agent process: what its
+// calls reach.
+type Machine struct {
+	// Reboot is called when the agent asks logind for a reboot.
+	Reboot func()
+	// Restart restarts one of its units; nil: restarts succeed and do
+	// nothing.
+	Restart func(ctx context.Context, unit string) error
+	// InvocationID tells one run of a unit from the next; nil: units
+	// have none (empty).
+	InvocationID func(ctx context.Context, unit string) (string, error)
+}
 
 // Bus is the bus and its stand-ins. Safe for concurrent use.
 type Bus struct {
@@ -30,7 +50,7 @@ type Bus struct {
 	jobs atomic.Uint32
 
 	mu   sync.Mutex
-	pids map[uint32]func() // the reboot of each tracked process's machine
+	pids map[uint32]Machine // each tracked process's machine
 }
 
 // Start starts dbus-daemon on a socket in dir and serves the stand-ins.
@@ -56,7 +76,7 @@ func Start(dir string) (_ *Bus, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("host bus: %w", err)
 	}
-	b := &Bus{pids: map[uint32]func(){}}
+	b := &Bus{pids: map[uint32]Machine{}}
 	b.daemon = exec.Command("dbus-daemon", "--config-file="+conf, "--nofork", "--nopidfile", "--print-address")
 	b.daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := b.daemon.StdoutPipe()
@@ -94,18 +114,24 @@ func Start(dir string) (_ *Bus, err error) {
 			return nil, fmt.Errorf("host bus: own %s: %v (reply %v)", s.name, err, reply)
 		}
 	}
+	for _, u := range Units {
+		path := dbus.ObjectPath("/org/freedesktop/systemd1/unit/" + sddbus.PathBusEscape(u))
+		if err := b.conn.Export(unitStandIn{b: b, unit: u}, path, "org.freedesktop.DBus.Properties"); err != nil {
+			return nil, fmt.Errorf("host bus: %w", err)
+		}
+	}
 	return b, nil
 }
 
 // Env is the environment variable that points an agent at the bus.
 func (b *Bus) Env() string { return "DBUS_SYSTEM_BUS_ADDRESS=" + b.addr }
 
-// Track accepts calls from process pid: its reboot requests call reboot.
-// Calls from processes not tracked fail.
-func (b *Bus) Track(pid int, reboot func()) {
+// Track accepts calls from process pid, an agent of machine m. Calls from
+// processes not tracked fail.
+func (b *Bus) Track(pid int, m Machine) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.pids[uint32(pid)] = reboot
+	b.pids[uint32(pid)] = m
 }
 
 // Untrack forgets process pid.
@@ -115,20 +141,20 @@ func (b *Bus) Untrack(pid int) {
 	delete(b.pids, uint32(pid))
 }
 
-// caller returns the reboot of the machine whose agent sent a call.
-func (b *Bus) caller(sender dbus.Sender) (func(), *dbus.Error) {
+// caller returns the machine whose agent sent a call.
+func (b *Bus) caller(sender dbus.Sender) (Machine, *dbus.Error) {
 	var pid uint32
 	err := b.conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, string(sender)).Store(&pid)
 	if err != nil {
-		return nil, dbus.MakeFailedError(err)
+		return Machine{}, dbus.MakeFailedError(err)
 	}
 	b.mu.Lock()
-	reboot := b.pids[pid]
+	m, ok := b.pids[pid]
 	b.mu.Unlock()
-	if reboot == nil {
-		return nil, dbus.MakeFailedError(fmt.Errorf("process %d is no simulated machine's agent", pid))
+	if !ok {
+		return Machine{}, dbus.MakeFailedError(fmt.Errorf("process %d is no simulated machine's agent", pid))
 	}
-	return reboot, nil
+	return m, nil
 }
 
 // Close stops the bus.
@@ -143,19 +169,52 @@ func (b *Bus) Close() {
 }
 
 // systemdStandIn plays org.freedesktop.systemd1.Manager: RestartUnit
-// succeeds, and the job's JobRemoved signal says done, as systemd's does.
+// restarts the unit on the caller's machine, and the job's JobRemoved
+// signal says done (or failed), as systemd's does.
 type systemdStandIn struct{ b *Bus }
 
 func (s systemdStandIn) RestartUnit(sender dbus.Sender, name, _ string) (dbus.ObjectPath, *dbus.Error) {
-	if _, err := s.b.caller(sender); err != nil {
+	m, err := s.b.caller(sender)
+	if err != nil {
 		return "", err
 	}
 	id := s.b.jobs.Add(1)
 	job := dbus.ObjectPath(fmt.Sprintf("/org/freedesktop/systemd1/job/%d", id))
 	go func() {
-		_ = s.b.conn.Emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager.JobRemoved", id, job, name, "done")
+		result := "done"
+		if m.Restart != nil {
+			if err := m.Restart(context.Background(), name); err != nil {
+				result = "failed"
+			}
+		}
+		_ = s.b.conn.Emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager.JobRemoved", id, job, name, result)
 	}()
 	return job, nil
+}
+
+// unitStandIn plays a unit's org.freedesktop.DBus.Properties: Get of
+// org.freedesktop.systemd1.Unit's InvocationID, from the caller's machine.
+type unitStandIn struct {
+	b    *Bus
+	unit string
+}
+
+func (u unitStandIn) Get(sender dbus.Sender, iface, prop string) (dbus.Variant, *dbus.Error) {
+	m, derr := u.b.caller(sender)
+	if derr != nil {
+		return dbus.Variant{}, derr
+	}
+	if iface != "org.freedesktop.systemd1.Unit" || prop != "InvocationID" {
+		return dbus.Variant{}, dbus.MakeFailedError(fmt.Errorf("no property %s.%s of %s here", iface, prop, u.unit))
+	}
+	id := ""
+	if m.InvocationID != nil {
+		var err error
+		if id, err = m.InvocationID(context.Background(), u.unit); err != nil {
+			return dbus.Variant{}, dbus.MakeFailedError(err)
+		}
+	}
+	return dbus.MakeVariant([]byte(id)), nil
 }
 
 // logindStandIn plays org.freedesktop.login1.Manager: Reboot hands the
@@ -163,10 +222,10 @@ func (s systemdStandIn) RestartUnit(sender dbus.Sender, name, _ string) (dbus.Ob
 type logindStandIn struct{ b *Bus }
 
 func (l logindStandIn) Reboot(sender dbus.Sender, _ bool) *dbus.Error {
-	reboot, err := l.b.caller(sender)
+	m, err := l.b.caller(sender)
 	if err != nil {
 		return err
 	}
-	reboot()
+	m.Reboot()
 	return nil
 }

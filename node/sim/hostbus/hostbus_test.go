@@ -1,8 +1,12 @@
 package hostbus_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -10,9 +14,10 @@ import (
 	"herd.dev/herd/node/systemd"
 )
 
-// The agent's own D-Bus clients (node/systemd) restart units and reboot
-// through the bus; a reboot reaches the machine of the calling process,
-// and a process the bus does not track is refused.
+// The agent's own D-Bus clients (node/systemd) restart units, read their
+// invocation IDs and reboot through the bus; each reaches the machine of
+// the calling process, a failed restart fails the job, and a process the
+// bus does not track is refused.
 func TestRestartAndReboot(t *testing.T) {
 	b, err := hostbus.Start(t.TempDir())
 	if err != nil {
@@ -23,13 +28,42 @@ func TestRestartAndReboot(t *testing.T) {
 	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", addr)
 
 	var reboots atomic.Int32
-	b.Track(os.Getpid(), func() { reboots.Add(1) })
+	var mu sync.Mutex
+	starts := map[string]int{}
+	b.Track(os.Getpid(), hostbus.Machine{
+		Reboot: func() { reboots.Add(1) },
+		Restart: func(_ context.Context, unit string) error {
+			if unit == "broken.service" {
+				return errors.New("broken")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			starts[unit]++
+			return nil
+		},
+		InvocationID: func(_ context.Context, unit string) (string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return fmt.Sprintf("%s-%d", unit, starts[unit]), nil
+		},
+	})
 	units := &systemd.Units{}
 	defer units.Close()
-	for _, unit := range []string{"kubelet.service", "containerd.service"} {
+	for _, unit := range hostbus.Units {
+		before, err := units.InvocationID(t.Context(), unit)
+		if err != nil {
+			t.Fatalf("invocation of %s: %v", unit, err)
+		}
 		if err := units.Restart(t.Context(), unit); err != nil {
 			t.Errorf("restart %s: %v", unit, err)
 		}
+		after, err := units.InvocationID(t.Context(), unit)
+		if err != nil || after == before || starts[unit] != 1 {
+			t.Errorf("%s: invocation %q, then %q (%v); %d restarts reached the machine, want 1", unit, before, after, err, starts[unit])
+		}
+	}
+	if err := units.Restart(t.Context(), "broken.service"); err == nil {
+		t.Error("a restart that failed on the machine succeeded")
 	}
 	if err := (systemd.Logind{}).Reboot(t.Context()); err != nil {
 		t.Fatal(err)
