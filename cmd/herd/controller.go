@@ -92,8 +92,8 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 	}
 	f := cmd.Flags()
 	kube.bind(f)
-	f.Float32Var(&cfg.QPS, "kube-api-qps", 100, "requests per second to the Kubernetes API")
-	f.IntVar(&cfg.Burst, "kube-api-burst", 300, "burst of requests to the Kubernetes API")
+	f.Float32Var(&cfg.QPS, "kube-api-qps", 0, fmt.Sprintf("client-side limit of requests per second to the Kubernetes API (default: none when the API server applies priority and fairness, as in Flux; else %d)", controller.DefaultQPS))
+	f.IntVar(&cfg.Burst, "kube-api-burst", 0, fmt.Sprintf("burst of requests to the Kubernetes API over --kube-api-qps (default: none with priority and fairness; else %d)", controller.DefaultBurst))
 	f.StringVar(&cfg.Repo, "repo", "", "fleet repo URL: file://, http(s)://, ssh:// or git:// (required)")
 	f.StringVar(&cfg.Branch, "branch", "main", "branch to follow")
 	f.StringVar(&cfg.Path, "path", "", "fleet root inside the repo")

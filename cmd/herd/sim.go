@@ -33,6 +33,8 @@ type simFlags struct {
 	prefix      string
 	qps         float32
 	burst       int
+	lease       time.Duration
+	link        bool
 	keepNodes   bool
 	unsigned    bool
 	info        string
@@ -92,6 +94,8 @@ JSON. Ctrl-C stops the simulation and deletes its Nodes.`,
 	fl.StringVar(&f.prefix, "prefix", "", "prefix of node names")
 	fl.Float32Var(&f.qps, "qps", sim.DefaultQPS, "API requests per second, for all simulated nodes together")
 	fl.IntVar(&f.burst, "burst", sim.DefaultBurst, "API request burst, for all simulated nodes together")
+	fl.DurationVar(&f.lease, "node-lease-duration", 40*time.Second, "the nodes' Lease duration, as kubelet's nodeLeaseDurationSeconds; each Lease is renewed every quarter of it, as kubelet does")
+	fl.BoolVar(&f.link, "link-sysroots", false, "hard-link the nodes' sysroots to one template's OSTree objects instead of copying them: thousands of nodes in little memory")
 	fl.BoolVar(&f.unsigned, "unsigned", false, "do not GPG-sign the OS commits (fleets whose remote has gpgVerify: true refuse them)")
 	fl.BoolVar(&f.keepNodes, "keep-nodes", false, "leave the Node objects behind when stopping")
 	fl.StringVar(&f.info, "info", "", "write the repository URL, ref, remote, commits and nodes as JSON to this file once ready")
@@ -135,6 +139,9 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 	if f.reboot <= 0 || f.versions < 1 || f.qps <= 0 || f.burst <= 0 {
 		return usageError("--reboot, --versions, --qps and --burst must be positive")
 	}
+	if f.lease < 4*time.Second || f.lease%time.Second != 0 {
+		return usageError("--node-lease-duration must be whole seconds, at least 4s")
+	}
 	level, err := parseLogLevel(f.logLevel)
 	if err != nil {
 		return usageError("--log-level: %v", err)
@@ -160,22 +167,25 @@ func runSim(ctx context.Context, stdout, stderr io.Writer, f simFlags, nodesSet 
 	defer stop()
 
 	fleet, err := sim.Start(ctx, sim.Options{
-		Config:      cfg,
-		Pools:       pools,
-		Zones:       zones,
-		RebootDelay: f.reboot,
-		Dir:         f.dir,
-		Versions:    f.versions,
-		Ref:         f.ref,
-		Remote:      f.remote,
-		NamePrefix:  f.prefix,
-		QPS:         f.qps,
-		Burst:       f.burst,
-		KeepNodes:   f.keepNodes,
-		Unsigned:    f.unsigned,
-		Log:         slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
-		AgentBinary: agent,
-		AgentLog:    stderr,
+		Config:        cfg,
+		Pools:         pools,
+		Zones:         zones,
+		RebootDelay:   f.reboot,
+		Dir:           f.dir,
+		Versions:      f.versions,
+		Ref:           f.ref,
+		Remote:        f.remote,
+		NamePrefix:    f.prefix,
+		QPS:           f.qps,
+		Burst:         f.burst,
+		KeepNodes:     f.keepNodes,
+		Unsigned:      f.unsigned,
+		LinkSysroots:  f.link,
+		LeaseDuration: f.lease,
+		LeaseRenew:    f.lease / 4,
+		Log:           slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+		AgentBinary:   agent,
+		AgentLog:      stderr,
 	})
 	if err != nil {
 		return failure(err)

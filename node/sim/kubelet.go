@@ -157,30 +157,16 @@ func (k *kubelet) register(ctx context.Context, n *simNode) error {
 		LabelHostname:        n.name,
 		"kubernetes.io/os":   "linux",
 		"kubernetes.io/arch": "amd64",
+		// A kubelet sets the beta labels too; without them the node
+		// lifecycle controller adds them, a write per node.
+		"beta.kubernetes.io/os":   "linux",
+		"beta.kubernetes.io/arch": "amd64",
 	}
 	var taints []corev1.Taint
 	if n.converging {
 		taints = []corev1.Taint{{Key: schema.TaintConverging, Effect: corev1.TaintEffectNoSchedule}}
 	}
-	no, err := k.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: labels},
-		Spec:       corev1.NodeSpec{Taints: taints},
-	}, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		patch := map[string]any{"metadata": map[string]any{"labels": labels}}
-		if n.converging {
-			patch["spec"] = map[string]any{"taints": taints}
-		}
-		body, _ := json.Marshal(patch)
-		no, err = k.cs.CoreV1().Nodes().Patch(ctx, n.name, types.MergePatchType, body, metav1.PatchOptions{})
-	}
-	if err != nil {
-		return fmt.Errorf("register node: %w", err)
-	}
 	now := metav1.Now()
-	k.mu.Lock()
-	k.state[n.name] = &nodeState{uid: no.UID, ready: true, transition: now}
-	k.mu.Unlock()
 	status := corev1.NodeStatus{
 		Capacity:    resources(),
 		Allocatable: resources(),
@@ -194,13 +180,37 @@ func (k *kubelet) register(ctx context.Context, n *simNode) error {
 			ContainerRuntimeVersion: "containerd://2.0.0-herd-sim",
 		},
 	}
-	// A patch, not an update: the node controllers change the new Node too.
-	body, err := json.Marshal(map[string]any{"status": status})
-	if err != nil {
-		return err
+	// Created with its status, as a kubelet registers (a Node's status may
+	// be set on create): one request.
+	no, err := k.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: labels},
+		Spec:       corev1.NodeSpec{Taints: taints},
+		Status:     status,
+	}, metav1.CreateOptions{})
+	adopted := apierrors.IsAlreadyExists(err)
+	if adopted {
+		patch := map[string]any{"metadata": map[string]any{"labels": labels}}
+		if n.converging {
+			patch["spec"] = map[string]any{"taints": taints}
+		}
+		body, _ := json.Marshal(patch)
+		no, err = k.cs.CoreV1().Nodes().Patch(ctx, n.name, types.MergePatchType, body, metav1.PatchOptions{})
 	}
-	if _, err := k.cs.CoreV1().Nodes().PatchStatus(ctx, n.name, body); err != nil {
-		return fmt.Errorf("post node status: %w", err)
+	if err != nil {
+		return fmt.Errorf("register node: %w", err)
+	}
+	k.mu.Lock()
+	k.state[n.name] = &nodeState{uid: no.UID, ready: true, transition: now}
+	k.mu.Unlock()
+	if adopted {
+		// A patch, not an update: the node controllers change the Node too.
+		body, err := json.Marshal(map[string]any{"status": status})
+		if err != nil {
+			return err
+		}
+		if _, err := k.cs.CoreV1().Nodes().PatchStatus(ctx, n.name, body); err != nil {
+			return fmt.Errorf("post node status: %w", err)
+		}
 	}
 	return k.renewLease(ctx, n.name, no.UID)
 }
@@ -344,6 +354,9 @@ func (k *kubelet) renewLease(ctx context.Context, name string, uid types.UID) er
 		},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, RenewTime: &now},
 	}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil // the renewal loop created it meanwhile, just now
+	}
 	return err
 }
 

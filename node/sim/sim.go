@@ -136,6 +136,10 @@ type Options struct {
 	StatusInterval time.Duration
 	// Parallel bounds how many nodes are set up at once; default 8.
 	Parallel int
+	// LinkSysroots makes each node's sysroot of hard links to one
+	// template's files instead of a copy (see osfixture.SysrootOptions.Link):
+	// thousands of nodes in the memory of a few.
+	LinkSysroots bool
 	// KeepNodes leaves the Node objects behind at Stop.
 	KeepNodes bool
 	// Log receives the simulator's logs, and those of agents that run in
@@ -401,28 +405,11 @@ func (f *Fleet) newNodes(pool string, count int, converging bool) []string {
 // setupNodes sets the named nodes up, Parallel at a time, and waits until
 // their agents have reported.
 func (f *Fleet) setupNodes(ctx context.Context, names []string) error {
-	sem := make(chan struct{}, f.opts.Parallel)
-	var (
-		mu    sync.Mutex
-		errs  []error
-		setup sync.WaitGroup
-	)
-	for _, name := range names {
-		n := f.node(name)
-		setup.Add(1)
-		go func() {
-			defer setup.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			if err := f.setupNode(ctx, n); err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("sim: node %s: %w", n.name, err))
-				mu.Unlock()
-			}
-		}()
+	nodes := make([]*simNode, len(names))
+	for i, name := range names {
+		nodes[i] = f.node(name)
 	}
-	setup.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := f.eachNode(ctx, nodes, f.opts.Parallel, f.setupNode); err != nil {
 		return err
 	}
 	return f.waitReported(ctx, names)
@@ -486,6 +473,14 @@ func (f *Fleet) makeDirs() error {
 // setupNode builds one node's root and sysroot, creates its Node object,
 // makes it Ready and starts its agent.
 func (f *Fleet) setupNode(ctx context.Context, n *simNode) error {
+	if err := f.prepareNode(ctx, n); err != nil {
+		return err
+	}
+	return f.startNode(ctx, n)
+}
+
+// prepareNode builds the node's root and sysroot: the machine, booted.
+func (f *Fleet) prepareNode(ctx context.Context, n *simNode) error {
 	sysctls := maps.Clone(Sysctls)
 	maps.Copy(sysctls, f.opts.Sysctls)
 	for k, v := range sysctls {
@@ -508,11 +503,17 @@ func (f *Fleet) setupNode(ctx context.Context, n *simNode) error {
 			return err
 		}
 	}
-	s, err := f.repo.NewSysroot(ctx, n.sysroot, osfixture.SysrootOptions{Remote: f.opts.Remote})
+	s, err := f.repo.NewSysroot(ctx, n.sysroot, osfixture.SysrootOptions{Remote: f.opts.Remote, Link: f.opts.LinkSysroots})
 	if err != nil {
 		return err
 	}
 	n.os = s
+	return nil
+}
+
+// startNode registers the prepared node (its kubelet's Node, status and
+// Lease) and starts its agent.
+func (f *Fleet) startNode(ctx context.Context, n *simNode) error {
 	if err := f.kubelet.register(ctx, n); err != nil {
 		return err
 	}

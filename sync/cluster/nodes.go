@@ -59,7 +59,11 @@ func HasTaint(n *corev1.Node, key string) bool {
 }
 
 func annotationTime(a map[string]string, key string) time.Time {
-	t, _ := time.Parse(time.RFC3339, a[key])
+	v := a[key]
+	if v == "" {
+		return time.Time{} // most nodes, most of the time: no error to make
+	}
+	t, _ := time.Parse(time.RFC3339, v)
 	return t
 }
 

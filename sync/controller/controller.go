@@ -188,6 +188,7 @@ var errNoRevision = errors.New("no fleet revision yet")
 // Reconcile observes the fleet, decides with one planner call, then acts
 // on and records each pool on its own.
 func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Result, error) {
+	start := time.Now()
 	obs, err := r.observe(ctx, r.Now())
 	if errors.Is(err, errNoRevision) {
 		return ctrl.Result{}, nil
@@ -196,8 +197,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 		r.markAll(ctx, obs, ReasonObserveFailed, err)
 		return ctrl.Result{}, fmt.Errorf("observe: %w", err)
 	}
+	observed := time.Now()
 	plan := planner.Compute(obs.input)
 	r.Source.MarkApplied(obs.rev.Commit)
+	r.log.V(1).Info("planned", "revision", schema.Short(obs.rev.Commit), "nodes", len(obs.nodes),
+		"observe", observed.Sub(start).String(), "plan", time.Since(observed).String())
 
 	var errs []error
 	wake := time.Duration(0)
@@ -213,6 +217,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 	}
 	errs = append(errs, r.removeGone(ctx, obs), r.collect(ctx, obs, plan))
 	r.recordSource(obs)
+	r.log.V(1).Info("reconciled", "revision", schema.Short(obs.rev.Commit), "took", time.Since(start).String())
 	if err := errors.Join(errs...); err != nil {
 		return ctrl.Result{}, err
 	}

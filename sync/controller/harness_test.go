@@ -47,11 +47,11 @@ type env struct {
 
 func newEnv(t *testing.T) *env { return newEnvTB(t) }
 
-func newEnvTB(t testing.TB) *env {
+func newEnvTB(t testing.TB, controllerManagerFlags ...string) *env {
 	t.Helper()
 	cp := controlplane.StartTest(t, controlplane.Options{
 		// No kubelet heartbeats here: keep nodes from being marked unreachable.
-		ExtraControllerManagerFlags: []string{"--node-monitor-grace-period=1h"},
+		ExtraControllerManagerFlags: append([]string{"--node-monitor-grace-period=1h"}, controllerManagerFlags...),
 	})
 	s := controller.Scheme()
 	_ = apiextensionsv1.AddToScheme(s)

@@ -13,7 +13,6 @@ import (
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
 	"herd.dev/herd/schema/loader"
-	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
 	"herd.dev/herd/sync/planinput"
 	"herd.dev/herd/sync/revisions"
@@ -167,17 +166,47 @@ func (r *Reconciler) readRendered(ctx context.Context) (map[string]*schema.Rende
 	return out, nil
 }
 
+// After a batch of a thousand dispatches, a thousand reads of the nodes
+// the cache does not show yet would cost more than waiting for the cache:
+// when more than cacheWaitOver nodes lag, readNodes waits while their
+// number falls, up to cacheWait, then reads those that still lag (the
+// cache may also show a newer version than this controller's write, which
+// waiting does not change).
+const (
+	cacheWait     = time.Second
+	cacheWaitOver = 16
+)
+
 // readNodes lists the nodes from the cache, and reads those this
 // controller wrote and the cache does not show yet from the API server:
 // a plan must see its own last actions, or it could start a node twice.
 func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
-	// The cache's own objects, not copies: planning only reads them, and
-	// every write (sync/cluster) works on a copy of the node.
 	var list corev1.NodeList
-	if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
-		return fmt.Errorf("list nodes: %w", err)
+	deadline, before := time.Now().Add(cacheWait), -1
+	for {
+		// The cache's own objects, not copies: planning only reads them,
+		// and every write (sync/cluster) works on a copy of the node.
+		if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+			return fmt.Errorf("list nodes: %w", err)
+		}
+		lagging := 0
+		for i := range list.Items {
+			if r.fresh.lags(&list.Items[i]) {
+				lagging++
+			}
+		}
+		if lagging <= cacheWaitOver || lagging == before || !time.Now().Before(deadline) {
+			break
+		}
+		before = lagging
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	nodes := list.Items[:0:0]
+	// In place: a copy of ten thousand nodes costs more than the plan.
+	nodes := list.Items[:0]
 	for i := range list.Items {
 		if !r.fresh.lags(&list.Items[i]) {
 			nodes = append(nodes, list.Items[i])
@@ -187,7 +216,7 @@ func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
 		switch err := r.api.Get(ctx, client.ObjectKeyFromObject(&list.Items[i]), &n); {
 		case apierrors.IsNotFound(err): // deleted meanwhile
 		case err != nil:
-			return fmt.Errorf("read node %s: %w", n.Name, err)
+			return fmt.Errorf("read node %s: %w", list.Items[i].Name, err)
 		default:
 			r.fresh.saw(&n)
 			nodes = append(nodes, n)
@@ -215,11 +244,12 @@ func (r *Reconciler) checkHealth(ctx context.Context, obs *observation) map[stri
 		hash, soak := obs.fleet.Rendered[name].Hash(), spec.Rollout.SoakDuration()
 		for i := range obs.nodes {
 			n := &obs.nodes[i]
-			pn := cluster.PlannerNode(n)
-			if !spec.Selector.Matches(n.Labels) || pn.DesiredConfig != hash || pn.CurrentConfig != hash || pn.OSBooted != spec.OS.Commit {
+			a := n.Annotations
+			if a[schema.AnnotationDesiredConfig] != hash || a[schema.AnnotationCurrentConfig] != hash ||
+				a[schema.AnnotationOSBooted] != spec.OS.Commit || !spec.Selector.Matches(n.Labels) {
 				continue
 			}
-			if !pn.AtTarget.IsZero() && !obs.now.Before(pn.AtTarget.Add(soak)) {
+			if at, err := time.Parse(time.RFC3339, a[schema.AnnotationAtTarget]); err == nil && !obs.now.Before(at.Add(soak)) {
 				continue // soaked: done
 			}
 			if why := r.health.check(ctx, hc, n); why != "" {

@@ -262,7 +262,7 @@ func (r *Reconciler) events(np, before *herdpool.HerdPool, pp *planner.PoolPlan,
 	for _, e := range pp.Events {
 		switch e.Kind {
 		case planner.EventBatchStarted:
-			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "batch %s to %s: %s", np.Status.Batch, schema.Short(pp.OSCommit), strings.Join(e.Nodes, ", "))
+			ev(corev1.EventTypeNormal, string(e.Kind), "Rollout", "batch %s to %s: %s", np.Status.Batch, schema.Short(pp.OSCommit), someNames(e.Nodes, eventNames))
 		case planner.EventHalted, planner.EventRollbackStarted:
 			ev(corev1.EventTypeWarning, string(e.Kind), "Rollout", "%s", e.Why.Message())
 		case planner.EventCompleted:
@@ -471,6 +471,18 @@ func joinMessage(a, b string) string {
 		return a
 	}
 	return a + ": " + b
+}
+
+// eventNames is how many nodes an event names: a batch of a thousand
+// nodes would make a message of tens of kilobytes.
+const eventNames = 20
+
+// someNames joins up to n names, and says how many more there are.
+func someNames(names []string, n int) string {
+	if len(names) <= n {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:n], ", "), len(names)-n)
 }
 
 func joinOrNone(s []string) string {

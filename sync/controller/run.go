@@ -49,8 +49,10 @@ import (
 // Config is everything `herd controller` needs.
 type Config struct {
 	Rest *rest.Config
-	// QPS and Burst limit the controller's requests to the API server;
-	// default 100 and 300 (a batch of 100 nodes is a few hundred writes).
+	// QPS and Burst limit the controller's requests to the API server.
+	// Both zero: no client-side limit when the API server applies
+	// priority and fairness, as Flux's controllers do; else DefaultQPS
+	// and DefaultBurst.
 	QPS   float32
 	Burst int
 
@@ -115,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ctrl.SetLogger(cfg.Log)
 	rc := rest.CopyConfig(cfg.Rest)
-	rc.QPS, rc.Burst = cmp.Or(cfg.QPS, 100), cmp.Or(cfg.Burst, 300)
+	cfg.Log.Info("Kubernetes API requests: " + clientRate(ctx, rc, cfg.QPS, cfg.Burst))
 	mgr, err := ctrl.NewManager(rc, ctrl.Options{
 		Scheme:                        Scheme(),
 		Logger:                        cfg.Log,

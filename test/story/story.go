@@ -57,6 +57,9 @@ type Options struct {
 	AgentBinary string
 	// AgentLog receives the herd-agent processes' logs; nil discards.
 	AgentLog io.Writer
+	// Sim, when set, adjusts the simulator's options before it starts
+	// (its client's rate, linked sysroots, ...).
+	Sim func(*sim.Options)
 	// Progress receives a line per setup step; nil discards.
 	Progress io.Writer
 
@@ -162,11 +165,15 @@ func Start(ctx context.Context, opts Options) (s *Story, err error) {
 		agents = "agents in the simulator"
 	}
 	step("herd sim: %d nodes on real OSTree sysroots, trusting only that repository; %s", total(opts.Pools), agents)
-	if s.Fleet, err = sim.Start(ctx, sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay,
+	simOpts := sim.Options{Config: rc, Pools: opts.Pools, RebootDelay: opts.RebootDelay,
 		Dir: filepath.Join(dir, "sim"), Log: opts.Log, Repo: s.OS.Fixture(), TrustFile: s.OS.TrustFile,
 		AgentBinary: opts.AgentBinary, AgentLog: opts.AgentLog,
 		Healer: opts.Healer, CheckInterval: opts.CheckInterval, LeaseDuration: opts.LeaseDuration,
-		SandboxGrace: opts.SandboxGrace, Runtimes: opts.Runtimes}); err != nil {
+		SandboxGrace: opts.SandboxGrace, Runtimes: opts.Runtimes}
+	if opts.Sim != nil {
+		opts.Sim(&simOpts)
+	}
+	if s.Fleet, err = sim.Start(ctx, simOpts); err != nil {
 		return s, err
 	}
 

@@ -289,6 +289,12 @@ type SysrootOptions struct {
 	// Fresh builds the sysroot with the ostree CLI instead of copying the
 	// cached template built for the same options.
 	Fresh bool
+	// Link shares the template's OSTree objects with the new sysroot
+	// instead of copying them: files OSTree itself keeps as hard links
+	// (its objects and the deployments checked out of them, which it
+	// never writes in place) are linked, every other file is copied. A
+	// sysroot then costs its directories and a few small files.
+	Link bool
 }
 
 // NewSysroot creates a sysroot in dir (absent or empty) holding the remote
@@ -337,6 +343,12 @@ func (r *Repo) NewSysroot(ctx context.Context, dir string, opts SysrootOptions) 
 	t.mu.Unlock()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("osfixture: %w", err)
+	}
+	if opts.Link {
+		if err := linkTree(t.path, dir); err != nil {
+			return nil, fmt.Errorf("osfixture: linking sysroot template: %w", err)
+		}
+		return r.sysroot(dir, opts), nil
 	}
 	cmd := exec.CommandContext(ctx, "cp", "-a", t.path+"/.", dir)
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -62,12 +63,19 @@ func TestNewRepo(t *testing.T) {
 	}
 }
 
-// TestNewSysroot checks that a sysroot copied from the template is the same
-// as one built with the CLI, works on its own, and leaves the template alone.
+// TestNewSysroot checks that a sysroot copied (or linked) from the template
+// is the same as one built with the CLI, works on its own, and leaves the
+// template and its siblings alone.
 func TestNewSysroot(t *testing.T) {
+	for _, link := range []bool{false, true} {
+		t.Run(fmt.Sprintf("link=%v", link), func(t *testing.T) { testNewSysroot(t, link) })
+	}
+}
+
+func testNewSysroot(t *testing.T, link bool) {
 	r := newRepo(t, osfixture.Options{Versions: 2, Sign: true})
 	ctx := t.Context()
-	opts := osfixture.SysrootOptions{KernelArgs: []string{"console=ttyS0"}, GPGVerify: true}
+	opts := osfixture.SysrootOptions{KernelArgs: []string{"console=ttyS0"}, GPGVerify: true, Link: link}
 
 	start := time.Now()
 	fresh, err := r.NewSysroot(ctx, t.TempDir(), osfixture.SysrootOptions{KernelArgs: opts.KernelArgs, GPGVerify: true, Fresh: true})
@@ -140,6 +148,25 @@ func TestNewSysroot(t *testing.T) {
 	} else if d, _ := st.Booted(); len(st.Deployments) != 1 || d.Checksum != r.Commits[0] {
 		t.Errorf("sibling sysroot changed: %+v", st)
 	}
+	// Linked siblings share their objects: the same files, not copies.
+	objects, err := filepath.Glob(filepath.Join(clones[1].Path, "ostree/repo/objects/*/*.file"))
+	if err != nil || len(objects) == 0 {
+		t.Fatalf("no objects in %s: %v", clones[1].Path, err)
+	}
+	a, errA := os.Stat(objects[0])
+	b, errB := os.Stat(filepath.Join(clones[2].Path, strings.TrimPrefix(objects[0], clones[1].Path)))
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
+	if os.SameFile(a, b) != link {
+		t.Errorf("%s shared between siblings: %v, want %v", objects[0], os.SameFile(a, b), link)
+	}
+	// The siblings' repositories are intact.
+	for _, c := range clones[1:3] {
+		if out, err := exec.CommandContext(ctx, "ostree", "fsck", "--repo="+filepath.Join(c.Path, "ostree/repo")).CombinedOutput(); err != nil {
+			t.Errorf("%s: ostree fsck: %v\n%s", c.Path, err, out)
+		}
+	}
 	next, err := r.NewSysroot(ctx, t.TempDir(), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -154,17 +181,13 @@ func TestNewSysroot(t *testing.T) {
 // BenchmarkNewSysroot measures per-node setup for simulations.
 func BenchmarkNewSysroot(b *testing.B) {
 	r := newRepo(b, osfixture.Options{Versions: 2})
-	for _, fresh := range []bool{false, true} {
-		name := "template"
-		if fresh {
-			name = "fresh"
-		}
+	for name, opts := range map[string]osfixture.SysrootOptions{"template": {}, "link": {Link: true}, "fresh": {Fresh: true}} {
 		b.Run(name, func(b *testing.B) {
 			if _, err := r.NewSysroot(b.Context(), b.TempDir(), osfixture.SysrootOptions{}); err != nil {
 				b.Fatal(err) // warm the template
 			}
 			for b.Loop() {
-				if _, err := r.NewSysroot(b.Context(), b.TempDir(), osfixture.SysrootOptions{Fresh: fresh}); err != nil {
+				if _, err := r.NewSysroot(b.Context(), b.TempDir(), opts); err != nil {
 					b.Fatal(err)
 				}
 			}
