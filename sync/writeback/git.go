@@ -268,7 +268,18 @@ func (w *Writer) commit(snap state, tree, parent plumbing.Hash) (plumbing.Hash, 
 }
 
 // push sends objs and the ref update in the session opened by tryWrite.
+//
+// A push once started is not cut short when the writer stops, only at the
+// write's deadline: go-git's file:// transport never returns from a push
+// cancelled halfway (its Kill waits for a stderr copy nobody reads), which
+// held a stopping controller past its grace period; and a status commit
+// half sent is worth finishing.
 func (w *Writer) push(ctx context.Context, sess transport.ReceivePackSession, ar *packp.AdvRefs, req *packp.ReferenceUpdateRequest, objs []plumbing.Hash) error {
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), deadline)
+		defer cancel()
+	}
 	rd, wr := io.Pipe()
 	req.Packfile = rd
 	done := make(chan error, 1)
