@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -45,26 +44,7 @@ func TestJoinLinkedSysroots(t *testing.T) {
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedNamespace}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	publish := func(commit string) string {
-		maxPods := 110
-		r, err := schema.Render(schema.NodeConfig{
-			OS:      schema.OSConfig{Ref: f.Ref(), Commit: commit, Remote: &schema.RemoteConfig{Name: f.Remote(), URL: f.RepoURL(), GPGVerify: true}},
-			Kubelet: &schema.Kubelet{MaxPods: &maxPods},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := schema.MarshalRendered(r)
-		_, err = cs.CoreV1().ConfigMaps(schema.RenderedNamespace).Create(ctx, &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedName(r.Hash())},
-			Data:       map[string]string{schema.RenderedDataKey: string(data)},
-		}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
-		return r.Hash()
-	}
-	h1, h2 := publish(v1), publish(v2)
+	h1, h2 := publishRender(t, cs, f, v1, 110), publishRender(t, cs, f, v2, 110)
 
 	j, err := f.Join(ctx, "general", 3)
 	if err != nil {

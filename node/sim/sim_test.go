@@ -443,22 +443,7 @@ func TestFleetPrestageJoinFailBoot(t *testing.T) {
 	}
 	publish := func(commit string, maxPods int) string {
 		t.Helper()
-		r, err := schema.Render(schema.NodeConfig{
-			OS:      schema.OSConfig{Ref: f.Ref(), Commit: commit, Remote: &schema.RemoteConfig{Name: f.Remote(), URL: f.RepoURL(), GPGVerify: true}},
-			Kubelet: &schema.Kubelet{MaxPods: &maxPods},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := schema.MarshalRendered(r)
-		_, err = cs.CoreV1().ConfigMaps(schema.RenderedNamespace).Create(ctx, &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedName(r.Hash())},
-			Data:       map[string]string{schema.RenderedDataKey: string(data)},
-		}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
-		return r.Hash()
+		return publishRender(t, cs, f, commit, maxPods)
 	}
 	annotate := func(name string, ann map[string]any) {
 		t.Helper()
@@ -603,4 +588,26 @@ func TestFleetPrestageJoinFailBoot(t *testing.T) {
 	if tot.BootFailures != 1 || tot.Prestaged != 1 || tot.Untainted != 1 || tot.Boots != 4 {
 		t.Errorf("totals %+v", tot)
 	}
+}
+
+// publishRender stores, as the controller does, the render of a node config
+// at commit of the simulator's OS repository, and returns its hash.
+func publishRender(t *testing.T, cs kubernetes.Interface, f *sim.Fleet, commit string, maxPods int) string {
+	t.Helper()
+	r, err := schema.Render(schema.NodeConfig{
+		OS:      schema.OSConfig{Ref: f.Ref(), Commit: commit, Remote: &schema.RemoteConfig{Name: f.Remote(), URL: f.RepoURL(), GPGVerify: true}},
+		Kubelet: &schema.Kubelet{MaxPods: &maxPods},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := schema.MarshalRendered(r)
+	_, err = cs.CoreV1().ConfigMaps(schema.RenderedNamespace).Create(t.Context(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: schema.RenderedName(r.Hash())},
+		Data:       map[string]string{schema.RenderedDataKey: string(data)},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	return r.Hash()
 }
