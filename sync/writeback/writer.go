@@ -31,7 +31,10 @@ type Options struct {
 	// Phase changes are committed at once.
 	Interval time.Duration
 	// MaxRetries bounds push attempts per write when other writers keep
-	// winning the race; default 10.
+	// winning the race; default 50. Timeout bounds them in time: with
+	// several clusters or shards writing at once a writer may lose many
+	// races in a row, and giving up after a handful turned a busy branch
+	// into failed writes.
 	MaxRetries int
 	// Timeout bounds each write (fetch, build, push); default one minute.
 	Timeout time.Duration
@@ -133,7 +136,7 @@ func New(opts Options) (*Writer, error) {
 		opts.Interval = 5 * time.Second
 	}
 	if opts.MaxRetries <= 0 {
-		opts.MaxRetries = 10
+		opts.MaxRetries = 50
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = time.Minute
