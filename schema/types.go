@@ -37,7 +37,10 @@ type Remote struct {
 
 // NodePool mirrors #NodePool in nodepool.cue. A test keeps the two in step.
 type NodePool struct {
-	Selector   Selector          `json:"selector"`
+	Selector Selector `json:"selector"`
+	// Labels are the pool's own labels (shards select pools by them);
+	// they change no node.
+	Labels     map[string]string `json:"labels,omitempty"`
 	OS         OSTarget          `json:"os"`
 	KernelArgs []string          `json:"kernelArgs,omitempty"`
 	Kubelet    *Kubelet          `json:"kubelet,omitempty"`

@@ -145,7 +145,12 @@ func (w *Writer) tryWrite(ctx context.Context, snap state) (plumbing.Hash, error
 	if err != nil {
 		return plumbing.ZeroHash, err
 	}
-	root, objs, err := w.repo.replaceDir(base, []string{"clusters", w.opts.Cluster}, files)
+	dir := "clusters/" + w.opts.Cluster + "/"
+	paths := make(map[string][]byte, len(files))
+	for name, data := range files {
+		paths[dir+name] = data
+	}
+	root, objs, err := w.repo.writeTree(base, "", paths, w.keep(snap, dir))
 	if err != nil {
 		return plumbing.ZeroHash, err
 	}
@@ -197,7 +202,7 @@ func (w *Writer) render(snap state, base *object.Tree) (map[string][]byte, error
 		if err != nil {
 			return nil, err
 		}
-		files["source.yaml"] = b
+		files[w.sourceFile()] = b
 	}
 	for name, p := range snap.pools {
 		if !p.seeded {
@@ -217,6 +222,28 @@ func (w *Writer) render(snap state, base *object.Tree) (map[string][]byte, error
 		files[name+".yaml"] = b
 	}
 	return files, nil
+}
+
+// keep says which files already on the branch a write leaves in place:
+// everything outside the cluster's directory; inside it, nothing for an
+// unsharded writer (it owns the directory: files of pools gone while it
+// was down go too), and for a shard every file but those of the pools it
+// removed (the other shards own the rest).
+func (w *Writer) keep(snap state, dir string) func(string) bool {
+	return func(p string) bool {
+		rest, inside := strings.CutPrefix(p, dir)
+		switch {
+		case !inside:
+			// The directory itself: an unsharded writer with nothing to
+			// write leaves none; a shard leaves the other shards'.
+			return p+"/" != dir || w.opts.Shard != ""
+		case w.opts.Shard == "":
+			return false
+		default:
+			name, ok := strings.CutSuffix(rest, ".yaml")
+			return !ok || !snap.gone[name]
+		}
+	}
 }
 
 func readFile(t *object.Tree, p string) ([]byte, error) {
@@ -239,7 +266,7 @@ func (w *Writer) commit(snap state, tree, parent plumbing.Hash) (plumbing.Hash, 
 	c := &object.Commit{
 		Author:    sig,
 		Committer: sig,
-		Message:   commitMessage(w.opts.Cluster, snap.source, snap.sortedPools()),
+		Message:   commitMessage(w.opts.Cluster, w.opts.Shard, snap.source, snap.sortedPools()),
 		TreeHash:  tree,
 	}
 	if !parent.IsZero() {
@@ -315,88 +342,98 @@ func (w *Writer) push(ctx context.Context, sess transport.ReceivePackSession, ar
 	return nil
 }
 
-// replaceDir returns the root tree that equals base with the directory at
-// dir replaced by files (flat: name -> content), and the objects created
-// that the remote does not already have.
-func (s *store) replaceDir(base *object.Tree, dir []string, files map[string][]byte) (plumbing.Hash, []plumbing.Hash, error) {
-	// Base trees along the path, and what the remote already has there.
+// writeTree returns the tree that equals base (nil: empty) with files
+// written at their paths ("/"-separated, relative to base), every other
+// entry of base at path p kept when keep(p) says so, and the objects
+// created that the remote does not already have. A subtree files are
+// written into is merged, never replaced. keep sees the full path from the
+// root; prefix is base's.
+func (s *store) writeTree(base *object.Tree, prefix string, files map[string][]byte, keep func(string) bool) (plumbing.Hash, []plumbing.Hash, error) {
 	known := map[plumbing.Hash]bool{}
-	bases := make([]*object.Tree, len(dir)+1)
-	bases[0] = base
-	for i, name := range dir {
-		t := bases[i]
-		if t == nil {
-			break
-		}
-		known[t.Hash] = true
-		for _, e := range t.Entries {
-			known[e.Hash] = true
-			if e.Name == name && e.Mode == filemode.Dir {
-				sub, err := object.GetTree(s.st, e.Hash)
-				if err != nil {
-					return plumbing.ZeroHash, nil, fmt.Errorf("read tree %s: %w", strings.Join(dir[:i+1], "/"), err)
-				}
-				bases[i+1] = sub
-			}
-		}
-	}
-	if leaf := bases[len(dir)]; leaf != nil {
-		known[leaf.Hash] = true
-		for _, e := range leaf.Entries {
-			known[e.Hash] = true
-		}
-	}
-
 	var created []plumbing.Hash
-	add := func(h plumbing.Hash) {
+	h, err := s.writeLevel(base, prefix, files, keep, func(h plumbing.Hash) {
 		if !known[h] {
 			known[h] = true
 			created = append(created, h)
 		}
+	}, known)
+	return h, created, err
+}
+
+func (s *store) writeLevel(base *object.Tree, prefix string, files map[string][]byte, keep func(string) bool, add func(plumbing.Hash), known map[plumbing.Hash]bool) (plumbing.Hash, error) {
+	here := map[string][]byte{}             // files in this directory
+	below := map[string]map[string][]byte{} // files in subdirectories, by subdirectory
+	for p, data := range files {
+		dir, rest, ok := strings.Cut(p, "/")
+		if !ok {
+			here[p] = data
+			continue
+		}
+		if below[dir] == nil {
+			below[dir] = map[string][]byte{}
+		}
+		below[dir][rest] = data
 	}
 	var entries []object.TreeEntry
-	for name, data := range files {
-		obj := s.st.NewEncodedObject()
-		obj.SetType(plumbing.BlobObject)
-		obj.SetSize(int64(len(data)))
-		wr, err := obj.Writer()
+	subs := map[string]*object.Tree{}
+	if base != nil {
+		known[base.Hash] = true
+		for _, e := range base.Entries {
+			known[e.Hash] = true
+			if _, ok := below[e.Name]; ok && e.Mode == filemode.Dir {
+				sub, err := object.GetTree(s.st, e.Hash)
+				if err != nil {
+					return plumbing.ZeroHash, fmt.Errorf("read tree %s%s: %w", prefix, e.Name, err)
+				}
+				subs[e.Name] = sub
+				continue
+			}
+			_, written := here[e.Name]
+			_, merged := below[e.Name]
+			if !written && !merged && keep(prefix+e.Name) {
+				entries = append(entries, e)
+			}
+		}
+	}
+	for name, data := range here {
+		h, err := s.putBlob(data)
 		if err != nil {
-			return plumbing.ZeroHash, nil, err
-		}
-		if _, err := wr.Write(data); err != nil {
-			return plumbing.ZeroHash, nil, err
-		}
-		if err := wr.Close(); err != nil {
-			return plumbing.ZeroHash, nil, err
-		}
-		h, err := s.st.SetEncodedObject(obj)
-		if err != nil {
-			return plumbing.ZeroHash, nil, fmt.Errorf("store blob %s: %w", name, err)
+			return plumbing.ZeroHash, fmt.Errorf("store blob %s%s: %w", prefix, name, err)
 		}
 		add(h)
 		entries = append(entries, object.TreeEntry{Name: name, Mode: filemode.Regular, Hash: h})
 	}
-	child, err := s.putTree(entries)
+	for name, fs := range below {
+		h, err := s.writeLevel(subs[name], prefix+name+"/", fs, keep, add, known)
+		if err != nil {
+			return plumbing.ZeroHash, err
+		}
+		entries = append(entries, object.TreeEntry{Name: name, Mode: filemode.Dir, Hash: h})
+	}
+	h, err := s.putTree(entries)
 	if err != nil {
-		return plumbing.ZeroHash, nil, err
+		return plumbing.ZeroHash, err
 	}
-	add(child)
-	for i := len(dir) - 1; i >= 0; i-- {
-		var es []object.TreeEntry
-		if bases[i] != nil {
-			for _, e := range bases[i].Entries {
-				if e.Name != dir[i] {
-					es = append(es, e)
-				}
-			}
-		}
-		es = append(es, object.TreeEntry{Name: dir[i], Mode: filemode.Dir, Hash: child})
-		if child, err = s.putTree(es); err != nil {
-			return plumbing.ZeroHash, nil, err
-		}
-		add(child)
+	add(h)
+	return h, nil
+}
+
+// putBlob stores data as a blob.
+func (s *store) putBlob(data []byte) (plumbing.Hash, error) {
+	obj := s.st.NewEncodedObject()
+	obj.SetType(plumbing.BlobObject)
+	obj.SetSize(int64(len(data)))
+	wr, err := obj.Writer()
+	if err != nil {
+		return plumbing.ZeroHash, err
 	}
-	return child, created, nil
+	if _, err := wr.Write(data); err != nil {
+		return plumbing.ZeroHash, err
+	}
+	if err := wr.Close(); err != nil {
+		return plumbing.ZeroHash, err
+	}
+	return s.st.SetEncodedObject(obj)
 }
 
 // putTree sorts entries in git's order and stores the tree.

@@ -160,10 +160,13 @@ func specCommit(src *SourceStatus, pools []PoolStatus) string {
 }
 
 // commitMessage is the summary line and the trailers.
-func commitMessage(cluster string, src *SourceStatus, pools []PoolStatus) string {
+func commitMessage(cluster, shard string, src *SourceStatus, pools []PoolStatus) string {
 	var b strings.Builder
 	b.WriteString(summary(src, pools))
 	b.WriteString("\n\nHerd-Cluster: " + cluster + "\n")
+	if shard != "" {
+		b.WriteString("Herd-Shard: " + shard + "\n")
+	}
 	if sc := specCommit(src, pools); sc != "" {
 		b.WriteString("Herd-Spec-Commit: " + sc + "\n")
 	}

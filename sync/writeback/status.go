@@ -4,6 +4,11 @@
 //
 //	clusters/<cluster>/source.yaml   – SourceStatus
 //	clusters/<cluster>/<pool>.yaml   – PoolStatus, one file per pool
+//	clusters/<cluster>/shards/<shard>.yaml – a shard's SourceStatus
+//
+// An unsharded controller owns its cluster's directory. Shards of one
+// cluster (Options.Shard) share it: each writes its own pools' files and
+// its own source file and leaves the rest as they are.
 //
 // The controller calls SetSource and SetPool with "this is the state now";
 // the Writer coalesces these into at most one commit per Interval, plus one

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"reflect"
 	"slices"
 	"sort"
@@ -25,6 +26,12 @@ type Options struct {
 	Branch string
 	// Cluster names this cluster's directory, clusters/<Cluster>/.
 	Cluster string
+	// Shard, when set, names this controller's shard of the cluster's
+	// pools (herd controller --shard-name). A shard writes only its own
+	// pools' files and its source as shards/<Shard>.yaml, leaving the other
+	// shards' files as they are; without it the Writer owns the whole
+	// directory.
+	Shard string
 	// Auth holds the credentials for URL.
 	Auth gitutil.Auth
 	// Interval is the minimum time between ordinary commits; default 5s.
@@ -87,6 +94,7 @@ type Writer struct {
 type state struct {
 	source *SourceStatus
 	pools  map[string]*poolState
+	gone   map[string]bool // pools removed: a shard deletes their files
 }
 
 type poolState struct {
@@ -95,7 +103,7 @@ type poolState struct {
 }
 
 func (s state) clone() state {
-	c := state{pools: make(map[string]*poolState, len(s.pools))}
+	c := state{pools: make(map[string]*poolState, len(s.pools)), gone: maps.Clone(s.gone)}
 	if s.source != nil {
 		src := normalizeSource(*s.source)
 		c.source = &src
@@ -128,6 +136,11 @@ func New(opts Options) (*Writer, error) {
 	}
 	if err := checkName("cluster", opts.Cluster); err != nil {
 		return nil, fmt.Errorf("writeback: %w", err)
+	}
+	if opts.Shard != "" {
+		if err := checkName("shard", opts.Shard); err != nil {
+			return nil, fmt.Errorf("writeback: %w", err)
+		}
 	}
 	if opts.Branch == "" {
 		opts.Branch = "herd/status"
@@ -182,7 +195,7 @@ func (w *Writer) SetSource(s SourceStatus) {
 	phase := prev == nil ||
 		revCommit(prev.LastApplied) != revCommit(s.LastApplied) ||
 		rejCommit(prev.LastRejected) != rejCommit(s.LastRejected)
-	w.update("source.yaml", phase, func() { w.latest.source = &s })
+	w.update(w.sourceFile(), phase, func() { w.latest.source = &s })
 }
 
 // SetPool records a pool's state now. Node state changes since the previous
@@ -222,17 +235,47 @@ func (w *Writer) SetPool(p PoolStatus) error {
 		trans = trans[n-MaxTransitions:]
 	}
 	next.status.Transitions = trans
-	w.update(p.Name+".yaml", phase, func() { w.latest.pools[p.Name] = next })
+	w.update(p.Name+".yaml", phase, func() {
+		w.latest.pools[p.Name] = next
+		delete(w.latest.gone, p.Name)
+	})
 	return nil
 }
 
-// RemovePool drops a pool's file from the cluster's directory.
+// RemovePool drops a pool's file from the cluster's directory: the pool
+// is gone from the fleet.
 func (w *Writer) RemovePool(name string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, ok := w.latest.pools[name]; ok {
-		w.update(name+".yaml", true, func() { delete(w.latest.pools, name) })
+	_, known := w.latest.pools[name]
+	if !known && (w.opts.Shard == "" || w.latest.gone[name]) {
+		return
 	}
+	w.update(name+".yaml", true, func() {
+		delete(w.latest.pools, name)
+		if w.opts.Shard != "" {
+			if w.latest.gone == nil {
+				w.latest.gone = map[string]bool{}
+			}
+			w.latest.gone[name] = true
+		}
+	})
+}
+
+// ReleasePool stops writing a pool's file and leaves the file as it is:
+// the pool moved to another shard, which writes it from now on.
+func (w *Writer) ReleasePool(name string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.latest.pools, name)
+}
+
+// sourceFile is where the source's state goes in the cluster's directory.
+func (w *Writer) sourceFile() string {
+	if w.opts.Shard != "" {
+		return "shards/" + w.opts.Shard + ".yaml"
+	}
+	return "source.yaml"
 }
 
 // update applies change to file key under w.mu. When the same file changes
