@@ -31,6 +31,7 @@ func newControllerCmd() *cobra.Command {
 		signingKey, sshSignKey string
 		sshKey, knownHosts     string
 		gitSecretDir           string
+		shardName, shardSel    string
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -48,6 +49,9 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 				return usageError("--cluster is required: it names this cluster's directory on the status branch")
 			}
 			var err error
+			if cfg.Shard, err = controller.ParseShard(shardName, shardSel); err != nil {
+				return usageError("%v", err)
+			}
 			if cfg.Verify, err = verification(verifyDir, pgpKeyrings, allowedSigners, skipVerify); err != nil {
 				return usageError("%v", err)
 			}
@@ -99,6 +103,8 @@ as a HerdPool and writes status to the status branch of the same remote.`,
 	f.StringVar(&cfg.Path, "path", "", "fleet root inside the repo")
 	f.StringVar(&cfg.StatusBranch, "status-branch", "herd/status", `status branch in the same remote ("-" for none)`)
 	f.StringVar(&cfg.Cluster, "cluster", "", "this cluster's name on the status branch (required)")
+	f.StringVar(&shardSel, "shard-selector", "", "act only on the pools whose labels match this selector (e.g. herd.dev/shard=a, or '!herd.dev/shard' for the pools no shard names), as Flux's --watch-label-selector; each shard has its own leader election (docs/sharding.md)")
+	f.StringVar(&shardName, "shard-name", "", "the shard's name: its HerdSource fleet-<name> and its status file clusters/<cluster>/shards/<name>.yaml (default: from a hash of --shard-selector)")
 	f.DurationVar(&cfg.Interval, "interval", time.Minute, "how often to check the remote (jittered)")
 	f.DurationVar(&cfg.StatusInterval, "status-interval", 5*time.Second, "at most one status commit per interval, plus one per phase change")
 	f.BoolVar(&cfg.AllowNonFastForward, "allow-non-fast-forward", false, "accept heads that do not descend from the applied revision (force-pushes)")

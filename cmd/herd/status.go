@@ -24,6 +24,7 @@ const minGitPoll = 10 * time.Second
 // statusView is what `herd status -o json|yaml` prints.
 type statusView struct {
 	Source *statusview.Source `json:"source,omitempty"`
+	Shards []statusview.Source `json:"shards,omitempty"` // controller shards' sources
 	Pools  []statusview.Line  `json:"pools"`
 }
 
@@ -77,12 +78,12 @@ prints each new state after a blank line, without terminal escapes.`,
 					return failure(err)
 				}
 				read = func() (statusView, error) {
-					src, err := statusview.SourceFromCluster(ctx, c)
+					src, shards, err := statusview.SourcesFromCluster(ctx, c)
 					if err != nil {
 						return statusView{}, err
 					}
 					lines, err := statusview.FromCluster(ctx, c)
-					return statusView{Source: src, Pools: lines}, err
+					return statusView{Source: src, Shards: shards, Pools: lines}, err
 				}
 				changed = func() (<-chan struct{}, error) { return watchAll(ctx, c) }
 			}
@@ -117,7 +118,7 @@ func showStatus(ctx context.Context, w io.Writer, out *outputFlag, watch bool, r
 		var buf bytes.Buffer
 		if out.structured() {
 			err = out.write(&buf, v)
-		} else if err = statusview.WriteSource(&buf, v.Source); err == nil {
+		} else if err = statusview.WriteSource(&buf, v.Source, v.Shards); err == nil {
 			err = statusview.Write(&buf, v.Pools)
 		}
 		if err != nil {

@@ -89,6 +89,8 @@ type Options struct {
 	// posted a ReplaceRequest for every node a repair marks for
 	// replacement; "" for none.
 	ReplaceWebhook string
+	// Shard is the pools this controller acts on; the zero Shard: all.
+	Shard Shard
 }
 
 // HistoryDepth is how many earlier fleet revisions the controller
@@ -186,7 +188,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, updates <-chan source.Re
 var errNoRevision = errors.New("no fleet revision yet")
 
 // Reconcile observes the fleet, decides with one planner call, then acts
-// on and records each pool on its own.
+// on and records each of its shard's pools on its own.
 func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Result, error) {
 	start := time.Now()
 	obs, err := r.observe(ctx, r.Now())
@@ -207,6 +209,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 	wake := time.Duration(0)
 	for i := range plan.Pools {
 		pp := &plan.Pools[i]
+		if !r.owns(obs, pp.Name) {
+			if err := r.handOver(ctx, obs, pp.Name); err != nil {
+				errs = append(errs, err)
+			}
+			if r.Status != nil {
+				r.Status.ReleasePool(pp.Name) // another shard's now, if it was ours
+			}
+			continue
+		}
 		after, err := r.reconcilePool(ctx, obs, pp)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("pool %s: %w", pp.Name, err))

@@ -27,6 +27,7 @@ type StatusSink interface {
 	SetSource(writeback.SourceStatus)
 	SetPool(writeback.PoolStatus) error
 	RemovePool(name string)
+	ReleasePool(name string)
 }
 
 // Condition reasons of a pool's Ready, Reconciling and Stalled conditions,
@@ -212,6 +213,9 @@ func (r *Reconciler) markAll(ctx context.Context, obs *observation, reason strin
 		obs = &observation{pools: pools}
 	}
 	for _, np := range obs.pools {
+		if !r.Shard.Owns(np.Labels) {
+			continue // another shard's
+		}
 		before := np.DeepCopy()
 		conditions.MarkFalse(np, meta.ReadyCondition, reason, "%s", err.Error())
 		if perr := r.patchStatus(ctx, np, before); perr != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"time"
 
@@ -22,19 +23,22 @@ import (
 )
 
 // mirror makes the pool's HerdPool match Git: created when missing, its
-// spec put back when someone edited it. Its status is persist's.
+// spec and labels (the pool's own, which shards select by) put back when
+// someone edited them. Its status is persist's.
 func (r *Reconciler) mirror(ctx context.Context, obs *observation, np *herdpool.HerdPool) error {
 	p := obs.pool(np.Name)
 	spec := herdpool.Spec{NodePool: p.Spec, Revision: obs.rev.Commit}
 	switch {
 	case np.CreationTimestamp.IsZero():
 		np.Spec = spec
+		np.Labels = p.Spec.Labels
 		if err := r.client.Create(ctx, np); err != nil {
 			return fmt.Errorf("create HerdPool %s: %w", np.Name, err)
 		}
 		obs.pools[np.Name] = np
-	case !sameSpec(np.Spec, spec):
+	case !sameSpec(np.Spec, spec) || !maps.Equal(np.Labels, p.Spec.Labels):
 		np.Spec = spec
+		np.Labels = p.Spec.Labels
 		if err := r.client.Update(ctx, np); err != nil {
 			return fmt.Errorf("update HerdPool %s: %w", np.Name, err)
 		}
@@ -51,11 +55,12 @@ func (r *Reconciler) store(ctx context.Context, obs *observation, p planner.Pool
 	return cluster.EnsureRendered(ctx, r.client, p.Rendered, p.Hash)
 }
 
-// removeGone deletes the HerdPools of pools no longer in the fleet.
+// removeGone deletes the HerdPools of pools no longer in the fleet; a
+// shard, those its selector matches (they carry their pool's last labels).
 func (r *Reconciler) removeGone(ctx context.Context, obs *observation) error {
 	var errs []error
 	for name, np := range obs.pools {
-		if _, ok := obs.fleet.Fleet.Pools[name]; ok {
+		if _, ok := obs.fleet.Fleet.Pools[name]; ok || !r.Shard.Owns(np.Labels) {
 			continue
 		}
 		if err := r.client.Delete(ctx, np); err != nil && !apierrors.IsNotFound(err) {
@@ -116,14 +121,16 @@ var nodeChanged = predicate.Funcs{
 	},
 }
 
-// specChanged passes HerdPool events where someone changed the spec, so the
-// controller puts Git's back, or asked for a resume.
+// specChanged passes HerdPool events where someone changed the spec or
+// the labels, so the controller puts Git's back (or, a shard, takes a pool
+// handed over to it), or asked for a resume.
 var specChanged = predicate.Funcs{
 	CreateFunc:  func(event.CreateEvent) bool { return false },
 	DeleteFunc:  func(event.DeleteEvent) bool { return true },
 	GenericFunc: func(event.GenericEvent) bool { return false },
 	UpdateFunc: func(e event.UpdateEvent) bool {
 		return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
+			!maps.Equal(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) ||
 			e.ObjectOld.GetAnnotations()[herdpool.AnnotationResume] != e.ObjectNew.GetAnnotations()[herdpool.AnnotationResume]
 	},
 }

@@ -87,6 +87,11 @@ type Config struct {
 	// process; a revision over budget is rejected (BudgetExceeded).
 	Budget sandbox.Budget
 
+	// Shard is the pools this controller acts on (ParseShard); the zero
+	// Shard: all of them. Each shard has its own leader election,
+	// HerdSource and source file on the status branch.
+	Shard Shard
+
 	LeaderElection leaderelection.Options
 	Namespace      string // for the leader election lease; default herd-system
 	Log            logr.Logger
@@ -125,7 +130,7 @@ func Run(ctx context.Context, cfg Config) error {
 		HealthProbeBindAddress:        cfg.HealthAddr,
 		PprofBindAddress:              cfg.PprofAddr,
 		LeaderElection:                cfg.LeaderElection.Enable,
-		LeaderElectionID:              leaderelection.GenerateID("herd-controller", cfg.Cluster),
+		LeaderElectionID:              leaderelection.GenerateID("herd-controller", cfg.Cluster, cfg.Shard.Expr),
 		LeaderElectionNamespace:       cfg.Namespace,
 		LeaderElectionReleaseOnCancel: cfg.LeaderElection.ReleaseOnCancel,
 		LeaseDuration:                 nonZero(cfg.LeaderElection.LeaseDuration),
@@ -157,7 +162,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	lastApplied, err := appliedRevision(ctx, mgr.GetAPIReader())
+	lastApplied, err := appliedRevision(ctx, mgr.GetAPIReader(), cfg.Shard)
 	if err != nil {
 		return err
 	}
@@ -188,6 +193,7 @@ func Run(ctx context.Context, cfg Config) error {
 			URL:      cfg.Repo,
 			Branch:   cfg.StatusBranch,
 			Cluster:  cfg.Cluster,
+			Shard:    cfg.Shard.Name,
 			Auth:     cfg.Auth,
 			Interval: cfg.StatusInterval,
 			Signer:   cfg.Signer,
@@ -220,9 +226,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	status := &sourcestatus.Updater{
 		Client: mgr.GetClient(),
+		Name:   herdsource.NameOf(cfg.Shard.Name),
 		Source: src,
 		Spec: herdsource.Spec{URL: gitutil.RedactURL(cfg.Repo), Branch: cmp.Or(cfg.Branch, "main"), Path: cfg.Path,
-			Interval: metav1.Duration{Duration: cmp.Or(cfg.Interval, time.Minute)}, Verify: cfg.Verify != nil},
+			Interval: metav1.Duration{Duration: cmp.Or(cfg.Interval, time.Minute)}, Verify: cfg.Verify != nil,
+			ShardSelector: cfg.Shard.Expr},
 		Events: recorder,
 	}
 	if err := status.SetupWithManager(mgr); err != nil {
@@ -237,6 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Evaluate:       fleets.load,
 		Cluster:        cfg.Cluster,
 		ReplaceWebhook: cfg.ReplaceWebhook,
+		Shard:          cfg.Shard,
 	})
 	if err := r.SetupWithManager(mgr, src.Updates()); err != nil {
 		return err
@@ -270,13 +279,13 @@ var reconcileMetrics = sync.OnceValue(fluxmetrics.MustMakeRecorder)
 
 // appliedRevision reads the revision the fleet runs from the HerdPools, so
 // a restarted controller checks new commits against it.
-func appliedRevision(ctx context.Context, c client.Reader) (string, error) {
+func appliedRevision(ctx context.Context, c client.Reader, shard Shard) (string, error) {
 	var list herdpool.HerdPoolList
 	if err := c.List(ctx, &list); err != nil {
 		return "", fmt.Errorf("read HerdPools (is the CRD installed? `herd install --print | kubectl apply -f -`): %w", err)
 	}
 	for _, np := range list.Items {
-		if np.Status.ObservedRevision != "" {
+		if np.Status.ObservedRevision != "" && shard.Owns(np.Labels) {
 			return np.Status.ObservedRevision, nil
 		}
 	}
@@ -392,7 +401,7 @@ func addReceiver(mgr manager.Manager, cfg Config) error {
 		Secret: cfg.WebhookSecret,
 		Token:  cfg.WebhookToken,
 		Trigger: func(ctx context.Context, _ receiver.Delivery) error {
-			return sourcestatus.RequestReconcile(ctx, c, time.Now())
+			return sourcestatus.RequestReconcile(ctx, c, herdsource.NameOf(cfg.Shard.Name), time.Now())
 		},
 		Logger: slog.New(logr.ToSlogHandler(cfg.Log.WithName("webhook"))),
 	})

@@ -28,6 +28,15 @@ const Kind = "HerdSource"
 // Name is the name of the one HerdSource a controller keeps.
 const Name = "fleet"
 
+// NameOf names the HerdSource of a controller shard ("" for an unsharded
+// controller: Name): each shard follows the fleet repo on its own.
+func NameOf(shard string) string {
+	if shard == "" {
+		return Name
+	}
+	return Name + "-" + shard
+}
+
 // Condition types beside kstatus' Ready, Reconciling and Stalled.
 const (
 	// SourceVerifiedCondition is True when the accepted revision's
@@ -54,6 +63,9 @@ type Spec struct {
 	Interval metav1.Duration `json:"interval,omitempty"`
 	// Verify is true when every new commit must carry a trusted signature.
 	Verify bool `json:"verify,omitempty"`
+	// ShardSelector is the label selector of the pools this shard of the
+	// controller acts on; "" when the controller is not sharded.
+	ShardSelector string `json:"shardSelector,omitempty"`
 }
 
 // Status is what the source last did.

@@ -44,6 +44,8 @@ type Source interface {
 // only, beside (not inside) the pool reconcile.
 type Updater struct {
 	Client client.Client
+	// Name is the HerdSource's name; default herdsource.Name.
+	Name   string
 	Source Source
 	Spec   herdsource.Spec // URL credentials are removed before it is written
 	Events events.EventRecorder
@@ -56,6 +58,9 @@ func (u *Updater) SetupWithManager(mgr ctrl.Manager) error {
 	if u.Now == nil {
 		u.Now = time.Now
 	}
+	if u.Name == "" {
+		u.Name = herdsource.Name
+	}
 	u.Spec.URL = Redact(u.Spec.URL)
 	changes := make(chan event.GenericEvent)
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
@@ -65,7 +70,7 @@ func (u *Updater) SetupWithManager(mgr ctrl.Manager) error {
 				return nil
 			case <-u.Source.Changes():
 				select {
-				case changes <- event.GenericEvent{Object: &herdsource.HerdSource{ObjectMeta: metav1.ObjectMeta{Name: herdsource.Name}}}:
+				case changes <- event.GenericEvent{Object: &herdsource.HerdSource{ObjectMeta: metav1.ObjectMeta{Name: u.Name}}}:
 				case <-ctx.Done():
 					return nil
 				}
@@ -75,7 +80,7 @@ func (u *Updater) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	skip := true // several controllers in one process in tests
-	onlyOurs := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == herdsource.Name })
+	onlyOurs := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == u.Name })
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("herdsource").
 		WithOptions(ctrlcontroller.Options{SkipNameValidation: &skip}).
@@ -88,20 +93,20 @@ func (u *Updater) SetupWithManager(mgr ctrl.Manager) error {
 // missing, and acts on a new reconcile request.
 func (u *Updater) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Result, error) {
 	var obj herdsource.HerdSource
-	err := u.Client.Get(ctx, client.ObjectKey{Name: herdsource.Name}, &obj)
+	err := u.Client.Get(ctx, client.ObjectKey{Name: u.Name}, &obj)
 	if apierrors.IsNotFound(err) {
-		obj = herdsource.HerdSource{ObjectMeta: metav1.ObjectMeta{Name: herdsource.Name}, Spec: u.Spec}
+		obj = herdsource.HerdSource{ObjectMeta: metav1.ObjectMeta{Name: u.Name}, Spec: u.Spec}
 		if err = u.Client.Create(ctx, &obj); err != nil {
-			return ctrl.Result{}, fmt.Errorf("create HerdSource %s: %w", herdsource.Name, err)
+			return ctrl.Result{}, fmt.Errorf("create HerdSource %s: %w", u.Name, err)
 		}
 	} else if err != nil {
-		return ctrl.Result{}, fmt.Errorf("read HerdSource %s: %w", herdsource.Name, err)
+		return ctrl.Result{}, fmt.Errorf("read HerdSource %s: %w", u.Name, err)
 	}
 	if obj.Spec != u.Spec {
 		before := obj.DeepCopy()
 		obj.Spec = u.Spec
 		if err := u.Client.Patch(ctx, &obj, client.MergeFrom(before)); err != nil {
-			return ctrl.Result{}, fmt.Errorf("update HerdSource %s spec: %w", herdsource.Name, err)
+			return ctrl.Result{}, fmt.Errorf("update HerdSource %s spec: %w", u.Name, err)
 		}
 	}
 	before := obj.DeepCopy()
@@ -117,7 +122,7 @@ func (u *Updater) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Resu
 		return ctrl.Result{}, nil
 	}
 	if err := u.Client.Status().Patch(ctx, &obj, client.MergeFrom(before)); err != nil {
-		return ctrl.Result{}, fmt.Errorf("update HerdSource %s status: %w", herdsource.Name, err)
+		return ctrl.Result{}, fmt.Errorf("update HerdSource %s status: %w", u.Name, err)
 	}
 	u.events(&obj, before)
 	return ctrl.Result{}, nil
@@ -252,12 +257,12 @@ func timeOrNil(t time.Time) *metav1.Time {
 
 // RequestReconcile asks the leader to check the remote now, as Flux's
 // receiver does: it sets the reconcile.fluxcd.io/requestedAt annotation on
-// the HerdSource, which the leader's Updater watches. Any replica may call
+// the HerdSource called name, which the leader's Updater watches. Any replica may call
 // it, so every replica can take webhook deliveries.
-func RequestReconcile(ctx context.Context, c client.Client, at time.Time) error {
+func RequestReconcile(ctx context.Context, c client.Client, name string, at time.Time) error {
 	stamp := at.UTC().Format(time.RFC3339Nano)
 	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, meta.ReconcileRequestAnnotation, stamp)
-	obj := &herdsource.HerdSource{ObjectMeta: metav1.ObjectMeta{Name: herdsource.Name}}
+	obj := &herdsource.HerdSource{ObjectMeta: metav1.ObjectMeta{Name: name}}
 	err := c.Patch(ctx, obj, client.RawPatch(types.MergePatchType, []byte(patch)))
 	if apierrors.IsNotFound(err) {
 		// No leader has written it yet: create it with the request.
@@ -268,7 +273,7 @@ func RequestReconcile(ctx context.Context, c client.Client, at time.Time) error 
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("request a check of the source on HerdSource %s: %w", herdsource.Name, err)
+		return fmt.Errorf("request a check of the source on HerdSource %s: %w", name, err)
 	}
 	return nil
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -39,6 +38,10 @@ type Line struct {
 
 // Source is the fleet source as the cluster's HerdSource shows it.
 type Source struct {
+	// Shard and Selector name a controller shard's HerdSource; "" for an
+	// unsharded controller's.
+	Shard    string `json:"shard,omitempty"`
+	Selector string `json:"selector,omitempty"`
 	URL      string `json:"url"`
 	Branch   string `json:"branch"`
 	Ready    string `json:"ready"` // True, False or Unknown
@@ -48,32 +51,61 @@ type Source struct {
 	Rejected string `json:"rejected,omitempty"` // the last refused head
 }
 
-// SourceFromCluster reads the HerdSource; nil when there is none yet.
-func SourceFromCluster(ctx context.Context, c client.Reader) (*Source, error) {
-	var hs herdsource.HerdSource
-	err := c.Get(ctx, client.ObjectKey{Name: herdsource.Name}, &hs)
-	if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
-		return nil, nil
+// SourcesFromCluster reads the HerdSources: the unsharded controller's
+// (nil when there is none yet) and every shard's, by name.
+func SourcesFromCluster(ctx context.Context, c client.Reader) (*Source, []Source, error) {
+	var list herdsource.HerdSourceList
+	err := c.List(ctx, &list)
+	if meta.IsNoMatchError(err) {
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read HerdSource %s: %w", herdsource.Name, err)
+		return nil, nil, fmt.Errorf("list HerdSources: %w", err)
 	}
-	src := &Source{URL: hs.Spec.URL, Branch: hs.Spec.Branch, Ready: "Unknown", Applied: hs.Status.LastAppliedRevision}
-	if c := conditions.Get(&hs, fluxmeta.ReadyCondition); c != nil {
+	var main *Source
+	var shards []Source
+	for i := range list.Items {
+		hs := &list.Items[i]
+		src := sourceOf(hs)
+		switch {
+		case hs.Name == herdsource.Name:
+			main = &src
+		case hs.Spec.ShardSelector != "":
+			src.Shard, src.Selector = strings.TrimPrefix(hs.Name, herdsource.Name+"-"), hs.Spec.ShardSelector
+			shards = append(shards, src)
+		}
+	}
+	slices.SortFunc(shards, func(a, b Source) int { return strings.Compare(a.Shard, b.Shard) })
+	return main, shards, nil
+}
+
+func sourceOf(hs *herdsource.HerdSource) Source {
+	src := Source{URL: hs.Spec.URL, Branch: hs.Spec.Branch, Ready: "Unknown", Applied: hs.Status.LastAppliedRevision}
+	if c := conditions.Get(hs, fluxmeta.ReadyCondition); c != nil {
 		src.Ready, src.Reason, src.Message = string(c.Status), c.Reason, c.Message
 	}
 	if rj := hs.Status.LastRejected; rj != nil {
 		src.Rejected = rj.Commit
 	}
-	return src, nil
+	return src
 }
 
-// WriteSource prints the source's line.
-func WriteSource(w io.Writer, s *Source) error {
-	if s == nil {
+// WriteSource prints the source's line, and a line per shard.
+func WriteSource(w io.Writer, s *Source, shards []Source) error {
+	if s == nil && len(shards) == 0 {
 		return nil
 	}
-	_, err := fmt.Fprintf(w, "SOURCE %s@%s  Ready=%s %s  applied %s: %s\n\n", s.URL, s.Branch, s.Ready, s.Reason, schema.Short(s.Applied), s.Message)
+	if s != nil {
+		if _, err := fmt.Fprintf(w, "SOURCE %s@%s  Ready=%s %s  applied %s: %s\n", s.URL, s.Branch, s.Ready, s.Reason, schema.Short(s.Applied), s.Message); err != nil {
+			return err
+		}
+	}
+	for _, sh := range shards {
+		if _, err := fmt.Fprintf(w, "SHARD %s (%s) %s@%s  Ready=%s %s  applied %s: %s\n", sh.Shard, sh.Selector, sh.URL, sh.Branch, sh.Ready, sh.Reason, schema.Short(sh.Applied), sh.Message); err != nil {
+			return err
+		}
+	}
+	_, err := fmt.Fprintln(w)
 	return err
 }
 

@@ -77,7 +77,16 @@ type Options struct {
 	// Dir/controller.log, and StopController kills it with SIGKILL, as a
 	// crash or an OOM kill would. Otherwise it runs in this process.
 	ControllerBin string
+
+	// Shards, when set, run one controller per shard in this process
+	// (not with ControllerBin), each with its leader election on, its own
+	// webhook receiver (the push hook posts to every one) and cache.
+	Shards []Shard
 }
+
+// Shard is one controller shard: herd controller --shard-name Name
+// --shard-selector Selector.
+type Shard struct{ Name, Selector string }
 
 // Story is the running setup.
 type Story struct {
@@ -86,12 +95,13 @@ type Story struct {
 	Fleet      *sim.Fleet
 	Client     client.Client
 	Dir        string
-	Kubeconfig string // Dir/kubeconfig
-	Work       string // Dir/fleet: a working clone whose origin is Remote
-	Remote     string // git://127.0.0.1:PORT/fleet.git
-	Webhook    string // http://127.0.0.1:PORT/
-	Token      string // the webhook's bearer token
-	Cluster    string // the controller's cluster name
+	Kubeconfig string   // Dir/kubeconfig
+	Work       string   // Dir/fleet: a working clone whose origin is Remote
+	Remote     string   // git://127.0.0.1:PORT/fleet.git
+	Webhook    string   // http://127.0.0.1:PORT/ (the first controller's)
+	Webhooks   []string // every controller's receiver, one per shard
+	Token      string   // the webhook's bearer token
+	Cluster    string   // the controller's cluster name
 
 	opts       Options
 	daemon     *exec.Cmd
@@ -266,8 +276,13 @@ func (s *Story) makeFleetRepo() error {
 		return err
 	}
 	s.Token = randomHex(16)
-	s.Webhook = "http://" + freeAddr() + "/"
-	hook := fmt.Sprintf("#!/bin/sh\n# Tell herd about the push at once, as a Git host's webhook does.\ncurl -fsS -m 5 -X POST -H 'Authorization: Bearer %s' %s >/dev/null 2>&1 || true\n", s.Token, s.Webhook)
+	hook := "#!/bin/sh\n# Tell herd about the push at once, as a Git host's webhook does.\n"
+	for range max(1, len(s.opts.Shards)) {
+		url := "http://" + freeAddr() + "/"
+		s.Webhooks = append(s.Webhooks, url)
+		hook += fmt.Sprintf("curl -fsS -m 5 -X POST -H 'Authorization: Bearer %s' %s >/dev/null 2>&1 || true\n", s.Token, url)
+	}
+	s.Webhook = s.Webhooks[0]
 	return os.WriteFile(filepath.Join(bare, "hooks", "post-receive"), []byte(hook), 0o755)
 }
 
@@ -315,7 +330,41 @@ func (s *Story) startController(opts Options) {
 		MetricsAddr:    "0",
 		Log:            log,
 	}
-	go func() { s.ctrlDone <- controller.Run(ctx, cfg) }()
+	if len(opts.Shards) == 0 {
+		go func() { s.ctrlDone <- controller.Run(ctx, cfg) }()
+		return
+	}
+	errs := make(chan error, len(opts.Shards))
+	for i, sh := range opts.Shards {
+		c := cfg
+		shard, err := controller.ParseShard(sh.Name, sh.Selector)
+		if err != nil {
+			errs <- err
+			continue
+		}
+		c.Shard = shard
+		c.CacheDir = filepath.Join(s.Dir, "controller-"+shard.Name)
+		c.WebhookAddr = strings.TrimSuffix(strings.TrimPrefix(s.Webhooks[i], "http://"), "/")
+		c.LeaderElection.Enable = true
+		c.LeaderElection.ReleaseOnCancel = true
+		c.Log = log.WithValues("shard", shard.Name)
+		go func() { errs <- controller.Run(ctx, c) }()
+	}
+	go func() { // the first to stop stops the story's controllers
+		var failed []error
+		for i := range opts.Shards {
+			if err := <-errs; err != nil && !errors.Is(err, context.Canceled) {
+				failed = append(failed, err)
+			}
+			if i == 0 {
+				cancel()
+			}
+		}
+		if len(failed) == 0 {
+			failed = append(failed, context.Canceled)
+		}
+		s.ctrlDone <- errors.Join(failed...)
+	}()
 }
 
 // startProcess runs `herd controller` as a process of its own, with the
