@@ -23,9 +23,9 @@ const minGitPoll = 10 * time.Second
 
 // statusView is what `herd status -o json|yaml` prints.
 type statusView struct {
-	Source *statusview.Source `json:"source,omitempty"`
+	Source *statusview.Source  `json:"source,omitempty"`
 	Shards []statusview.Source `json:"shards,omitempty"` // controller shards' sources
-	Pools  []statusview.Line  `json:"pools"`
+	Pools  []statusview.Line   `json:"pools"`
 }
 
 func newStatusCmd() *cobra.Command {
