@@ -401,7 +401,7 @@ func addReceiver(mgr manager.Manager, cfg Config) error {
 		Secret: cfg.WebhookSecret,
 		Token:  cfg.WebhookToken,
 		Trigger: func(ctx context.Context, _ receiver.Delivery) error {
-			return sourcestatus.RequestReconcile(ctx, c, herdsource.NameOf(cfg.Shard.Name), time.Now())
+			return requestChecks(ctx, c, cfg)
 		},
 		Logger: slog.New(logr.ToSlogHandler(cfg.Log.WithName("webhook"))),
 	})
@@ -425,4 +425,28 @@ func nonZero(d time.Duration) *time.Duration {
 		return nil
 	}
 	return &d
+}
+
+// requestChecks asks this controller, and every other shard following the
+// same repository, branch and path, to check the remote now: a delivery
+// that reaches any shard's replica (one Service fronts them all) wakes
+// every shard.
+func requestChecks(ctx context.Context, c client.Client, cfg Config) error {
+	own := herdsource.NameOf(cfg.Shard.Name)
+	names := []string{own}
+	var list herdsource.HerdSourceList
+	if err := c.List(ctx, &list); err == nil {
+		url, branch := sourcestatus.Redact(gitutil.RedactURL(cfg.Repo)), cmp.Or(cfg.Branch, "main")
+		for _, hs := range list.Items {
+			if hs.Name != own && hs.Spec.URL == url && hs.Spec.Branch == branch && hs.Spec.Path == cfg.Path {
+				names = append(names, hs.Name)
+			}
+		}
+	}
+	now := time.Now()
+	var errs []error
+	for _, name := range names {
+		errs = append(errs, sourcestatus.RequestReconcile(ctx, c, name, now))
+	}
+	return errors.Join(errs...)
 }

@@ -10,6 +10,8 @@ import (
 	"herd.dev/herd/schema"
 	"herd.dev/herd/sync/controller"
 	"herd.dev/herd/sync/herdpool"
+	"herd.dev/herd/sync/herdsource"
+	"herd.dev/herd/test/fleettest"
 )
 
 func TestParseShard(t *testing.T) {
@@ -119,4 +121,43 @@ func TestShardHandOver(t *testing.T) {
 		t.Errorf("HerdPool general labels %v after the hand-over, want herd.dev/shard=a", l)
 	}
 	t.Logf("batch %v and general %v rolled out by shard a", batch, general)
+}
+
+// TestWebhookWakesEveryShard: two shards poll hourly, and only shard a's
+// replica gets the forge's delivery (one Service fronts every shard's
+// pods): both fetch the pushed commit at once.
+func TestWebhookWakesEveryShard(t *testing.T) {
+	e := newEnv(t)
+	const secret = "webhook-secret"
+	addr := freeAddrT(t)
+	for _, sh := range []struct{ name, selector string }{{"a", "herd.dev/shard=a"}, {"b", "!herd.dev/shard"}} {
+		ctl := e.startControllerWith("herd-"+sh.name, true, func(c *controllerConfig) {
+			s, err := controller.ParseShard(sh.name, sh.selector)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Shard, c.Interval = s, time.Hour
+			if sh.name == "a" {
+				c.WebhookAddr, c.WebhookSecret = addr, secret
+			}
+		})
+		defer ctl.stop(t)
+	}
+	accepted := func(name, commit string) func() (bool, error) {
+		return func() (bool, error) {
+			hs := e.herdSourceNamed(herdsource.NameOf(name))
+			return hs != nil && hs.Status.LastAcceptedRevision != nil && hs.Status.LastAcceptedRevision.Commit == commit, nil
+		}
+	}
+	head := strings.TrimSpace(fleettest.Git(t, e.work, "rev-parse", "HEAD"))
+	for _, name := range []string{"a", "b"} {
+		e.waitFor("shard "+name+" at the first revision", time.Minute, accepted(name, head))
+	}
+	fleettest.Git(t, e.work, "commit", "--allow-empty", "-qm", "delivered to shard a only")
+	fleettest.Git(t, e.work, "push", "-q", "origin", "main")
+	commit := strings.TrimSpace(fleettest.Git(t, e.work, "rev-parse", "HEAD"))
+	githubPush(t, addr, secret, commit)
+	for _, name := range []string{"a", "b"} {
+		e.waitFor("shard "+name+" to fetch the pushed commit", 30*time.Second, accepted(name, commit))
+	}
 }

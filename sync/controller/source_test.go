@@ -28,9 +28,11 @@ import (
 )
 
 // herdSource reads the HerdSource.
-func (e *env) herdSource() *herdsource.HerdSource {
+func (e *env) herdSource() *herdsource.HerdSource { return e.herdSourceNamed(herdsource.Name) }
+
+func (e *env) herdSourceNamed(name string) *herdsource.HerdSource {
 	var hs herdsource.HerdSource
-	if err := e.c.Get(e.t.Context(), client.ObjectKey{Name: herdsource.Name}, &hs); err != nil {
+	if err := e.c.Get(e.t.Context(), client.ObjectKey{Name: name}, &hs); err != nil {
 		return nil
 	}
 	return &hs
@@ -200,26 +202,33 @@ func TestWebhookOnEveryReplica(t *testing.T) {
 		fleettest.Git(t, e.work, "commit", "--allow-empty", "-qm", fmt.Sprintf("delivery to replica %d", i))
 		fleettest.Git(t, e.work, "push", "-q", "origin", "main")
 		commit := strings.TrimSpace(fleettest.Git(t, e.work, "rev-parse", "HEAD"))
-		body := fmt.Sprintf(`{"ref":"refs/heads/main","after":%q}`, commit)
-		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader(body))
-		req.Header.Set("X-GitHub-Event", "push")
-		req.Header.Set("X-Hub-Signature-256", "sha256="+hmacSHA256(secret, body))
-		var code int
-		if err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-			resp, err := http.DefaultClient.Do(req.Clone(t.Context()))
-			if err != nil {
-				return false, nil // not listening yet
-			}
-			resp.Body.Close()
-			code = resp.StatusCode
-			req.Body, _ = req.GetBody()
-			return true, nil
-		}); err != nil || code != http.StatusAccepted {
-			t.Fatalf("replica %d answered %d (%v), want 202", i, code, err)
-		}
+		githubPush(t, addr, secret, commit)
 		e.waitSource(t, fmt.Sprintf("the commit delivered to replica %d", i), 30*time.Second, func(hs *herdsource.HerdSource) bool {
 			return hs.Status.LastAcceptedRevision != nil && hs.Status.LastAcceptedRevision.Commit == commit
 		})
+	}
+}
+
+// githubPush delivers a signed GitHub push event for commit to the
+// receiver at addr, waiting for it to listen; it must answer 202.
+func githubPush(t *testing.T, addr, secret, commit string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"ref":"refs/heads/main","after":%q}`, commit)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader(body))
+	req.Header.Set("X-GitHub-Event", "push")
+	req.Header.Set("X-Hub-Signature-256", "sha256="+hmacSHA256(secret, body))
+	var code int
+	if err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		resp, err := http.DefaultClient.Do(req.Clone(t.Context()))
+		if err != nil {
+			return false, nil // not listening yet
+		}
+		resp.Body.Close()
+		code = resp.StatusCode
+		req.Body, _ = req.GetBody()
+		return true, nil
+	}); err != nil || code != http.StatusAccepted {
+		t.Fatalf("%s answered %d (%v), want 202", addr, code, err)
 	}
 }
 
