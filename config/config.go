@@ -69,6 +69,9 @@ type Options struct {
 	// agents' list of OSTree remotes and keys (remotes.yaml and the key
 	// files it names).
 	OSTrust map[string][]byte
+	// Shards, when set, install one controller per shard instead of one
+	// for the whole fleet (herd controller --shard-selector).
+	Shards []Shard
 	// InsecureSkipVerify installs a controller that accepts fleet commits
 	// without checking their signatures (--insecure-skip-verify); otherwise
 	// it trusts the keys of the ConfigMap herd-trusted-keys (VerifyArg).
@@ -102,6 +105,11 @@ func Install(opts Options) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(opts.Shards) > 0 {
+		if out, err = shardControllers(out, opts.Shards); err != nil {
+			return nil, err
+		}
+	}
 	return append(out, opts.secrets()...), nil
 }
 
@@ -123,6 +131,16 @@ func (o *Options) check() error {
 	}
 	if o.Version == "" {
 		return errors.New("the image version is required")
+	}
+	if len(o.Shards) > 0 && o.NoController() {
+		return errors.New("shards need the fleet repo and the cluster name")
+	}
+	seen := map[string]bool{}
+	for _, s := range o.Shards {
+		if s.Selector == "" || seen[s.Name] {
+			return fmt.Errorf("shard %q: each shard needs a name of its own and a selector (--shard NAME=SELECTOR)", s.Name)
+		}
+		seen[s.Name] = true
 	}
 	if o.Image == "" {
 		o.Image = DefaultImage

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
+	appsv1 "k8s.io/api/apps/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -24,6 +28,7 @@ func newInstallCmd() *cobra.Command {
 		gitDir      string
 		trustedKeys []string
 		osTrustDir  string
+		shards      []string
 	)
 	cmd := &cobra.Command{
 		Use:   "install [--repo URL --cluster NAME]",
@@ -53,6 +58,12 @@ keyrings as *.asc, an ssh-keygen allowed_signers file as allowed_signers);
 until then it accepts no commit and says so on the HerdSource, and a key
 added later takes effect without a restart. --insecure-skip-verify turns
 the check off, so whoever can push to the fleet repo changes every node.
+
+--shard NAME=SELECTOR (repeatable) installs one controller per shard,
+herd-controller-NAME, acting on the pools whose labels SELECTOR matches
+(docs/controller.md, Shards), instead of one for the whole fleet; the
+controller Deployments an install no longer renders are deleted, so
+switching between one controller and shards never leaves both running.
 
 Without --repo and --cluster it installs everything but the controller
 (CRDs, RBAC, the admission policy, the agent): a controller can follow
@@ -88,6 +99,9 @@ later with a second herd install.`,
 					return failure(fmt.Errorf("--os-trust-dir: %w", err))
 				}
 			}
+			if opts.Shards, err = parseShards(shards); err != nil {
+				return usageError("%v", err)
+			}
 			if (opts.Repo == "") != (opts.Cluster == "") {
 				return usageError("--repo and --cluster go together (neither installs no controller)")
 			}
@@ -111,6 +125,15 @@ later with a second herd install.`,
 			}
 			if err := cluster.Apply(cmd.Context(), c, manifests); err != nil {
 				return failure(err)
+			}
+			if !opts.NoController() {
+				gone, err := pruneControllers(cmd.Context(), c, opts.ControllerNames())
+				if err != nil {
+					return failure(err)
+				}
+				for _, name := range gone {
+					fmt.Fprintf(cmd.OutOrStdout(), "deleted %s: this install does not run it\n", name)
+				}
 			}
 			if opts.NoController() {
 				fmt.Fprintf(cmd.OutOrStdout(), "installed herd %s in %s without a controller: give --repo and --cluster to follow a fleet repo\n", opts.Version, config.Namespace)
@@ -136,6 +159,7 @@ later with a second herd install.`,
 	f.StringArrayVar(&trustedKeys, "trusted-key", nil, "a file of keys trusted to sign fleet commits (*.asc or *.gpg OpenPGP keyring, or an ssh-keygen allowed_signers file), stored in the ConfigMap herd-trusted-keys (repeatable)")
 	f.StringVar(&osTrustDir, "os-trust-dir", "", "a directory with remotes.yaml (the OSTree remotes nodes may pull from) and the key files it names, stored in the ConfigMap herd-os-trust")
 	f.BoolVar(&opts.InsecureSkipVerify, "insecure-skip-verify", false, "install a controller that does not check fleet commit signatures (by default it trusts the keys of the ConfigMap herd-trusted-keys, and accepts no commit without one)")
+	f.StringArrayVar(&shards, "shard", nil, "install a controller shard NAME acting on the pools whose labels match SELECTOR, as NAME=SELECTOR, e.g. a=herd.dev/shard=a and main='!herd.dev/shard' (repeatable; replaces the single controller)")
 	f.StringArrayVar(&opts.ExtraArgs, "controller-arg", nil, "extra controller argument, e.g. --controller-arg=--verify-allowed-signers=... (repeatable)")
 	return cmd
 }
@@ -200,4 +224,58 @@ func readSecretDir(dir string, names ...string) (map[string][]byte, error) {
 		return nil, fmt.Errorf("%s has none of %s", dir, strings.Join(names, ", "))
 	}
 	return out, nil
+}
+
+// parseShards reads --shard NAME=SELECTOR values, checked as the
+// controller checks its own flags.
+func parseShards(values []string) ([]config.Shard, error) {
+	var out []config.Shard
+	for _, v := range values {
+		name, sel, ok := strings.Cut(v, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("--shard %q: want NAME=SELECTOR", v)
+		}
+		if _, err := controller.ParseShard(name, sel); err != nil {
+			return nil, fmt.Errorf("--shard %q: %w", v, err)
+		}
+		out = append(out, config.Shard{Name: name, Selector: sel})
+	}
+	return out, nil
+}
+
+// pruneControllers deletes the controller Deployments and
+// PodDisruptionBudgets in Herd's namespace not named in keep: the single
+// controller after an install with shards, or the shards after one
+// without. It returns what it deleted, as kind/name.
+func pruneControllers(ctx context.Context, c client.Client, keep []string) ([]string, error) {
+	sel := client.MatchingLabels{"app.kubernetes.io/name": "herd", "app.kubernetes.io/component": "controller"}
+	var deps appsv1.DeploymentList
+	var pdbs policyv1.PodDisruptionBudgetList
+	var objs []client.Object
+	for _, l := range []client.ObjectList{&deps, &pdbs} {
+		if err := c.List(ctx, l, client.InNamespace(config.Namespace), sel); err != nil {
+			return nil, fmt.Errorf("list the installed controllers: %w", err)
+		}
+	}
+	for i := range deps.Items {
+		objs = append(objs, &deps.Items[i])
+	}
+	for i := range pdbs.Items {
+		objs = append(objs, &pdbs.Items[i])
+	}
+	var gone []string
+	for _, o := range objs {
+		kind := "deployment"
+		if _, ok := o.(*policyv1.PodDisruptionBudget); ok {
+			kind = "poddisruptionbudget"
+		}
+		if slices.Contains(keep, o.GetName()) {
+			continue
+		}
+		if err := c.Delete(ctx, o); client.IgnoreNotFound(err) != nil {
+			return gone, fmt.Errorf("delete %s %s: %w", kind, o.GetName(), err)
+		}
+		gone = append(gone, kind+"/"+o.GetName())
+	}
+	return gone, nil
 }

@@ -199,6 +199,63 @@ kubectl apply --server-side --field-manager=herd-install-test -f `+printed)
 			t.Errorf("controller replica %d: %v", i, err)
 		}
 	}
+	single := strings.Fields(lease)[0] // the single controller's Lease
+	t.Run("shards", func(t *testing.T) { runShards(t, cp, c, cs, work, env, entry, remote, fleettest.Git(t, fleet, "rev-parse", "HEAD"), single) })
+}
+
+// runShards installs two controller shards in place of the single
+// controller and runs one replica of each from its rendered Pod: each
+// leads its own election and keeps its own HerdSource at the head. An
+// install without shards then puts the single controller back.
+func runShards(t *testing.T, cp *controlplane.ControlPlane, c client.Client, cs kubernetes.Interface, work string, env []string, entry map[string]string, remote, head, single string) {
+	out := shell(t, work, env, `herd install --repo "$FLEET_REPO" --cluster "$CLUSTER" --shard a=herd.dev/shard=a --shard 'main=!herd.dev/shard'`)
+	for _, gone := range []string{"deployment/herd-controller", "poddisruptionbudget/herd-controller"} {
+		if !strings.Contains(out, "deleted "+gone+":") {
+			t.Errorf("herd install --shard did not delete the single controller's %s:\n%s", gone, out)
+		}
+	}
+	var shards []*podrun.Process
+	for _, name := range []string{"a", "main"} {
+		var d appsv1.Deployment
+		if err := c.Get(t.Context(), client.ObjectKey{Namespace: "herd-system", Name: "herd-controller-" + name}, &d); err != nil {
+			t.Fatal(err)
+		}
+		pods := waitPods(t, cs, "herd.dev/shard-name="+name, 2)
+		p := startPod(t, cp, &pods[0], "controller", entry, nil, hostPort(remote))
+		waitProbes(t, p, d.Spec.Template.Spec.Containers[0], "shard "+name)
+		shards = append(shards, p)
+	}
+	for _, name := range []string{"fleet-a", "fleet-main"} {
+		waitAcceptedBy(t, c, name, strings.TrimSpace(head))
+	}
+	held := map[string]string{}
+	if err := wait.PollUntilContextTimeout(t.Context(), 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := cs.CoordinationV1().Leases("herd-system").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		clear(held)
+		for _, l := range list.Items {
+			if isHerd(l) && l.Name != single && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
+				held[l.Name] = *l.Spec.HolderIdentity
+			}
+		}
+		return len(held) == 2, nil
+	}); err != nil {
+		t.Errorf("leader Leases held by shard pods: %v, want one per shard", held)
+	}
+	for i, p := range shards {
+		if err := p.Stop(30 * time.Second); err != nil {
+			t.Errorf("shard %d: %v", i, err)
+		}
+	}
+
+	out = shell(t, work, env, `herd install --repo "$FLEET_REPO" --cluster "$CLUSTER"`)
+	for _, gone := range []string{"deployment/herd-controller-a", "deployment/herd-controller-main"} {
+		if !strings.Contains(out, "deleted "+gone+":") {
+			t.Errorf("herd install without shards did not delete %s:\n%s", gone, out)
+		}
+	}
 }
 
 // runAgent starts the agent of a simulated node from the DaemonSet's Pod.
@@ -313,7 +370,7 @@ func readmeBlocks(t *testing.T, path, section string) []string {
 }
 
 // shell runs a script with bash -euo pipefail.
-func shell(t *testing.T, dir string, env []string, script string) {
+func shell(t *testing.T, dir string, env []string, script string) string {
 	t.Helper()
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
 	cmd.Dir, cmd.Env = dir, env
@@ -322,6 +379,7 @@ func shell(t *testing.T, dir string, env []string, script string) {
 		t.Fatalf("%s\n%v\n%s", script, err, out)
 	}
 	t.Logf("$ %s%s", script, out)
+	return string(out)
 }
 
 func newClient(t *testing.T, cp *controlplane.ControlPlane) client.Client {
@@ -519,18 +577,24 @@ func deliver(t *testing.T, p *podrun.Process, secret, commit string) {
 // waitAccepted waits until the HerdSource shows commit accepted.
 func waitAccepted(t *testing.T, c client.Client, commit string) {
 	t.Helper()
+	waitAcceptedBy(t, c, herdsource.Name, commit)
+}
+
+// waitAcceptedBy waits for the HerdSource name to accept commit.
+func waitAcceptedBy(t *testing.T, c client.Client, name, commit string) {
+	t.Helper()
 	err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		u := &unstructured.Unstructured{}
 		u.SetAPIVersion(herdpool.GroupVersion.String())
 		u.SetKind(herdsource.Kind)
-		if err := c.Get(ctx, client.ObjectKey{Name: herdsource.Name}, u); err != nil {
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, u); err != nil {
 			return false, nil
 		}
 		got, _, _ := unstructured.NestedString(u.Object, "status", "lastAcceptedRevision", "commit")
 		return got == commit, nil
 	})
 	if err != nil {
-		t.Fatalf("the delivered commit %s was not fetched", commit)
+		t.Fatalf("HerdSource %s did not fetch %s", name, commit)
 	}
 }
 
