@@ -200,7 +200,9 @@ kubectl apply --server-side --field-manager=herd-install-test -f `+printed)
 		}
 	}
 	single := strings.Fields(lease)[0] // the single controller's Lease
-	t.Run("shards", func(t *testing.T) { runShards(t, cp, c, cs, work, env, entry, remote, fleettest.Git(t, fleet, "rev-parse", "HEAD"), single) })
+	t.Run("shards", func(t *testing.T) {
+		runShards(t, cp, c, cs, work, env, entry, remote, fleettest.Git(t, fleet, "rev-parse", "HEAD"), single)
+	})
 }
 
 // runShards installs two controller shards in place of the single
