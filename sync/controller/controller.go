@@ -216,6 +216,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 			if r.Status != nil {
 				r.Status.ReleasePool(pp.Name) // another shard's now, if it was ours
 			}
+			r.forgetMetrics(pp.Name)
 			continue
 		}
 		after, err := r.reconcilePool(ctx, obs, pp)

@@ -66,3 +66,15 @@ func (r *Reconciler) recordMetrics(obs *observation, pp *planner.PoolPlan, np *h
 		r.Metrics.RecordDuration(ref, obs.now)
 	}
 }
+
+// forgetMetrics drops the gauges of a pool this controller no longer acts
+// on (it moved to another shard), so that only its new shard reports it.
+func (r *Reconciler) forgetMetrics(pool string) {
+	nodesGauge.DeletePartialMatch(prometheus.Labels{"pool": pool})
+	if r.Metrics != nil {
+		ref := corev1.ObjectReference{Kind: herdpool.Kind, Name: pool, APIVersion: herdpool.GroupVersion.String()}
+		for _, t := range []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition} {
+			r.Metrics.DeleteCondition(ref, t)
+		}
+	}
+}
