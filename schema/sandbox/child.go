@@ -73,16 +73,28 @@ func load(req request, b loader.Budget) (resp response) {
 	return response{Result: res}
 }
 
+// threadReserve is address space kept for the threads the runtime starts
+// after the limit is set. In a cgo build (go test's default) each is a
+// pthread whose stack reserves 8 MiB, and glibc may reserve a 64 MiB
+// malloc arena for it: under CPU contention the runtime starts more
+// threads (a P handed off from each one blocked in a syscall), and a
+// benign fleet died "out of memory" with 11 MiB of heap. The static
+// binary's threads cost 16 KiB of Go memory each. Reserved address space
+// is not memory: the heap stays below the budget (SetMemoryLimit), and
+// what a fleet can allocate past it is bounded by this reserve.
+const threadReserve = 256 << 20
+
 // limit caps the process: its address space at what the Go runtime has
-// reserved so far plus the memory budget (the runtime reserves about 1 GiB
-// it never uses), its CPU time (SIGXCPU at the budget, SIGKILL two seconds
-// later), and tells the garbage collector to stay below the budget.
+// reserved so far plus the memory budget and threadReserve (the runtime
+// reserves about 1 GiB it never uses), its CPU time (SIGXCPU at the
+// budget, SIGKILL two seconds later), and tells the garbage collector to
+// stay below the budget.
 func limit(b Budget) error {
 	vm, err := vmSize()
 	if err != nil {
 		return err
 	}
-	as := uint64(vm) + uint64(b.Memory)
+	as := uint64(vm) + uint64(b.Memory) + threadReserve
 	if err := unix.Setrlimit(unix.RLIMIT_AS, &unix.Rlimit{Cur: as, Max: as}); err != nil {
 		return fmt.Errorf("limit address space: %w", err)
 	}
