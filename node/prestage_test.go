@@ -259,6 +259,10 @@ func TestAgentPrestageFailure(t *testing.T) {
 	if c := n.metrics.Snapshot(); c.Refusals != 0 || c.Prestaged != 0 {
 		t.Errorf("counters %+v", c)
 	}
+	// The hook runs after the message is reported: wait for it.
+	if !poll(t, 30*time.Second, func() bool { return hooks.count(node.HookPrestaged) >= 1 }) {
+		t.Errorf("pre-stage never handled")
+	}
 	if got := hooks.count(node.HookPrestaged); got != 1 {
 		t.Errorf("pre-stage handled %d times, want once (no retry loop)", got)
 	}
