@@ -62,17 +62,22 @@ func (r *Reconciler) observe(ctx context.Context, now time.Time) (*observation, 
 	if err := ctx.Err(); err != nil {
 		return obs, err // no plan from a history walk cut short
 	}
-	obs.input, err = planinput.Build(planinput.Sources{
+	obs.input, err = r.plannerInput(ctx, obs, history, stored)
+	return obs, err
+}
+
+// plannerInput builds the plan's input from what was observed.
+func (r *Reconciler) plannerInput(ctx context.Context, obs *observation, history *revisions.History, stored map[string]*schema.Rendered) (planner.Input, error) {
+	return planinput.Build(planinput.Sources{
 		Fleet:     obs.fleet,
-		Revision:  rev.Commit,
+		Revision:  obs.rev.Commit,
 		Nodes:     obs.nodes,
 		History:   history,
 		Stored:    stored,
 		Pools:     obs.pools,
 		Unhealthy: r.checkHealth(ctx, obs),
-		Now:       now,
+		Now:       obs.now,
 	})
-	return obs, err
 }
 
 // load evaluates the revision, once per commit: Options.Evaluate, which in

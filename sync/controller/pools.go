@@ -76,6 +76,12 @@ func (r *Reconciler) removeGone(ctx context.Context, obs *observation) error {
 // collect deletes rendered ConfigMaps that no node, pool target, last good
 // or recent target refers to.
 func (r *Reconciler) collect(ctx context.Context, obs *observation, plan *planner.Plan) error {
+	_, err := cluster.CollectRendered(ctx, r.client, keepRenders(obs, plan), 10*time.Minute, obs.now)
+	return err
+}
+
+// keepRenders is the set of render hashes collect keeps.
+func keepRenders(obs *observation, plan *planner.Plan) map[string]bool {
 	keep := map[string]bool{}
 	for _, pp := range plan.Pools {
 		keep[pp.ConfigHash] = true
@@ -89,8 +95,7 @@ func (r *Reconciler) collect(ctx context.Context, obs *observation, plan *planne
 		keep[a[schema.AnnotationDesiredConfig]] = true
 		keep[a[schema.AnnotationCurrentConfig]] = true
 	}
-	_, err := cluster.CollectRendered(ctx, r.client, keep, 10*time.Minute, obs.now)
-	return err
+	return keep
 }
 
 // sameSpec compares specs as the API server stores them (JSON), so empty
