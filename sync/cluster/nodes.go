@@ -110,7 +110,7 @@ func IsReady(n *corev1.Node) bool {
 
 // ReadNodeList reads nodes as `kubectl get nodes -o json` or `-o yaml`
 // prints them: a v1 List (or NodeList) of Nodes.
-func ReadNodeList(r io.Reader) ([]corev1.Node, error) {
+func ReadNodeList(r io.Reader) ([]*corev1.Node, error) {
 	raw, err := io.ReadAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("read node list: %w", err)
@@ -131,12 +131,12 @@ func ReadNodeList(r io.Reader) ([]corev1.Node, error) {
 	if list.APIVersion != "v1" || (list.Kind != "List" && list.Kind != "NodeList") {
 		return nil, fmt.Errorf("read node list: want apiVersion v1, kind List or NodeList (as `kubectl get nodes -o json` prints), got apiVersion %q, kind %q", list.APIVersion, list.Kind)
 	}
-	nodes := make([]corev1.Node, 0, len(list.Items))
+	nodes := make([]*corev1.Node, 0, len(list.Items))
 	seen := map[string]bool{}
 	for i, item := range list.Items {
-		var n corev1.Node
+		n := &corev1.Node{}
 		dec := json.NewDecoder(bytes.NewReader(item))
-		if err := dec.Decode(&n); err != nil {
+		if err := dec.Decode(n); err != nil {
 			return nil, fmt.Errorf("read node list: items[%d]: %w", i, err)
 		}
 		if n.Kind != "" && n.Kind != "Node" {

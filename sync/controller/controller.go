@@ -108,6 +108,7 @@ type Reconciler struct {
 	client client.Client // reads from the cache; node writes are tracked by fresh
 	api    client.Reader // uncached: HerdPools, pods, nodes the cache lags on
 	nodes  *cluster.Nodes
+	list   nodeLister // the cached nodes
 	fresh  *freshness
 	health *health
 	log    logr.Logger
@@ -121,7 +122,9 @@ type Reconciler struct {
 
 // New returns a reconciler using the manager's client and API reader.
 func New(mgr ctrl.Manager, opts Options) *Reconciler {
-	return newReconciler(mgr.GetClient(), mgr.GetAPIReader(), mgr.GetLogger().WithName("herd"), opts)
+	r := newReconciler(mgr.GetClient(), mgr.GetAPIReader(), mgr.GetLogger().WithName("herd"), opts)
+	r.list = &informerNodes{informers: mgr.GetCache(), fallback: listedNodes{r.client}}
+	return r
 }
 
 func newReconciler(c client.Client, api client.Reader, log logr.Logger, opts Options) *Reconciler {
@@ -142,6 +145,7 @@ func newReconciler(c client.Client, api client.Reader, log logr.Logger, opts Opt
 		client:  c,
 		api:     api,
 		nodes:   &cluster.Nodes{Client: fresh.track(c), Pods: api},
+		list:    listedNodes{c},
 		fresh:   fresh,
 		health:  newHealth(),
 		log:     log,

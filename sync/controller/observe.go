@@ -24,7 +24,7 @@ type observation struct {
 	now    time.Time
 	rev    source.Revision
 	fleet  *loader.Result
-	nodes  []corev1.Node
+	nodes  []*corev1.Node // the cache's own objects: read, never written
 	byName map[string]*corev1.Node
 	stored map[string]bool               // hashes of the rendered ConfigMaps in the cluster
 	pools  map[string]*herdpool.HerdPool // HerdPools as read, by name
@@ -186,17 +186,16 @@ const (
 // controller wrote and the cache does not show yet from the API server:
 // a plan must see its own last actions, or it could start a node twice.
 func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
-	var list corev1.NodeList
+	var nodes []*corev1.Node
 	deadline, before := time.Now().Add(cacheWait), -1
 	for {
-		// The cache's own objects, not copies: planning only reads them,
-		// and every write (sync/cluster) works on a copy of the node.
-		if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		var err error
+		if nodes, err = r.list.list(ctx); err != nil {
 			return fmt.Errorf("list nodes: %w", err)
 		}
 		lagging := 0
-		for i := range list.Items {
-			if r.fresh.lags(&list.Items[i]) {
+		for _, n := range nodes {
+			if r.fresh.lags(n) {
 				lagging++
 			}
 		}
@@ -210,27 +209,26 @@ func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	// In place: a copy of ten thousand nodes costs more than the plan.
-	nodes := list.Items[:0]
-	for i := range list.Items {
-		if !r.fresh.lags(&list.Items[i]) {
-			nodes = append(nodes, list.Items[i])
+	kept := nodes[:0]
+	for _, cached := range nodes {
+		if !r.fresh.lags(cached) {
+			kept = append(kept, cached)
 			continue
 		}
-		var n corev1.Node
-		switch err := r.api.Get(ctx, client.ObjectKeyFromObject(&list.Items[i]), &n); {
+		n := &corev1.Node{}
+		switch err := r.api.Get(ctx, client.ObjectKeyFromObject(cached), n); {
 		case apierrors.IsNotFound(err): // deleted meanwhile
 		case err != nil:
-			return fmt.Errorf("read node %s: %w", list.Items[i].Name, err)
+			return fmt.Errorf("read node %s: %w", cached.Name, err)
 		default:
-			r.fresh.saw(&n)
-			nodes = append(nodes, n)
+			r.fresh.saw(n)
+			kept = append(kept, n)
 		}
 	}
-	obs.nodes = nodes
-	obs.byName = make(map[string]*corev1.Node, len(nodes))
-	for i := range nodes {
-		obs.byName[nodes[i].Name] = &nodes[i]
+	obs.nodes = kept
+	obs.byName = make(map[string]*corev1.Node, len(kept))
+	for _, n := range kept {
+		obs.byName[n.Name] = n
 	}
 	r.fresh.forget(obs.byName)
 	return nil
@@ -247,8 +245,7 @@ func (r *Reconciler) checkHealth(ctx context.Context, obs *observation) map[stri
 			continue
 		}
 		hash, soak := obs.fleet.Rendered[name].Hash(), spec.Rollout.SoakDuration()
-		for i := range obs.nodes {
-			n := &obs.nodes[i]
+		for _, n := range obs.nodes {
 			a := n.Annotations
 			if a[schema.AnnotationDesiredConfig] != hash || a[schema.AnnotationCurrentConfig] != hash ||
 				a[schema.AnnotationOSBooted] != spec.OS.Commit || !spec.Selector.Matches(n.Labels) {

@@ -9,13 +9,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"herd.dev/herd/planner"
 	"herd.dev/herd/schema"
@@ -42,7 +38,8 @@ func benchIdlePlan(b *testing.B, nodes int) {
 	res := fleettest.Load(b, work)
 	now := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)
 	store := idleNodes(b, res.Hash("general"), res.Fleet.Pools["general"].OS.Commit, nodes, now)
-	r := newReconciler(storeClient{store: store}, nil, logr.Discard(), Options{})
+	r := newReconciler(nil, nil, logr.Discard(), Options{})
+	r.list = &informerNodes{found: true, store: store} // as New's, its informer found
 	stored := map[string]*schema.Rendered{}
 	for _, p := range res.PoolNames() {
 		stored[res.Hash(p)] = res.Rendered[p]
@@ -111,24 +108,4 @@ func idleNodes(b *testing.B, hash, commit string, n int, now time.Time) toolscac
 		}
 	}
 	return store
-}
-
-// storeClient lists nodes from an informer's store as controller-runtime's
-// cache reader does when asked not to copy them: the objects themselves,
-// set into the list's items.
-type storeClient struct {
-	client.Client
-	store toolscache.Store
-}
-
-func (c storeClient) List(_ context.Context, list client.ObjectList, _ ...client.ListOption) error {
-	if _, ok := list.(*corev1.NodeList); !ok {
-		return fmt.Errorf("storeClient lists nodes only, not %T", list)
-	}
-	objs := c.store.List()
-	out := make([]runtime.Object, 0, len(objs))
-	for _, o := range objs {
-		out = append(out, o.(runtime.Object))
-	}
-	return apimeta.SetList(list, out)
 }

@@ -90,8 +90,8 @@ func keepRenders(obs *observation, plan *planner.Plan) map[string]bool {
 			keep[prev.Hash] = true
 		}
 	}
-	for i := range obs.nodes {
-		a := obs.nodes[i].Annotations
+	for _, n := range obs.nodes {
+		a := n.Annotations
 		keep[a[schema.AnnotationDesiredConfig]] = true
 		keep[a[schema.AnnotationCurrentConfig]] = true
 	}

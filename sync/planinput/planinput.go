@@ -26,7 +26,7 @@ type Sources struct {
 	Revision string
 	// Nodes are the cluster's nodes, as the API server (or `kubectl get
 	// nodes -o json`) shows them.
-	Nodes []corev1.Node
+	Nodes []*corev1.Node
 	// History is what the fleet's earlier revisions rendered; nil when
 	// unknown.
 	History *revisions.History
@@ -55,9 +55,9 @@ func Build(s Sources) (planner.Input, error) {
 		Freeze:    s.Fleet.Fleet.Frozen(),
 		Now:       s.Now,
 	}
-	for i := range s.Nodes {
-		in.Nodes[i] = cluster.PlannerNode(&s.Nodes[i])
-		in.Nodes[i].Unhealthy = s.Unhealthy[s.Nodes[i].Name]
+	for i, n := range s.Nodes {
+		in.Nodes[i] = cluster.PlannerNode(n)
+		in.Nodes[i].Unhealthy = s.Unhealthy[n.Name]
 	}
 	if h := s.History; h != nil {
 		maps.Copy(in.Earlier, h.Renders)
