@@ -51,6 +51,7 @@ import (
 	"herd.dev/herd/schema/sandbox"
 	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
+	"herd.dev/herd/sync/planinput"
 	"herd.dev/herd/sync/revisions"
 	"herd.dev/herd/sync/source"
 )
@@ -118,6 +119,7 @@ type Reconciler struct {
 	loaded  map[string]*loader.Result     // the evaluated fleet, by commit (the current one)
 	history map[string]*revisions.History // its earlier revisions, by commit (the current one)
 	renders map[string]*schema.Rendered   // parsed rendered ConfigMaps, by name
+	forms   *planinput.NodeForms          // the nodes' planner forms, by name and version
 }
 
 // New returns a reconciler using the manager's client and API reader.
@@ -152,6 +154,7 @@ func newReconciler(c client.Client, api client.Reader, log logr.Logger, opts Opt
 		loaded:  map[string]*loader.Result{},
 		history: map[string]*revisions.History{},
 		renders: map[string]*schema.Rendered{},
+		forms:   planinput.NewNodeForms(),
 	}
 }
 

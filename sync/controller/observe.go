@@ -77,6 +77,7 @@ func (r *Reconciler) plannerInput(ctx context.Context, obs *observation, history
 		Pools:     obs.pools,
 		Unhealthy: r.checkHealth(ctx, obs),
 		Now:       obs.now,
+		Forms:     r.forms,
 	})
 }
 
@@ -222,6 +223,7 @@ func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
 			return fmt.Errorf("read node %s: %w", cached.Name, err)
 		default:
 			r.fresh.saw(n)
+			slimNode(n) // as the cache keeps it: one form per version
 			kept = append(kept, n)
 		}
 	}

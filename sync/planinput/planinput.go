@@ -41,6 +41,9 @@ type Sources struct {
 	Unhealthy map[string]string
 	// Now is the time the plan is for.
 	Now time.Time
+	// Forms, when set, keeps the nodes' planner forms from one build to
+	// the next (the controller's); nil reads every node.
+	Forms *NodeForms
 }
 
 // Build returns the planner's input.
@@ -55,8 +58,14 @@ func Build(s Sources) (planner.Input, error) {
 		Freeze:    s.Fleet.Fleet.Frozen(),
 		Now:       s.Now,
 	}
+	if s.Forms != nil {
+		s.Forms.read(s.Nodes, in.Nodes)
+	} else {
+		for i, n := range s.Nodes {
+			in.Nodes[i] = cluster.PlannerNode(n)
+		}
+	}
 	for i, n := range s.Nodes {
-		in.Nodes[i] = cluster.PlannerNode(n)
 		in.Nodes[i].Unhealthy = s.Unhealthy[n.Name]
 	}
 	if h := s.History; h != nil {
