@@ -339,10 +339,22 @@ func byStart(r *repairer, ns []*Node) []*Node {
 		}
 		return t
 	}
-	out := slices.Clone(ns)
-	slices.SortStableFunc(out, func(a, b *Node) int {
-		return cmp.Or(key(a).Compare(key(b)), strings.Compare(a.Name, b.Name))
-	})
+	type keyed struct {
+		n *Node
+		t time.Time
+	}
+	ks := make([]keyed, len(ns))
+	for i, n := range ns {
+		ks[i] = keyed{n, key(n)} // once per node, not per comparison
+	}
+	order := func(a, b keyed) int { return cmp.Or(a.t.Compare(b.t), strings.Compare(a.n.Name, b.n.Name)) }
+	if !slices.IsSortedFunc(ks, order) { // most often no repair and no problem: by name, as given
+		slices.SortStableFunc(ks, order)
+	}
+	out := make([]*Node, len(ks))
+	for i := range ks {
+		out[i] = ks[i].n
+	}
 	return out
 }
 
