@@ -90,10 +90,20 @@ func keepRenders(obs *observation, plan *planner.Plan) map[string]bool {
 			keep[prev.Hash] = true
 		}
 	}
-	for _, n := range obs.nodes {
-		a := n.Annotations
-		keep[a[schema.AnnotationDesiredConfig]] = true
-		keep[a[schema.AnnotationCurrentConfig]] = true
+	// The planner's nodes hold the two annotations as read; most nodes
+	// share one config, so a hash is set only when it differs from the
+	// one before.
+	var desired, current string
+	for i := range obs.input.Nodes {
+		n := &obs.input.Nodes[i]
+		if i == 0 || n.DesiredConfig != desired {
+			desired = n.DesiredConfig
+			keep[desired] = true
+		}
+		if i == 0 || n.CurrentConfig != current {
+			current = n.CurrentConfig
+			keep[current] = true
+		}
 	}
 	return keep
 }
