@@ -423,6 +423,9 @@ func (r *repairer) breaker(members []*Node, sick map[string]Sick) *Reason {
 	if limit := r.spec.MaxUnhealthy.Resolve(len(members)); len(sick) > limit {
 		return &Reason{Code: CodeBreakerPool, Count: len(sick), Total: len(members), Limit: limit, Nodes: names}
 	}
+	if len(sick) == 0 {
+		return nil // a limit is at least 1: no zone without a sick node trips it
+	}
 	zones := map[string][]*Node{}
 	for _, n := range members {
 		if z := n.Zone(); z != "" {
