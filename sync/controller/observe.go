@@ -194,6 +194,9 @@ func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
 		if nodes, err = r.list.list(ctx); err != nil {
 			return fmt.Errorf("list nodes: %w", err)
 		}
+		if !r.fresh.any() { // most reconciles: nothing written lately
+			break
+		}
 		lagging := 0
 		for _, n := range nodes {
 			if r.fresh.lags(n) {
@@ -210,9 +213,9 @@ func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	kept := nodes[:0]
+	kept, anyWritten := nodes[:0], r.fresh.any()
 	for _, cached := range nodes {
-		if !r.fresh.lags(cached) {
+		if !anyWritten || !r.fresh.lags(cached) {
 			kept = append(kept, cached)
 			continue
 		}
