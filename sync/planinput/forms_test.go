@@ -17,8 +17,8 @@ import (
 
 // TestNodeFormsSameInput builds a fleet's input over and over with and
 // without kept planner forms while nodes change (a new version with new
-// content), join, leave and lose their version, and requires the same
-// input every time.
+// content), join, leave, lose their version or only come in another
+// order, and requires the same input every time.
 func TestNodeFormsSameInput(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
@@ -28,7 +28,7 @@ func TestNodeFormsSameInput(t *testing.T) {
 	res := fleettest.Load(t, work)
 	now := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)
 	pools := res.PoolNames()
-	version := 0
+	version, unversioned := 0, false
 	newNode := func(name string) *corev1.Node {
 		pool := pools[r.IntN(len(pools))]
 		a := fleettest.AtTarget(res, pool)
@@ -39,7 +39,7 @@ func TestNodeFormsSameInput(t *testing.T) {
 		n := fleettest.Node{Name: name, Pool: pool, Zone: fmt.Sprintf("zone-%c", 'a'+r.IntN(3)), NotReady: r.IntN(8) == 0, Annotations: a}.KubeNode()
 		version++
 		n.ResourceVersion = strconv.Itoa(version)
-		if r.IntN(20) == 0 {
+		if unversioned && r.IntN(10) == 0 {
 			n.ResourceVersion = "" // read from a file
 		}
 		return &n
@@ -72,11 +72,18 @@ func TestNodeFormsSameInput(t *testing.T) {
 		if len(forms.forms) > len(nodes) {
 			t.Fatalf("round %d: %d forms kept for %d nodes", round, len(forms.forms), len(nodes))
 		}
-		// Change some nodes, remove some, add some; shuffle the order.
+		// Change some nodes; every other round on average, remove some
+		// and add some too; shuffle the order.
+		var churn bool
+		churn, unversioned = r.IntN(2) == 0, r.IntN(4) == 0
 		var changed []*corev1.Node
 		for _, n := range nodes {
 			switch r.IntN(10) {
-			case 0: // gone
+			case 0:
+				if churn {
+					continue // gone
+				}
+				changed = append(changed, n)
 			case 1, 2:
 				changed = append(changed, newNode(n.Name))
 			default:
@@ -84,8 +91,10 @@ func TestNodeFormsSameInput(t *testing.T) {
 			}
 		}
 		for range r.IntN(4) {
-			changed = append(changed, newNode(fmt.Sprintf("node-%03d", next)))
-			next++
+			if churn {
+				changed = append(changed, newNode(fmt.Sprintf("node-%03d", next)))
+				next++
+			}
 		}
 		r.Shuffle(len(changed), func(i, j int) { changed[i], changed[j] = changed[j], changed[i] })
 		nodes = changed

@@ -5,6 +5,8 @@ package planinput
 import (
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -46,7 +48,7 @@ type Sources struct {
 	Forms *NodeForms
 }
 
-// Build returns the planner's input.
+// Build returns the planner's input, its nodes in name order.
 func Build(s Sources) (planner.Input, error) {
 	in := planner.Input{
 		Nodes:     make([]planner.Node, len(s.Nodes)),
@@ -65,8 +67,12 @@ func Build(s Sources) (planner.Input, error) {
 			in.Nodes[i] = cluster.PlannerNode(n)
 		}
 	}
-	for i, n := range s.Nodes {
-		in.Nodes[i].Unhealthy = s.Unhealthy[n.Name]
+	byName := func(a, b planner.Node) int { return strings.Compare(a.Name, b.Name) }
+	if !slices.IsSortedFunc(in.Nodes, byName) {
+		slices.SortFunc(in.Nodes, byName)
+	}
+	for i := range in.Nodes {
+		in.Nodes[i].Unhealthy = s.Unhealthy[in.Nodes[i].Name]
 	}
 	if h := s.History; h != nil {
 		maps.Copy(in.Earlier, h.Renders)
