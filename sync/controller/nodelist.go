@@ -58,17 +58,21 @@ func (l *informerNodes) list(ctx context.Context) ([]*corev1.Node, error) {
 	return storeNodes(store)
 }
 
-// nodeStore finds the informer's store on first use: the informer runs
-// once the manager has started (the controller watches nodes).
+// nodeStore finds the informer's store once the informer has synced (the
+// controller's reconciles start after that); until then nil, and the
+// nodes are listed as the cache's List does (which waits, or fails).
 func (l *informerNodes) nodeStore(ctx context.Context) (toolscache.Store, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.found {
 		return l.store, nil
 	}
-	inf, err := l.informers.GetInformer(ctx, &corev1.Node{})
+	inf, err := l.informers.GetInformer(ctx, &corev1.Node{}, cache.BlockUntilSynced(false))
 	if err != nil {
 		return nil, fmt.Errorf("node informer: %w", err)
+	}
+	if !inf.HasSynced() {
+		return nil, nil
 	}
 	if s, ok := inf.(interface{ GetStore() toolscache.Store }); ok {
 		l.store = s.GetStore()
