@@ -47,9 +47,12 @@ func Compute(in Input) *Plan {
 
 // assign puts each node in the pool whose selector matches it. Pools are
 // indexed by one label of their selector, so a node is checked only against
-// pools that could match it.
+// pools that could match it; a node's labels are looked up by the index's
+// keys (a fleet's pools usually share one) or, when it has fewer labels
+// than the index has keys, the index by its labels.
 func assign(pools []Pool, nodes []Node) (members [][]*Node, unmanaged []string, conflicts []Conflict) {
 	index := map[string]map[string][]int{} // label key → value → pools
+	var keys []string                      // index's keys
 	for i, p := range pools {
 		sel := p.Spec.Selector.MatchLabels
 		if len(sel) == 0 {
@@ -58,20 +61,32 @@ func assign(pools []Pool, nodes []Node) (members [][]*Node, unmanaged []string, 
 		k := minKey(sel)
 		if index[k] == nil {
 			index[k] = map[string][]int{}
+			keys = append(keys, k)
 		}
 		index[k][sel[k]] = append(index[k][sel[k]], i)
 	}
 	members = make([][]*Node, len(pools))
 	unmanaged = []string{}
 	var matched []int
+	match := func(n *Node, candidates []int) {
+		for _, pi := range candidates {
+			if pools[pi].Spec.Selector.Matches(n.Labels) {
+				matched = append(matched, pi)
+			}
+		}
+	}
 	for i := range nodes {
 		n := &nodes[i]
 		matched = matched[:0]
-		for k, v := range n.Labels {
-			for _, pi := range index[k][v] {
-				if pools[pi].Spec.Selector.Matches(n.Labels) {
-					matched = append(matched, pi)
+		if len(keys) <= len(n.Labels) {
+			for _, k := range keys {
+				if v, ok := n.Labels[k]; ok {
+					match(n, index[k][v])
 				}
+			}
+		} else {
+			for k, v := range n.Labels {
+				match(n, index[k][v])
 			}
 		}
 		switch len(matched) {
@@ -90,8 +105,11 @@ func assign(pools []Pool, nodes []Node) (members [][]*Node, unmanaged []string, 
 	}
 	slices.Sort(unmanaged)
 	slices.SortFunc(conflicts, func(a, b Conflict) int { return strings.Compare(a.Node, b.Node) })
+	byName := func(a, b *Node) int { return strings.Compare(a.Name, b.Name) }
 	for _, m := range members {
-		slices.SortFunc(m, func(a, b *Node) int { return strings.Compare(a.Name, b.Name) })
+		if !slices.IsSortedFunc(m, byName) { // nodes given by name need no sort
+			slices.SortFunc(m, byName)
+		}
 	}
 	return members, unmanaged, conflicts
 }

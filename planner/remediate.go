@@ -339,10 +339,22 @@ func byStart(r *repairer, ns []*Node) []*Node {
 		}
 		return t
 	}
-	out := slices.Clone(ns)
-	slices.SortStableFunc(out, func(a, b *Node) int {
-		return cmp.Or(key(a).Compare(key(b)), strings.Compare(a.Name, b.Name))
-	})
+	type keyed struct {
+		n *Node
+		t time.Time
+	}
+	ks := make([]keyed, len(ns))
+	for i, n := range ns {
+		ks[i] = keyed{n, key(n)} // once per node, not per comparison
+	}
+	order := func(a, b keyed) int { return cmp.Or(a.t.Compare(b.t), strings.Compare(a.n.Name, b.n.Name)) }
+	if !slices.IsSortedFunc(ks, order) { // most often no repair and no problem: by name, as given
+		slices.SortStableFunc(ks, order)
+	}
+	out := make([]*Node, len(ks))
+	for i := range ks {
+		out[i] = ks[i].n
+	}
 	return out
 }
 
@@ -410,6 +422,9 @@ func (r *repairer) breaker(members []*Node, sick map[string]Sick) *Reason {
 	slices.Sort(names)
 	if limit := r.spec.MaxUnhealthy.Resolve(len(members)); len(sick) > limit {
 		return &Reason{Code: CodeBreakerPool, Count: len(sick), Total: len(members), Limit: limit, Nodes: names}
+	}
+	if len(sick) == 0 {
+		return nil // a limit is at least 1: no zone without a sick node trips it
 	}
 	zones := map[string][]*Node{}
 	for _, n := range members {

@@ -160,7 +160,7 @@ func validFormat(f string) bool {
 }
 
 // readNodes reads the node list, from stdin for "-".
-func readNodes(stdin io.Reader, nodesFile string) ([]corev1.Node, error) {
+func readNodes(stdin io.Reader, nodesFile string) ([]*corev1.Node, error) {
 	r := stdin
 	if nodesFile != "-" {
 		f, err := os.Open(nodesFile)

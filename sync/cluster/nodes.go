@@ -18,33 +18,62 @@ import (
 )
 
 // PlannerNode turns a Kubernetes Node into what the planner needs to know.
+// It reads the node's annotations in one pass: an absent one is its
+// field's zero value, as is an unparsable time or count.
 func PlannerNode(n *corev1.Node) planner.Node {
-	a := n.Annotations
 	pn := planner.Node{
 		Name:          n.Name,
 		Labels:        n.Labels,
 		Ready:         IsReady(n),
 		Unschedulable: n.Spec.Unschedulable,
-		DesiredConfig: a[schema.AnnotationDesiredConfig],
-		DesiredOS:     a[schema.AnnotationDesiredOS],
-		Cordoned:      a[schema.AnnotationCordoned] == "true",
-		DrainStarted:  annotationTime(a, schema.AnnotationDrainStarted),
-		DrainBlocked:  a[schema.AnnotationDrainBlocked] != "",
-		CurrentConfig: a[schema.AnnotationCurrentConfig],
-		OSBooted:      a[schema.AnnotationOSBooted],
-		OSStaged:      a[schema.AnnotationOSStaged],
-		State:         schema.NodeState(a[schema.AnnotationState]),
-		Message:       a[schema.AnnotationMessage],
-		Dispatched:    annotationTime(a, schema.AnnotationDispatched),
-		AtTarget:      annotationTime(a, schema.AnnotationAtTarget),
-		Failures:      annotationInt(a, schema.AnnotationFailures),
-		FailedTarget:  a[schema.AnnotationFailedTarget],
-		Quarantined:   a[schema.AnnotationQuarantined],
-		PrestageOS:    a[schema.AnnotationPrestageOS],
-		OSPulled:      a[schema.AnnotationOSPulled],
 		Converging:    HasTaint(n, schema.TaintConverging),
 	}
-	repairFields(n, &pn)
+	var repairs repairAnnotations
+	for k, v := range n.Annotations {
+		switch k {
+		case schema.AnnotationDesiredConfig:
+			pn.DesiredConfig = v
+		case schema.AnnotationDesiredOS:
+			pn.DesiredOS = v
+		case schema.AnnotationCordoned:
+			pn.Cordoned = v == "true"
+		case schema.AnnotationDrainStarted:
+			pn.DrainStarted = parseTime(v)
+		case schema.AnnotationDrainBlocked:
+			pn.DrainBlocked = v != ""
+		case schema.AnnotationCurrentConfig:
+			pn.CurrentConfig = v
+		case schema.AnnotationOSBooted:
+			pn.OSBooted = v
+		case schema.AnnotationOSStaged:
+			pn.OSStaged = v
+		case schema.AnnotationState:
+			pn.State = schema.NodeState(v)
+		case schema.AnnotationMessage:
+			pn.Message = v
+		case schema.AnnotationDispatched:
+			pn.Dispatched = parseTime(v)
+		case schema.AnnotationAtTarget:
+			pn.AtTarget = parseTime(v)
+		case schema.AnnotationFailures:
+			pn.Failures, _ = strconv.Atoi(v)
+		case schema.AnnotationFailedTarget:
+			pn.FailedTarget = v
+		case schema.AnnotationQuarantined:
+			pn.Quarantined = v
+		case schema.AnnotationPrestageOS:
+			pn.PrestageOS = v
+		case schema.AnnotationOSPulled:
+			pn.OSPulled = v
+		case schema.AnnotationRemediation:
+			repairs.state = v
+		case schema.AnnotationRemediations:
+			repairs.history = v
+		case schema.AnnotationRemediated:
+			repairs.report = v
+		}
+	}
+	repairFields(n, repairs, &pn)
 	return pn
 }
 
@@ -58,18 +87,15 @@ func HasTaint(n *corev1.Node, key string) bool {
 	return false
 }
 
-func annotationTime(a map[string]string, key string) time.Time {
-	v := a[key]
+func annotationTime(a map[string]string, key string) time.Time { return parseTime(a[key]) }
+
+// parseTime reads an RFC 3339 annotation; "" or unparsable is the zero time.
+func parseTime(v string) time.Time {
 	if v == "" {
 		return time.Time{} // most nodes, most of the time: no error to make
 	}
 	t, _ := time.Parse(time.RFC3339, v)
 	return t
-}
-
-func annotationInt(a map[string]string, key string) int {
-	n, _ := strconv.Atoi(a[key])
-	return n
 }
 
 // IsReady reports whether the node's Ready condition is True.
@@ -84,7 +110,7 @@ func IsReady(n *corev1.Node) bool {
 
 // ReadNodeList reads nodes as `kubectl get nodes -o json` or `-o yaml`
 // prints them: a v1 List (or NodeList) of Nodes.
-func ReadNodeList(r io.Reader) ([]corev1.Node, error) {
+func ReadNodeList(r io.Reader) ([]*corev1.Node, error) {
 	raw, err := io.ReadAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("read node list: %w", err)
@@ -105,12 +131,12 @@ func ReadNodeList(r io.Reader) ([]corev1.Node, error) {
 	if list.APIVersion != "v1" || (list.Kind != "List" && list.Kind != "NodeList") {
 		return nil, fmt.Errorf("read node list: want apiVersion v1, kind List or NodeList (as `kubectl get nodes -o json` prints), got apiVersion %q, kind %q", list.APIVersion, list.Kind)
 	}
-	nodes := make([]corev1.Node, 0, len(list.Items))
+	nodes := make([]*corev1.Node, 0, len(list.Items))
 	seen := map[string]bool{}
 	for i, item := range list.Items {
-		var n corev1.Node
+		n := &corev1.Node{}
 		dec := json.NewDecoder(bytes.NewReader(item))
-		if err := dec.Decode(&n); err != nil {
+		if err := dec.Decode(n); err != nil {
 			return nil, fmt.Errorf("read node list: items[%d]: %w", i, err)
 		}
 		if n.Kind != "" && n.Kind != "Node" {

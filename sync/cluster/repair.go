@@ -14,11 +14,16 @@ import (
 	"herd.dev/herd/schema"
 )
 
+// repairAnnotations are a node's repair annotations, as PlannerNode
+// found them ("" when absent).
+type repairAnnotations struct{ state, history, report string }
+
 // repairFields reads what repairs decide on into a planner node: the
 // node's Ready condition and the agent's health conditions, the repair in
 // progress, its history and the agent's last report. Annotations that do
-// not parse are left out, as if absent.
-func repairFields(n *corev1.Node, pn *planner.Node) {
+// not parse are left out, as if absent; absent ones are not parsed (most
+// nodes, most of the time: no error to make).
+func repairFields(n *corev1.Node, a repairAnnotations, pn *planner.Node) {
 	for _, c := range n.Status.Conditions {
 		if c.Type != corev1.NodeReady && !schema.IsHealthCondition(string(c.Type)) {
 			continue
@@ -28,15 +33,20 @@ func repairFields(n *corev1.Node, pn *planner.Node) {
 			Since: c.LastTransitionTime.Time, Heartbeat: c.LastHeartbeatTime.Time,
 		})
 	}
-	a := n.Annotations
-	if st, err := schema.ParseRemediationState(a[schema.AnnotationRemediation]); err == nil {
-		pn.Remediation = st
+	if a.state != "" {
+		if st, err := schema.ParseRemediationState(a.state); err == nil {
+			pn.Remediation = st
+		}
 	}
-	if h, err := schema.ParseRemediationRecords(a[schema.AnnotationRemediations]); err == nil {
-		pn.Remediations = h
+	if a.history != "" {
+		if h, err := schema.ParseRemediationRecords(a.history); err == nil {
+			pn.Remediations = h
+		}
 	}
-	if r, err := schema.ParseRemediationReport(a[schema.AnnotationRemediated]); err == nil {
-		pn.Remediated = &r
+	if a.report != "" {
+		if r, err := schema.ParseRemediationReport(a.report); err == nil {
+			pn.Remediated = &r
+		}
 	}
 }
 

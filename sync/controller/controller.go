@@ -51,6 +51,7 @@ import (
 	"herd.dev/herd/schema/sandbox"
 	"herd.dev/herd/sync/cluster"
 	"herd.dev/herd/sync/herdpool"
+	"herd.dev/herd/sync/planinput"
 	"herd.dev/herd/sync/revisions"
 	"herd.dev/herd/sync/source"
 )
@@ -108,6 +109,7 @@ type Reconciler struct {
 	client client.Client // reads from the cache; node writes are tracked by fresh
 	api    client.Reader // uncached: HerdPools, pods, nodes the cache lags on
 	nodes  *cluster.Nodes
+	list   nodeLister // the cached nodes
 	fresh  *freshness
 	health *health
 	log    logr.Logger
@@ -117,11 +119,14 @@ type Reconciler struct {
 	loaded  map[string]*loader.Result     // the evaluated fleet, by commit (the current one)
 	history map[string]*revisions.History // its earlier revisions, by commit (the current one)
 	renders map[string]*schema.Rendered   // parsed rendered ConfigMaps, by name
+	forms   *planinput.NodeForms          // the nodes' planner forms, by name and version
 }
 
 // New returns a reconciler using the manager's client and API reader.
 func New(mgr ctrl.Manager, opts Options) *Reconciler {
-	return newReconciler(mgr.GetClient(), mgr.GetAPIReader(), mgr.GetLogger().WithName("herd"), opts)
+	r := newReconciler(mgr.GetClient(), mgr.GetAPIReader(), mgr.GetLogger().WithName("herd"), opts)
+	r.list = &informerNodes{informers: mgr.GetCache(), fallback: listedNodes{r.client}}
+	return r
 }
 
 func newReconciler(c client.Client, api client.Reader, log logr.Logger, opts Options) *Reconciler {
@@ -142,12 +147,14 @@ func newReconciler(c client.Client, api client.Reader, log logr.Logger, opts Opt
 		client:  c,
 		api:     api,
 		nodes:   &cluster.Nodes{Client: fresh.track(c), Pods: api},
+		list:    listedNodes{c},
 		fresh:   fresh,
 		health:  newHealth(),
 		log:     log,
 		loaded:  map[string]*loader.Result{},
 		history: map[string]*revisions.History{},
 		renders: map[string]*schema.Rendered{},
+		forms:   planinput.NewNodeForms(),
 	}
 }
 

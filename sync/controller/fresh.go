@@ -35,6 +35,14 @@ func (f *freshness) lags(cached *corev1.Node) bool {
 	return ok
 }
 
+// any reports whether any written node is tracked: when none is, no
+// cached node lags.
+func (f *freshness) any() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.written) > 0
+}
+
 // saw records a node read fresh from the API server.
 func (f *freshness) saw(n *corev1.Node) {
 	f.mu.Lock()

@@ -24,7 +24,7 @@ type observation struct {
 	now    time.Time
 	rev    source.Revision
 	fleet  *loader.Result
-	nodes  []corev1.Node
+	nodes  []*corev1.Node // the cache's own objects: read, never written
 	byName map[string]*corev1.Node
 	stored map[string]bool               // hashes of the rendered ConfigMaps in the cluster
 	pools  map[string]*herdpool.HerdPool // HerdPools as read, by name
@@ -62,17 +62,23 @@ func (r *Reconciler) observe(ctx context.Context, now time.Time) (*observation, 
 	if err := ctx.Err(); err != nil {
 		return obs, err // no plan from a history walk cut short
 	}
-	obs.input, err = planinput.Build(planinput.Sources{
+	obs.input, err = r.plannerInput(ctx, obs, history, stored)
+	return obs, err
+}
+
+// plannerInput builds the plan's input from what was observed.
+func (r *Reconciler) plannerInput(ctx context.Context, obs *observation, history *revisions.History, stored map[string]*schema.Rendered) (planner.Input, error) {
+	return planinput.Build(planinput.Sources{
 		Fleet:     obs.fleet,
-		Revision:  rev.Commit,
+		Revision:  obs.rev.Commit,
 		Nodes:     obs.nodes,
 		History:   history,
 		Stored:    stored,
 		Pools:     obs.pools,
 		Unhealthy: r.checkHealth(ctx, obs),
-		Now:       now,
+		Now:       obs.now,
+		Forms:     r.forms,
 	})
-	return obs, err
 }
 
 // load evaluates the revision, once per commit: Options.Evaluate, which in
@@ -181,17 +187,19 @@ const (
 // controller wrote and the cache does not show yet from the API server:
 // a plan must see its own last actions, or it could start a node twice.
 func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
-	var list corev1.NodeList
+	var nodes []*corev1.Node
 	deadline, before := time.Now().Add(cacheWait), -1
 	for {
-		// The cache's own objects, not copies: planning only reads them,
-		// and every write (sync/cluster) works on a copy of the node.
-		if err := r.client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		var err error
+		if nodes, err = r.list.list(ctx); err != nil {
 			return fmt.Errorf("list nodes: %w", err)
 		}
+		if !r.fresh.any() { // most reconciles: nothing written lately
+			break
+		}
 		lagging := 0
-		for i := range list.Items {
-			if r.fresh.lags(&list.Items[i]) {
+		for _, n := range nodes {
+			if r.fresh.lags(n) {
 				lagging++
 			}
 		}
@@ -205,27 +213,27 @@ func (r *Reconciler) readNodes(ctx context.Context, obs *observation) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	// In place: a copy of ten thousand nodes costs more than the plan.
-	nodes := list.Items[:0]
-	for i := range list.Items {
-		if !r.fresh.lags(&list.Items[i]) {
-			nodes = append(nodes, list.Items[i])
+	kept, anyWritten := nodes[:0], r.fresh.any()
+	for _, cached := range nodes {
+		if !anyWritten || !r.fresh.lags(cached) {
+			kept = append(kept, cached)
 			continue
 		}
-		var n corev1.Node
-		switch err := r.api.Get(ctx, client.ObjectKeyFromObject(&list.Items[i]), &n); {
+		n := &corev1.Node{}
+		switch err := r.api.Get(ctx, client.ObjectKeyFromObject(cached), n); {
 		case apierrors.IsNotFound(err): // deleted meanwhile
 		case err != nil:
-			return fmt.Errorf("read node %s: %w", list.Items[i].Name, err)
+			return fmt.Errorf("read node %s: %w", cached.Name, err)
 		default:
-			r.fresh.saw(&n)
-			nodes = append(nodes, n)
+			r.fresh.saw(n)
+			slimNode(n) // as the cache keeps it: one form per version
+			kept = append(kept, n)
 		}
 	}
-	obs.nodes = nodes
-	obs.byName = make(map[string]*corev1.Node, len(nodes))
-	for i := range nodes {
-		obs.byName[nodes[i].Name] = &nodes[i]
+	obs.nodes = kept
+	obs.byName = make(map[string]*corev1.Node, len(kept))
+	for _, n := range kept {
+		obs.byName[n.Name] = n
 	}
 	r.fresh.forget(obs.byName)
 	return nil
@@ -242,8 +250,7 @@ func (r *Reconciler) checkHealth(ctx context.Context, obs *observation) map[stri
 			continue
 		}
 		hash, soak := obs.fleet.Rendered[name].Hash(), spec.Rollout.SoakDuration()
-		for i := range obs.nodes {
-			n := &obs.nodes[i]
+		for _, n := range obs.nodes {
 			a := n.Annotations
 			if a[schema.AnnotationDesiredConfig] != hash || a[schema.AnnotationCurrentConfig] != hash ||
 				a[schema.AnnotationOSBooted] != spec.OS.Commit || !spec.Selector.Matches(n.Labels) {

@@ -76,6 +76,12 @@ func (r *Reconciler) removeGone(ctx context.Context, obs *observation) error {
 // collect deletes rendered ConfigMaps that no node, pool target, last good
 // or recent target refers to.
 func (r *Reconciler) collect(ctx context.Context, obs *observation, plan *planner.Plan) error {
+	_, err := cluster.CollectRendered(ctx, r.client, keepRenders(obs, plan), 10*time.Minute, obs.now)
+	return err
+}
+
+// keepRenders is the set of render hashes collect keeps.
+func keepRenders(obs *observation, plan *planner.Plan) map[string]bool {
 	keep := map[string]bool{}
 	for _, pp := range plan.Pools {
 		keep[pp.ConfigHash] = true
@@ -84,13 +90,22 @@ func (r *Reconciler) collect(ctx context.Context, obs *observation, plan *planne
 			keep[prev.Hash] = true
 		}
 	}
-	for i := range obs.nodes {
-		a := obs.nodes[i].Annotations
-		keep[a[schema.AnnotationDesiredConfig]] = true
-		keep[a[schema.AnnotationCurrentConfig]] = true
+	// The planner's nodes hold the two annotations as read; most nodes
+	// share one config, so a hash is set only when it differs from the
+	// one before.
+	var desired, current string
+	for i := range obs.input.Nodes {
+		n := &obs.input.Nodes[i]
+		if i == 0 || n.DesiredConfig != desired {
+			desired = n.DesiredConfig
+			keep[desired] = true
+		}
+		if i == 0 || n.CurrentConfig != current {
+			current = n.CurrentConfig
+			keep[current] = true
+		}
 	}
-	_, err := cluster.CollectRendered(ctx, r.client, keep, 10*time.Minute, obs.now)
-	return err
+	return keep
 }
 
 // sameSpec compares specs as the API server stores them (JSON), so empty

@@ -106,9 +106,9 @@ func TestSamePlanAsHerdPlan(t *testing.T) {
 
 // randomNodes makes nodes of the pools at random earlier renders, some
 // unknown, in random states.
-func randomNodes(r *rand.Rand, pools []string, hashes map[string][]string) []corev1.Node {
+func randomNodes(r *rand.Rand, pools []string, hashes map[string][]string) []*corev1.Node {
 	states := []schema.NodeState{schema.StateIdle, schema.StateIdle, schema.StateIdle, schema.StateWorking, schema.StateDegraded}
-	var out []corev1.Node
+	var out []*corev1.Node
 	for i := range 5 + r.IntN(40) {
 		pool := pools[r.IntN(len(pools))]
 		hs := hashes[pool]
@@ -126,7 +126,8 @@ func randomNodes(r *rand.Rand, pools []string, hashes map[string][]string) []cor
 				schema.AnnotationState:         string(states[r.IntN(len(states))]),
 			},
 		}
-		out = append(out, n.KubeNode())
+		kn := n.KubeNode()
+		out = append(out, &kn)
 	}
 	return out
 }

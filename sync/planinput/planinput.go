@@ -5,6 +5,8 @@ package planinput
 import (
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,7 +28,7 @@ type Sources struct {
 	Revision string
 	// Nodes are the cluster's nodes, as the API server (or `kubectl get
 	// nodes -o json`) shows them.
-	Nodes []corev1.Node
+	Nodes []*corev1.Node
 	// History is what the fleet's earlier revisions rendered; nil when
 	// unknown.
 	History *revisions.History
@@ -41,9 +43,12 @@ type Sources struct {
 	Unhealthy map[string]string
 	// Now is the time the plan is for.
 	Now time.Time
+	// Forms, when set, keeps the nodes' planner forms from one build to
+	// the next (the controller's); nil reads every node.
+	Forms *NodeForms
 }
 
-// Build returns the planner's input.
+// Build returns the planner's input, its nodes in name order.
 func Build(s Sources) (planner.Input, error) {
 	in := planner.Input{
 		Nodes:     make([]planner.Node, len(s.Nodes)),
@@ -55,9 +60,19 @@ func Build(s Sources) (planner.Input, error) {
 		Freeze:    s.Fleet.Fleet.Frozen(),
 		Now:       s.Now,
 	}
-	for i := range s.Nodes {
-		in.Nodes[i] = cluster.PlannerNode(&s.Nodes[i])
-		in.Nodes[i].Unhealthy = s.Unhealthy[s.Nodes[i].Name]
+	if s.Forms != nil {
+		s.Forms.read(s.Nodes, in.Nodes)
+	} else {
+		for i, n := range s.Nodes {
+			in.Nodes[i] = cluster.PlannerNode(n)
+		}
+	}
+	byName := func(a, b planner.Node) int { return strings.Compare(a.Name, b.Name) }
+	if !slices.IsSortedFunc(in.Nodes, byName) {
+		slices.SortFunc(in.Nodes, byName)
+	}
+	for i := range in.Nodes {
+		in.Nodes[i].Unhealthy = s.Unhealthy[in.Nodes[i].Name]
 	}
 	if h := s.History; h != nil {
 		maps.Copy(in.Earlier, h.Renders)
