@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -352,24 +353,53 @@ func (c *Containerd) Stop() error {
 
 // killLeftovers kills, by the PIDs recorded in the state dir, the sandbox
 // processes (init.pid) and then the shims (shim.pid) that outlived
-// containerd, and waits until they are gone.
+// containerd, then any shim of this containerd still running (one whose
+// task was deleted has no state dir left but may not have exited), and
+// waits until they are gone.
 func (c *Containerd) killLeftovers() []error {
-	var errs []error
+	var pids []int
 	taskDir := filepath.Join(c.dir, "state", "io.containerd.runtime.v2.task", Namespace)
 	for _, name := range []string{"init.pid", "shim.pid"} {
 		files, _ := filepath.Glob(filepath.Join(taskDir, "*", name))
 		for _, f := range files {
-			pid, err := readPID(f)
-			if err != nil || !alive(pid) {
-				continue
-			}
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			if err := waitGone(pid, 10*time.Second); err != nil {
-				errs = append(errs, err)
+			if pid, err := readPID(f); err == nil {
+				pids = append(pids, pid)
 			}
 		}
 	}
+	pids = append(pids, shimsOf(c.socket)...)
+	var errs []error
+	for _, pid := range pids {
+		if !alive(pid) {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		if err := waitGone(pid, 10*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errs
+}
+
+// shimsOf lists the shim processes started for the containerd serving on
+// socket: their command line names it as -address.
+func shimsOf(socket string) []int {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var pids []int
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "containerd-shim") || !slices.Contains(args, socket) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 func readPID(path string) (int, error) {
