@@ -105,6 +105,8 @@ func TestIntegrationKubelet(t *testing.T) {
 	srv := httptest.NewServer(fk)
 	defer srv.Close()
 	const node = "kubelet-node"
+	// The control plane outlives a run (go test -count): no Lease yet.
+	_ = cs.CoordinationV1().Leases("kube-node-lease").Delete(ctx, node, metav1.DeleteOptions{})
 	check := &health.Kubelet{HealthzURL: srv.URL + "/healthz", Timeout: 300 * time.Millisecond, Lease: health.NodeLease(lean(t), node)}
 
 	expect(t, check.Check(ctx, time.Now()), corev1.ConditionUnknown, schema.ReasonKubeletLeaseUnknown)
