@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -72,22 +73,19 @@ func TestInformerNodesReadsTheStore(t *testing.T) {
 	if err := c.Update(t.Context(), n); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		nodes, err := l.list(ctx)
 		if err != nil {
-			t.Fatal(err)
+			return false, err
 		}
-		seen := false
 		for _, got := range nodes {
-			seen = seen || got.Name == n.Name && got.Labels["herd.dev/pool"] == "batch"
+			if got.Name == n.Name && got.Labels["herd.dev/pool"] == "batch" {
+				return true, nil
+			}
 		}
-		if seen {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the change to %s never showed in the listed nodes", n.Name)
-		}
-		time.Sleep(50 * time.Millisecond) // poll the cache, with a deadline
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("the change to %s never showed in the listed nodes: %v", n.Name, err)
 	}
 }
